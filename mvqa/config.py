@@ -1,0 +1,36 @@
+"""Hydra set-up shared by the three entries and the tests: schemas in the ConfigStore and resolvers.
+
+Call `setup()` before composing. It is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "conf"
+_UID_ENV = "MVQA_RUN_UID"
+
+
+def run_uid() -> str:
+    """A token that keeps run dirs apart even for two jobs started in the same second.
+
+    It is fixed for a process and inherited by its children through the environment, so a multirun's
+    launcher workers (joblib, submitit) resolve the same sweep dir as the process that created it.
+    """
+    if _UID_ENV not in os.environ:
+        os.environ[_UID_ENV] = f"{os.getpid():x}{secrets.token_hex(2)}"
+    return os.environ[_UID_ENV]
+
+
+def setup() -> None:
+    from mvqa.schemas import register_configs
+
+    for name, fn in {"mvqa.uid": run_uid, "mvqa.root": lambda: str(PROJECT_ROOT)}.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+    register_configs()

@@ -1,0 +1,76 @@
+"""Writing item files so a kill never leaves output that looks complete, and reading them back.
+
+Every final output is written to a temporary name in the same directory and renamed into place; appendable
+JSONL shards (resumable trace generation) are flushed line by line and read back tolerating a torn last line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from mvqa.data.records import VQAItem, item_from_json, item_to_json
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_items_jsonl(items: Iterable[VQAItem], path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for it in items:
+            f.write(item_to_json(it) + "\n")
+    return Path(path)
+
+
+def read_items_jsonl(path: str | os.PathLike, allow_torn_tail: bool = False) -> list[VQAItem]:
+    """Read items; with `allow_torn_tail` a last line cut by a kill is ignored (it is the batch in flight)."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    items = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            items.append(item_from_json(line))
+        except json.JSONDecodeError as err:
+            if allow_torn_tail and n == len(lines):
+                break
+            raise ValueError(f"{path}:{n}: not a JSON item record ({err})") from err
+    return items
+
+
+def write_json(obj, path: str | os.PathLike) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    return Path(path)
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, used by manifests to tell whether an input changed."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def items_fingerprint(items: Iterable[VQAItem]) -> str:
+    h = hashlib.sha256()
+    for it in items:
+        h.update(item_to_json(it).encode())
+    return h.hexdigest()
