@@ -1,0 +1,96 @@
+"""Exports of a curated set: the seed's `final.csv`, the partial traces, item JSONL, LLaVA conversations, images.
+
+Every file is written under a temporary name and renamed; `final.csv` is written last, so its presence means
+the export finished.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+from mvqa.data.records import LETTERS, VQAItem
+from mvqa.data.stats import StageStats
+from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, write_json
+from mvqa.prompts import PROMPTS, format_question
+
+SEED_COLUMNS = ["figure_path", "question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
+                "Answer_label", "generated_reasoning", "generated_answer", "raw_output"]
+
+
+def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
+    """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column)."""
+    width = max((len(it.choices) for it in items), default=4)
+    columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:]
+    rows = []
+    for it in items:
+        row = {"figure_path": it.image, "question": it.question, "Answer": it.answer,
+               "Answer_label": it.answer_label or ""}
+        row.update({f"Choice {c}": text for c, text in it.choice_map().items()})
+        row.update({k: it.extra.get(k, "") for k in ("generated_reasoning", "generated_answer", "raw_output")})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns).fillna("")
+
+
+def llava_conversations(items: list[VQAItem], prompt: str) -> list[dict]:
+    """The JSON that LLaVA / LLaVA-Med training scripts read."""
+    return [{"id": it.id, "image": it.image,
+             "conversations": [{"from": "human", "value": "<image>\n" + format_question(it, prompt)},
+                               {"from": "gpt", "value": it.extra.get("raw_output", "")}]}
+            for it in items]
+
+
+def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats) -> int:
+    """Copy or zip each item's image; an image that is not there is recorded, not silently skipped."""
+    if mode == "none":
+        return 0
+    if mode not in ("copy", "zip"):
+        raise ValueError(f"pipeline.export.images must be copy, zip or none, got {mode!r}")
+    found = []
+    for it in {it.image: it for it in items}.values():
+        src = Path(it.image_root) / it.image if it.image_root else None
+        if src is None or not src.is_file():
+            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk")
+            continue
+        found.append((src, it.image))
+    if mode == "copy":
+        for src, rel in found:
+            dst = out / "images" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    else:
+        with atomic_path(out / "images.zip") as tmp, zipfile.ZipFile(tmp, "w") as zf:
+            for src, rel in found:
+                zf.write(src, rel)
+    return len(found)
+
+
+def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "copy", llava_json: bool = True,
+                   traces: list[VQAItem] | None = None) -> StageStats:
+    stats = StageStats("export", n_in=len(items), n_out=len(items))
+    out.mkdir(parents=True, exist_ok=True)
+    write_items_jsonl(items, out / "items.jsonl")
+    if traces is not None:
+        with atomic_path(out / "traces_partial.csv") as tmp:
+            seed_frame(traces).to_csv(tmp, index=False)
+    if llava_json:
+        with atomic_path(out / "llava_conversations.json") as tmp:
+            tmp.write_text(json.dumps(llava_conversations(items, PROMPTS[prompt]), indent=1, ensure_ascii=False))
+    stats.metrics["images_exported"] = export_images(items, out, images, stats)
+    with atomic_path(out / "final.csv") as tmp:
+        seed_frame(items).to_csv(tmp, index=False)
+    write_json(stats.to_dict(), out / "export_stats.json")
+    return stats
+
+
+def export_stage(items, ctx):
+    traced = sorted(ctx.output_dir.glob("stages/*_trace/items.jsonl")) + sorted(
+        ctx.output_dir.glob("stages/*_merge/items.jsonl"))
+    traces = read_items_jsonl(traced[-1]) if traced else None
+    cfg = ctx.cfg.pipeline
+    stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json, traces)
+    return items, stats

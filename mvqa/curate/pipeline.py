@@ -1,0 +1,153 @@
+"""The curation recipe (`generate.py`): load -> score -> hard -> trace|merge -> filter -> sample -> export.
+
+Each stage maps items to items plus StageStats. Its output is cached under `pipeline.cache_dir` by a hash of
+(stage, the config it reads, its input items), so rerunning the same config skips finished stages, a killed
+trace stage resumes from its partial JSONL, and shards of one trace run meet in one directory for `merge`.
+The run dir gets a copy of every stage's items and stats and a manifest saying which came from the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mvqa.data.records import VQAItem
+from mvqa.data.stats import StageStats
+from mvqa.data.storage import items_fingerprint, read_items_jsonl, write_items_jsonl, write_json
+
+log = logging.getLogger(__name__)
+
+ORDER = ["score", "hard", "trace", "merge", "filter", "sample", "export"]
+
+
+@dataclass
+class CurationContext:
+    """What a stage may use besides its items: the config, where to write, models loaded once per job."""
+
+    cfg: DictConfig
+    output_dir: Path
+    stage_dir: Path | None = None  # the stage's cache dir (resumable partial outputs live here)
+    run: Any = None  # the W&B run, or None
+    _models: dict[str, Any] = field(default_factory=dict)
+
+    def model(self, key: str):
+        """The ModelBundle of the config node at `key` (e.g. "reasoner"), loaded on first use."""
+        if key not in self._models:
+            from mvqa.models.load import load_model
+
+            self._models[key] = load_model(OmegaConf.select(self.cfg, key))
+        return self._models[key]
+
+
+Stage = Callable[[list[VQAItem], CurationContext], tuple[list[VQAItem], StageStats]]
+
+
+def _stages() -> dict[str, tuple[Stage, list[str]]]:
+    """stage name -> (function, config keys its output depends on). Imported lazily: some need torch."""
+    from mvqa.curate import correctness, difficulty, export, sample, trace
+
+    return {
+        "score": (difficulty.score_stage, ["scorer", "seed"]),
+        "hard": (difficulty.hard_stage, ["scorer"]),
+        "trace": (trace.trace_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
+        "merge": (trace.merge_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
+        "filter": (correctness.filter_stage, ["pipeline.filter"]),
+        "sample": (sample.sample_stage, ["sampler", "seed"]),
+        "export": (export.export_stage, ["pipeline.export"]),
+    }
+
+
+def stage_key(stage: str, cfg: DictConfig, deps: list[str], input_fingerprint: str) -> str:
+    # trace and merge read the same shards, so they share one key (the stage name is normalised).
+    name = "trace" if stage == "merge" else stage
+    resolved = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
+                if isinstance(OmegaConf.select(cfg, k), DictConfig) else OmegaConf.select(cfg, k) for k in deps}
+    blob = json.dumps({"stage": name, "config": resolved, "input": input_fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def ordered_stages(requested: list[str]) -> list[str]:
+    unknown = [s for s in requested if s not in ORDER]
+    if unknown:
+        raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; expected a subset of {ORDER}")
+    if "trace" in requested and "merge" in requested:
+        raise ValueError("pipeline.stages: use either trace (one shard) or merge (join finished shards), not both")
+    return [s for s in ORDER if s in requested]
+
+
+def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str, Any]:
+    """Run the configured stages; returns the summary written to `summary.json`."""
+    output_dir = Path(output_dir)
+    if not 0 <= cfg.shard < cfg.num_shards:
+        raise ValueError(f"shard={cfg.shard} must be in [0, num_shards={cfg.num_shards})")
+    ctx = CurationContext(cfg=cfg, output_dir=output_dir, run=run)
+    items, stats = instantiate(cfg.dataset)
+    _record(output_dir, 0, "load", items, stats, {"cached": False})
+    funnel = [{"stage": "load", "n_in": stats.n_in, "n_out": stats.n_out}]
+    registry = _stages()
+    manifest: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "stages": []}
+    manifest["stages"].append({"stage": "load", "fingerprint": items_fingerprint(items), "n_out": len(items)})
+    stopped_for_merge, diversity = False, None
+    for i, name in enumerate(ordered_stages(list(cfg.pipeline.stages)), 1):
+        fn, deps = registry[name]
+        fingerprint = items_fingerprint(items)
+        key = stage_key(name, cfg, deps, fingerprint)
+        ctx.stage_dir = Path(cfg.pipeline.cache_dir) / f"{'trace' if name == 'merge' else name}-{key}"
+        items, stats, cached = _run_cached(name, fn, items, ctx)
+        if not items and name != "export":
+            raise RuntimeError(f"stage {name!r} emptied the set: {stats.n_in} in, 0 out ({stats.drop_reasons})")
+        _record(output_dir, i, name, items, stats, {"cached": cached, "key": key})
+        funnel.append({"stage": name, "n_in": stats.n_in, "n_out": stats.n_out})
+        manifest["stages"].append({"stage": name, "key": key, "input_fingerprint": fingerprint, "cached": cached,
+                                   "n_in": stats.n_in, "n_out": stats.n_out, "drops": stats.drop_reasons})
+        log.info(stats.summary() + (" [cached]" if cached else ""))
+        diversity = stats.metrics.get("diversity", diversity)
+        if name == "trace" and cfg.num_shards > 1:
+            stopped_for_merge = True
+            log.info("shard %d of %d traced; run the merge stage once all shards are done", cfg.shard, cfg.num_shards)
+            break
+    summary = {"funnel": funnel, "n_final": len(items), "stopped_for_merge": stopped_for_merge,
+               "diversity": diversity}
+    write_json(manifest, output_dir / "manifest.json")
+    write_json(summary, output_dir / "summary.json")
+    return summary
+
+
+def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext):
+    """(items, stats, came_from_cache). Export always runs: its outputs belong to the run dir."""
+    done_items, done_stats = ctx.stage_dir / _items_name(name, ctx.cfg), ctx.stage_dir / _stats_name(name, ctx.cfg)
+    if name != "export" and done_items.exists() and done_stats.exists():
+        stats = StageStats(**{k: v for k, v in json.loads(done_stats.read_text()).items() if k != "drop_reasons"})
+        return read_items_jsonl(done_items), stats, True
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+    out, stats = fn(items, ctx)
+    if name != "export":
+        write_items_jsonl(out, done_items)  # items first: stats mark the stage as done
+        write_json(stats.to_dict(), done_stats)
+    return out, stats, False
+
+
+def _shard_suffix(name: str, cfg: DictConfig) -> str:
+    return f".shard-{cfg.shard}-of-{cfg.num_shards}" if name == "trace" and cfg.num_shards > 1 else ""
+
+
+def _items_name(name: str, cfg: DictConfig) -> str:
+    return f"items{_shard_suffix(name, cfg)}.jsonl"
+
+
+def _stats_name(name: str, cfg: DictConfig) -> str:
+    return f"stats{_shard_suffix(name, cfg)}.json"
+
+
+def _record(output_dir: Path, index: int, name: str, items, stats: StageStats, info: dict) -> None:
+    stage_out = output_dir / "stages" / f"{index:02d}_{name}"
+    write_items_jsonl(items, stage_out / "items.jsonl")
+    write_json({**stats.to_dict(), **info}, stage_out / "stats.json")
+

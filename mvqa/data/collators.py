@@ -1,0 +1,133 @@
+"""Batches for LLaVA-style and Qwen2-VL-style processors, with TRL-style completion-only labels.
+
+Each example is encoded on its own: the chat-templated prompt goes through the processor with its image (which
+expands the image placeholder into the model's image tokens), the target (opening, thinking, closing and the
+template's end of turn) through the tokenizer. Labels are -100 on the prompt, the image tokens and padding, so
+the loss falls on the assistant's tokens only. Training pads on the right, generation on the left.
+A sequence over `max_length` loses thinking tokens, never its prompt or answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mvqa.data.images import load_image
+from mvqa.data.records import VQAItem
+
+IGNORE_INDEX = -100
+_PROBE = "\x00MVQA-TARGET\x00"
+
+
+def user_message(text: str, with_image: bool = True) -> dict[str, Any]:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def end_of_turn(processor) -> str:
+    """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for Qwen)."""
+    rendered = processor.apply_chat_template(
+        [user_message("q"), {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}], tokenize=False
+    )
+    return rendered.split(_PROBE, 1)[1]
+
+
+@dataclass
+class EncodingStats:
+    truncated: int = 0  # thinking cut to fit max_length
+    too_long: list[str] = field(default_factory=list)  # prompt + answer alone exceed max_length
+
+
+class VQACollator:
+    """Turns items into model inputs. mode="train" needs `item.extra["target"]` (see trace formatting)."""
+
+    def __init__(self, processor, prompt_template: str, max_length: int = 512, mode: str = "train",
+                 format_question=None) -> None:
+        if mode not in ("train", "generate"):
+            raise ValueError(f"collator mode must be 'train' or 'generate', got {mode!r}")
+        if format_question is None:
+            from mvqa.prompts import format_question
+        self.processor, self.prompt_template, self.max_length, self.mode = processor, prompt_template, max_length, mode
+        self.format_question = format_question
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token: the model config must name one")
+        self.eot = end_of_turn(processor) if mode == "train" else ""
+        self.stats = EncodingStats()
+
+    def prompt_text(self, item: VQAItem) -> str:
+        return self.processor.apply_chat_template(
+            [user_message(self.format_question(item, self.prompt_template))], tokenize=False,
+            add_generation_prompt=True)
+
+    def encode_prompt(self, item: VQAItem) -> dict[str, torch.Tensor]:
+        enc = self.processor(text=[self.prompt_text(item)], images=[load_image(item)], return_tensors="pt",
+                             add_special_tokens=False)
+        return dict(enc)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def encode_train(self, item: VQAItem) -> dict[str, Any] | None:
+        enc = self.encode_prompt(item)
+        prompt = enc.pop("input_ids")[0].tolist()
+        enc.pop("attention_mask", None)
+        target = item.extra["target"]
+        opening, thinking = self._ids(target["opening"]), self._ids(target["thinking"])
+        closing = self._ids(target["closing"] + self.eot)
+        room = self.max_length - len(prompt) - len(opening) - len(closing)
+        if room < 0:
+            self.stats.too_long.append(item.id)
+            return None
+        if len(thinking) > room:
+            thinking = thinking[:room]
+            self.stats.truncated += 1
+        completion = opening + thinking + closing
+        return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion, **enc}
+
+    def __call__(self, items: list[VQAItem]) -> dict[str, Any]:
+        if self.mode == "generate":
+            return self._batch([{"input_ids": e.pop("input_ids")[0].tolist(), **e}
+                                for e in (self._strip_mask(self.encode_prompt(it)) for it in items)],
+                               items, left=True)
+        encoded = [(it, self.encode_train(it)) for it in items]
+        kept = [(it, e) for it, e in encoded if e is not None]
+        if not kept:
+            raise ValueError(f"every example in the batch exceeds max_length={self.max_length}: "
+                             f"{[it.id for it in items]}")
+        return self._batch([e for _, e in kept], [it for it, _ in kept], left=False)
+
+    @staticmethod
+    def _strip_mask(enc: dict) -> dict:
+        enc.pop("attention_mask", None)
+        return enc
+
+    def _batch(self, examples: list[dict], items: list[VQAItem], left: bool) -> dict[str, Any]:
+        width = max(len(e["input_ids"]) for e in examples)
+        pad = self.tokenizer.pad_token_id
+        ids, mask, labels = [], [], []
+        for e in examples:
+            n = width - len(e["input_ids"])
+            ids.append(([pad] * n + e["input_ids"]) if left else (e["input_ids"] + [pad] * n))
+            ones = [1] * len(e["input_ids"])
+            mask.append(([0] * n + ones) if left else (ones + [0] * n))
+            if "labels" in e:
+                labels.append(e["labels"] + [IGNORE_INDEX] * n)
+        batch: dict[str, Any] = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
+        if labels:
+            batch["labels"] = torch.tensor(labels)
+        # Image tensors (LLaVA: [1, 3, H, W] per image; Qwen2-VL: patches and grid_thw) stack along dim 0.
+        for key in examples[0]:
+            if key not in ("input_ids", "labels"):
+                batch[key] = torch.cat([e[key] for e in examples])
+        batch["item_ids"] = [it.id for it in items]
+        batch["answer_labels"] = [it.answer_label for it in items]
+        batch["n_choices"] = [len(it.choices) for it in items]
+        return batch
+
+
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The tensors a model's forward takes (drops the item metadata the collator carries along)."""
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}

@@ -1,0 +1,24 @@
+"""Schema of the `logger/` group, shared by the three entries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROUP = "logger"
+
+
+@dataclass
+class LoggerConf:
+    # wandb | csv | none. Local files (metrics JSON, stats, reports) are written in every case.
+    kind: str = "wandb"
+    project: str = "mvqa"
+    entity: str | None = None
+    # online | offline | disabled; null reads WANDB_MODE and falls back to offline, so nothing needs a login.
+    mode: str | None = None
+    # null: the experiment name, or the sweep dir's name in a multirun.
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_artifacts: bool = True
+
+
+SCHEMAS = {"schema_logger": LoggerConf}

@@ -1,0 +1,87 @@
+"""The small W&B helper every entry uses: one run per job, grouped by experiment or sweep.
+
+A job opens its run with `start_run`, logs through it (Lightning's WandbLogger attaches to the open run) and
+closes it with `finish_run`, so every job of a multirun is its own W&B run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def _hydra_job() -> tuple[str | None, str | None]:
+    """(sweep dir name, job override string) when running under Hydra's multirun, else (None, None)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None, None
+    hc = HydraConfig.get()
+    if hc.mode is None or hc.mode.name != "MULTIRUN":
+        return None, hc.job.override_dirname or None
+    return Path(hc.sweep.dir).name, hc.job.override_dirname or None
+
+
+def wandb_mode(logger_cfg: DictConfig) -> str:
+    return logger_cfg.mode or os.environ.get("WANDB_MODE") or "offline"
+
+
+def start_run(cfg: DictConfig, job_type: str, output_dir: str | Path) -> Any | None:
+    """Open the job's W&B run (None when the logger is not wandb) with the fully resolved config."""
+    logger = cfg.logger
+    if logger.kind != "wandb":
+        return None
+    import wandb
+
+    sweep, overrides = _hydra_job()
+    experiment = OmegaConf.select(cfg, "experiment_name")
+    group = logger.group or sweep or experiment or job_type
+    os.environ.setdefault("WANDB_CACHE_DIR", str(Path(output_dir) / ".wandb-cache"))
+    return wandb.init(
+        project=logger.project,
+        entity=logger.entity,
+        dir=str(output_dir),
+        mode=wandb_mode(logger),
+        group=group,
+        job_type=job_type,
+        name=overrides or None,
+        tags=list(logger.tags),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        reinit="finish_previous",
+    )
+
+
+def finish_run(run: Any | None) -> None:
+    if run is not None:
+        run.finish()
+
+
+@contextlib.contextmanager
+def job_run(cfg: DictConfig, job_type: str):
+    """`with job_run(cfg, "train") as run:` opens the job's run and always finishes it."""
+    run = start_run(cfg, job_type, cfg.paths.output_dir)
+    try:
+        yield run
+    finally:
+        finish_run(run)
+
+
+def log_artifact(run: Any | None, path: str | Path, name: str, kind: str, *, use: bool = False) -> None:
+    """Log (or, with use=True, declare as input) a file or directory artifact; only when W&B is on."""
+    if run is None:
+        return
+    import wandb
+
+    artifact = wandb.Artifact(name=_artifact_name(name), type=kind)
+    path = Path(path)
+    (artifact.add_dir if path.is_dir() else artifact.add_file)(str(path))
+    run.use_artifact(artifact) if use else run.log_artifact(artifact)
+
+
+def _artifact_name(name: str) -> str:
+    # W&B artifact names allow alphanumerics, dashes, underscores and dots only.
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:128]

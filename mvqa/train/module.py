@@ -1,0 +1,93 @@
+"""The LightningModule that fine-tunes any model of the model group (LoRA or full) on formatted traces."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+from mvqa.data.collators import model_inputs
+from mvqa.prompts import parse_answer
+
+
+class VQAFineTuner(pl.LightningModule):
+    """Loss on assistant tokens only (the collator masks the rest); validation loss and generated accuracy.
+
+    For LoRA runs checkpoints hold only the trainable parameters (the adapter, and the projector when it is
+    trained), so resuming loads them over the frozen base that the recipe rebuilt.
+    """
+
+    def __init__(self, model, tokenizer, recipe, max_new_tokens: int = 64, gradient_checkpointing: bool = False,
+                 projector_pattern: str = "multi_modal_projector") -> None:
+        super().__init__()
+        self.model, self.tokenizer, self.recipe = model, tokenizer, recipe
+        self.max_new_tokens, self.projector_pattern = max_new_tokens, projector_pattern
+        self.adapter_only = recipe.method in ("lora", "qlora")
+        # Missing frozen base weights in an adapter-only checkpoint are expected on resume.
+        self.strict_loading = not self.adapter_only
+        if gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if self.adapter_only:
+                self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
+        self._val_correct = self._val_total = 0
+
+    def on_fit_start(self) -> None:
+        self.model.train()  # from_pretrained returns eval mode
+
+    def forward(self, batch: dict[str, Any]):
+        return self.model(**model_inputs(batch))
+
+    def training_step(self, batch, batch_idx):
+        loss = self(batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["item_ids"]))
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct = self._val_total = 0
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        n = len(batch["item_ids"])
+        if dataloader_idx == 0:
+            self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=n, add_dataloader_idx=False)
+            return
+        for text, label, k in zip(self.generate(batch), batch["answer_labels"], batch["n_choices"]):
+            self._val_correct += int(parse_answer(text, n_choices=k).letter == label)
+            self._val_total += 1
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_total:
+            acc = torch.tensor(self._val_correct / self._val_total)
+            self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any]) -> list[str]:
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        pad = self.tokenizer.pad_token_id
+        out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                  pad_token_id=pad, suppress_tokens=[pad])
+        return self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=False)
+
+    def configure_optimizers(self):
+        r = self.recipe
+        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        projector = [p for n, p in trainable if self.projector_pattern in n]
+        rest = [p for n, p in trainable if self.projector_pattern not in n]
+        groups = [{"params": rest, "lr": r.lr}]
+        if projector:
+            groups.append({"params": projector, "lr": r.projector_lr or r.lr})
+        optimizer = torch.optim.AdamW(groups, lr=r.lr, weight_decay=r.weight_decay, betas=tuple(r.betas))
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = math.ceil(r.warmup_ratio * total)
+        make = {"cosine": get_cosine_schedule_with_warmup, "linear": get_linear_schedule_with_warmup}
+        if r.scheduler not in make:
+            raise ValueError(f"recipe.scheduler must be one of {sorted(make)}, got {r.scheduler!r}")
+        scheduler = make[r.scheduler](optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.adapter_only:
+            keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
