@@ -1,0 +1,344 @@
+"""A learnable synthetic medical VQA world: procedural scans with lesions, balanced questions, template traces.
+
+Every item is one image and one four-choice question. The world is written to disk as PNGs plus one
+PMC-VQA-format CSV per split and read back through `read_pmc_vqa`, so the real reader path is exercised.
+It is a pure function of its parameters (numpy's PCG64 seeded per item), cached under a directory named by
+their hash and written to a temporary directory renamed into place, so a kill never leaves a world that
+looks complete.
+
+Designed to be learnable by a tiny VLM at 32 px: the three modality styles differ in silhouette and texture,
+lesions are bright discs centred in a quadrant, and for every question type the answer value, the correct
+letter and the modality are balanced by construction, so the text alone gives nothing away. A fraction of
+items (`hard_fraction`) gets a high per-item difficulty: more noise, fainter and smaller lesions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from mvqa.data.readers import read_pmc_vqa
+from mvqa.data.records import LETTERS, VQAItem
+from mvqa.data.stats import StageStats
+
+VERSION = 1  # bump when rendering, questions or traces change: it is part of the cache key
+SPLITS = ("train", "val", "test")
+MODALITIES = ("CT", "MRI", "X-ray")
+QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
+SIZES = ("tiny", "small", "medium", "large")
+SIZE_RADIUS = (0.05, 0.08, 0.12, 0.17)  # lesion radius as a fraction of the image side, before difficulty
+COUNTS = ("0", "1", "2", "3")
+QUESTION_TYPES = ("modality", "location", "count", "size", "presence", "modality_location")
+CSV_COLUMNS = ["id", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
+               "Answer_label", "modality", "content_type", "split", "trace", "difficulty"]
+
+# A small, fixed set of wordings per type: enough variety for a tokenizer, few enough for a tiny model.
+QUESTIONS = {
+    "modality": ["What imaging modality was used to acquire this image?", "Which modality is shown in this scan?",
+                 "This image was most likely obtained with which imaging technique?"],
+    "location": ["In which quadrant is the lesion located?", "Where is the lesion in this image?",
+                 "Which part of the image contains the abnormality?"],
+    "count": ["How many lesions are visible in this image?", "How many focal abnormalities can be seen?",
+              "What is the number of lesions in this scan?"],
+    "size": ["How large is the lesion?", "What is the size of the abnormality shown?",
+             "Which best describes the size of the lesion?"],
+    "presence": ["Which quadrant shows no lesion?", "In which quadrant is a lesion absent?",
+                 "Which part of the image is free of abnormalities?"],
+    "modality_location": ["Which option gives both the imaging modality and the lesion location?",
+                          "Which description of the scan and its lesion is correct?"],
+}
+MODALITY_EVIDENCE = {
+    "CT": ["a round cross-section with a bright bony rim on a black background",
+           "a circular body outline ringed by dense bone, typical of a CT slice",
+           "a disc of soft tissue inside a bright cortical ring"],
+    "MRI": ["an oval outline with smooth concentric bands of soft-tissue signal",
+            "an elliptical section with layered, ring-like signal and no bright bony rim",
+            "soft concentric layers inside an oval contour, typical of an MRI slice"],
+    "X-ray": ["a projection filling the whole frame with horizontal rib-like bands",
+              "full-field projection with repeated rib shadows and a bright central column",
+              "a frame-filling radiograph with stacked horizontal bands and no body outline"],
+}
+LESION_WORDS = ["a bright round lesion", "a well-defined hyperintense focus", "a conspicuous bright spot"]
+OPENERS = ["Let me look at the image.", "First I examine the scan.", "I start by describing what is visible.", ""]
+
+
+@dataclass(frozen=True)
+class WorldParams:
+    n_train: int = 2000
+    n_val: int = 200
+    n_test: int = 300
+    image_size: int = 64
+    seed: int = 0
+    difficulty: float = 0.1  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
+    hard_fraction: float = 0.1  # share of items whose difficulty is drawn from [0.6, 1]
+
+    def __post_init__(self) -> None:
+        if self.image_size < 16:
+            raise ValueError(f"synthetic image_size must be >= 16, got {self.image_size}")
+        for name in ("difficulty", "hard_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"synthetic {name} must be within [0, 1], got {getattr(self, name)}")
+        for name in ("n_train", "n_val", "n_test"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"synthetic {name} must be >= 0, got {getattr(self, name)}")
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": self.n_train, "val": self.n_val, "test": self.n_test}
+
+    def key(self) -> str:
+        blob = json.dumps({**asdict(self), "version": VERSION}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Scene:
+    modality: str
+    lesions: tuple[tuple[int, int], ...]  # (quadrant index, size index)
+    difficulty: float
+
+
+# ------------------------------------------------------------------------------------------------ scenes
+def _balanced(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """n values in range(k), each as often as possible (counts differ by at most one), shuffled."""
+    return rng.permutation(np.arange(n) % k)
+
+
+def _plan(params: WorldParams, split: str) -> list[dict]:
+    """Question type, answer value, correct letter, modality and hardness per item, balanced within the split.
+
+    One shuffled index per item drives both its answer value and its modality (whose cycle carries on from
+    type to type), so values, modalities and their combinations all come out as even as the counts allow.
+    """
+    n = params.sizes()[split]
+    rng = np.random.default_rng([params.seed, SPLITS.index(split), 0])
+    types = _balanced(rng, n, len(QUESTION_TYPES))
+    plan: list[dict] = [{} for _ in range(n)]
+    offset = 0
+    for t, qtype in enumerate(QUESTION_TYPES):
+        idx = np.flatnonzero(types == t)
+        order = rng.permutation(len(idx))
+        modality = (offset + order) % len(MODALITIES)
+        offset += len(idx)
+        value = {"modality": modality, "modality_location": modality * 4 + order % 4}.get(qtype, order % 4)
+        hard = rng.permutation(len(idx)) < round(params.hard_fraction * len(idx))  # exactly that share per type
+        for i, v, m, letter, h in zip(idx, value, modality, _balanced(rng, len(idx), 4), hard):
+            plan[i] = {"qtype": qtype, "value": int(v), "letter": LETTERS[letter], "modality": int(m), "hard": bool(h)}
+    return plan
+
+
+def _scene(plan: dict, rng: np.random.Generator, params: WorldParams) -> Scene:
+    qtype, value = plan["qtype"], plan["value"]
+    modality, quadrant = plan["modality"], value % 4
+    quadrants = list(rng.permutation(4))
+    if qtype in ("location", "size", "modality_location"):
+        n_lesions = 1
+        if qtype != "size":
+            quadrants = [quadrant]
+    elif qtype == "count":
+        n_lesions = value
+    elif qtype == "presence":
+        n_lesions, quadrants = 3, [q for q in range(4) if q != value]
+    else:
+        n_lesions = int(rng.integers(0, 4))
+    sizes = [value] if qtype == "size" else list(rng.integers(0, 4, size=n_lesions))
+    difficulty = float(rng.uniform(0.6, 1.0)) if plan["hard"] else params.difficulty
+    lesions = tuple((int(q), int(s)) for q, s in zip(quadrants[:n_lesions], sizes))
+    return Scene(MODALITIES[modality], lesions, round(difficulty, 3))
+
+
+# ------------------------------------------------------------------------------------------------ images
+def render(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarray:
+    """An RGB uint8 image: modality background, bright disc lesions, noise (all scaled by difficulty)."""
+    d = scene.difficulty
+    yy, xx = (np.mgrid[0:size, 0:size] + 0.5) / size - 0.5  # coordinates in [-0.5, 0.5], y down
+    r = np.hypot(xx, yy)
+    if scene.modality == "CT":
+        body = r < 0.40
+        img = np.where(body, 0.32 + 0.05 * np.sin(9 * xx + 3 * rng.random()) * np.cos(7 * yy), 0.02)
+        img = np.where((r >= 0.40) & (r < 0.46), 0.85, img)  # bright bony rim
+    elif scene.modality == "MRI":
+        e = np.hypot(xx / 0.46, yy / 0.34)
+        img = np.where(e < 1.0, 0.30 + 0.12 * np.cos(e * 18 + rng.random()), 0.0)  # concentric bands
+    else:  # X-ray: whole frame, rib-like horizontal bands and a brighter central column
+        img = 0.20 + 0.14 * (np.sin(yy * 2 * np.pi * 6 + rng.random() * 2 * np.pi) > 0.3)
+        img = img + 0.16 * (np.abs(xx) < 0.06)
+    contrast = 0.65 * (1.0 - 0.7 * d)
+    shrink = 1.0 - 0.35 * d
+    for quadrant, size_idx in scene.lesions:
+        cy = (-0.22 if quadrant < 2 else 0.22) + rng.uniform(-0.03, 0.03)
+        cx = (-0.22 if quadrant % 2 == 0 else 0.22) + rng.uniform(-0.03, 0.03)
+        radius = SIZE_RADIUS[size_idx] * shrink
+        # A soft edge (one pixel wide) keeps tiny lesions visible after downscaling instead of aliasing away.
+        mask = np.clip((radius - np.hypot(xx - cx, yy - cy)) * size + 0.5, 0.0, 1.0)
+        img = img + contrast * mask
+    img = img + rng.normal(0.0, 0.02 + 0.22 * d, size=img.shape)
+    gray = (np.clip(img, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+# --------------------------------------------------------------------------------------- questions, traces
+def _choices(plan: dict, scene: Scene, rng: np.random.Generator) -> tuple[list[str], str]:
+    """Four choices with the correct one at plan["letter"], and the correct text."""
+    qtype, value = plan["qtype"], plan["value"]
+    if qtype == "modality_location":
+        # A 2x2 grid (two modalities x two quadrants): each modality and each quadrant appears twice, so the
+        # wording cannot single out the correct option.
+        m, q = divmod(value, 4)
+        m2 = int(rng.choice([x for x in range(3) if x != m]))
+        q2 = int(rng.choice([x for x in range(4) if x != q]))
+        correct, *others = [f"{MODALITIES[a]} with a lesion in the {QUADRANTS[b]} quadrant"
+                            for a, b in ((m, q), (m, q2), (m2, q), (m2, q2))]
+    else:  # every other value of the type (modality adds an Ultrasound distractor to make four)
+        values = {"modality": list(MODALITIES) + ["Ultrasound"], "location": list(QUADRANTS),
+                  "count": list(COUNTS), "size": list(SIZES), "presence": list(QUADRANTS)}[qtype]
+        correct, others = values[value], [v for i, v in enumerate(values) if i != value]
+    distractors = [others[i] for i in rng.permutation(len(others))]
+    slot = LETTERS.index(plan["letter"])
+    return distractors[:slot] + [correct] + distractors[slot:], correct
+
+
+def _describe_lesions(scene: Scene, rng: np.random.Generator) -> list[str]:
+    if not scene.lesions:
+        return [str(rng.choice(["No focal bright lesion is seen in any quadrant.",
+                                "The tissue looks uniform: there is no lesion.",
+                                "I find no focal abnormality anywhere in the image."]))]
+    out = [f"I count {len(scene.lesions)} lesion{'s' if len(scene.lesions) > 1 else ''}."]
+    for q, s in sorted(scene.lesions):
+        word = str(rng.choice(LESION_WORDS))
+        out.append(str(rng.choice([f"There is {word} in the {QUADRANTS[q]} quadrant, {SIZES[s]} in size.",
+                                   f"In the {QUADRANTS[q]} quadrant I see {word} that is {SIZES[s]}.",
+                                   f"A {SIZES[s]} lesion sits in the {QUADRANTS[q]} quadrant."])))
+    return out
+
+
+def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator) -> str:
+    """Template reasoning: visual evidence, the fact(s) the question needs, optional elimination, the letter."""
+    qtype, letter = plan["qtype"], plan["letter"]
+    steps = [str(rng.choice(OPENERS)),
+             f"The image shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}."]
+    steps += _describe_lesions(scene, rng)
+    if scene.difficulty >= 0.6:
+        steps.append(str(rng.choice(["The image is noisy and the contrast is low, so I look carefully.",
+                                     "Noise makes this harder to read, but the findings above hold."])))
+    free = [QUADRANTS[q] for q in range(4) if q not in {lq for lq, _ in scene.lesions}]
+    fact = {"modality": f"The modality is {scene.modality}.",
+            "location": f"The lesion is in the {correct} quadrant.",
+            "count": f"So the number of lesions is {len(scene.lesions)}.",
+            "size": f"The lesion is {correct}.",
+            "presence": f"Only the {', '.join(free)} quadrant has no lesion.",
+            "modality_location": f"Combining both facts: {correct}."}[qtype]
+    steps.append(fact)
+    if rng.random() < 0.5:  # eliminate the other options one by one (varies the trace length)
+        steps += [f"Option {LETTERS[i]} ({c}) does not match." for i, c in enumerate(choices) if c != correct]
+    steps.append(str(rng.choice([f"The answer is {letter}.", f"Therefore option {letter} is correct.",
+                                 f"So I choose {letter}: {correct}."])))
+    return f"<think>{' '.join(s for s in steps if s)}</think><answer>{letter}</answer>"
+
+
+def _item_text(params: WorldParams, split: str, i: int, plan: dict
+               ) -> tuple[Scene, np.random.Generator, dict, list[str]]:
+    """The item's scene, its random stream (rendering continues it), its CSV row and its plain choices."""
+    rng = np.random.default_rng([params.seed, SPLITS.index(split), 1, i])
+    scene = _scene(plan, rng, params)
+    choices, correct = _choices(plan, scene, rng)
+    row = {"id": f"synthetic-{split}-{i:05d}", "Figure_path": f"{split}/{split}_{i:05d}.png",
+           "Question": str(rng.choice(QUESTIONS[plan["qtype"]])),
+           "Answer": correct,
+           # PMC-VQA writes its choices as " A: text "; the reader strips that back off.
+           **{f"Choice {L}": f" {L}: {c} " for L, c in zip(LETTERS, choices)},
+           "Answer_label": plan["letter"], "modality": scene.modality, "content_type": plan["qtype"],
+           "split": split, "trace": _trace(plan, scene, choices, correct, rng), "difficulty": scene.difficulty}
+    return scene, rng, row, choices
+
+
+# ------------------------------------------------------------------------------------------------- world
+def split_stats(frame: pd.DataFrame) -> dict:
+    """Counts that show the balance: items, question types, letters, modalities, hard items."""
+    return {"items": len(frame), "hard": int((frame["difficulty"] >= 0.6).sum()),
+            **{col: {str(k): int(v) for k, v in frame[col].value_counts().sort_index().items()}
+               for col in ("content_type", "Answer_label", "modality")}}
+
+
+def world_dir(root: str | os.PathLike, params: WorldParams) -> Path:
+    return Path(root) / f"world-{params.key()}"
+
+
+def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
+    """Write the world (images/, <split>.csv, world.json) under root unless it is already complete there."""
+    final = world_dir(root, params)
+    if (final / "world.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        stats = {}
+        for split in SPLITS:
+            (tmp / "images" / split).mkdir(parents=True)
+            rows = []
+            for i, plan in enumerate(_plan(params, split)):
+                scene, rng, row, _ = _item_text(params, split, i, plan)
+                pixels = render(scene, params.image_size, rng)
+                Image.fromarray(pixels, "RGB").save(tmp / "images" / row["Figure_path"], optimize=False)
+                rows.append(row)
+            frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+            frame.to_csv(tmp / f"{split}.csv", index=False)
+            stats[split] = split_stats(frame)
+        (tmp / "world.json").write_text(json.dumps({"params": asdict(params), "version": VERSION,
+                                                    "stats": stats}, indent=2, sort_keys=True))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same world first: theirs is identical
+            if not (final / "world.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int = 300, image_size: int = 64,
+                   seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, split: str = "train",
+                   name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
+                   limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+    """Make the world if absent, then read one split through the PMC-VQA reader."""
+    if split not in SPLITS:
+        raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
+    params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction)
+    world = make_world(root, params)
+    items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
+                                source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
+                                limit=limit, extra_columns=("trace", "difficulty"))
+    # The CSV round trip gives strings; difficulty is a number downstream (hard-item analyses).
+    items = [it.with_extra(difficulty=float(it.extra["difficulty"])) for it in items]
+    stats.metrics["synthetic_world"] = str(world)
+    stats.metrics["synthetic_split"] = json.loads((world / "world.json").read_text())["stats"][split]
+    return items, stats
+
+
+def synthetic_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
+    """Text of a world's train split for training tiny tokenizers, rendering and writing no images.
+
+    Per item: the question, choices, answer and trace, and the item's prompt under one of the PROMPTS
+    templates (in turn), wrapped in a CONVERSATIONS style (in turn), so the prompt wording is covered too.
+    """
+    from mvqa.prompts import CONVERSATIONS, PROMPTS, format_conversation, format_question
+
+    params = WorldParams(n_train=n_items, n_val=0, n_test=0, seed=seed)
+    templates, styles = sorted(PROMPTS), sorted(CONVERSATIONS)
+    texts = []
+    for i, plan in enumerate(_plan(params, "train")):
+        _, _, row, choices = _item_text(params, "train", i, plan)
+        item = VQAItem(id=row["id"], image=row["Figure_path"], question=row["Question"], choices=choices,
+                       answer_label=row["Answer_label"], answer=row["Answer"])
+        prompt = format_question(item, templates[i % len(templates)])
+        texts += [row["Question"], *choices, row["Answer"], row["trace"],
+                  format_conversation(prompt, row["trace"], styles[i % len(styles)])]
+    return texts

@@ -1,0 +1,32 @@
+"""Schema of `dataset/synthetic`: the embedded synthetic world (mvqa.data.synthetic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import II
+
+from mvqa.schemas.dataset import DatasetConf
+
+GROUP = "dataset"
+
+
+@dataclass
+class SyntheticConf(DatasetConf):
+    _target_: str = "mvqa.data.synthetic.read_synthetic"
+    name: str = "synthetic"
+    # Worlds are cached here, one directory per parameter hash, and reused across runs.
+    root: str = II("paths.cache") + "/synthetic"
+    split: str = "train"  # train | val | test
+    n_train: int = 2000
+    n_val: int = 200
+    n_test: int = 300
+    image_size: int = 64
+    seed: int = II("seed")
+    # Per-item difficulty of ordinary items (noise up, contrast and lesion size down), 0..1.
+    difficulty: float = 0.1
+    # Share of items made really hard (difficulty drawn from [0.6, 1]).
+    hard_fraction: float = 0.1
+
+
+SCHEMAS = {"schema_synthetic": SyntheticConf}

@@ -1,0 +1,205 @@
+"""The synthetic world: determinism, atomic caching, balance, images, traces, learnability, config."""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from mvqa.data import synthetic
+from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
+from mvqa.prompts import parse_answer
+
+TINY = {"n_train": 48, "n_val": 12, "n_test": 24, "image_size": 64}
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def pixels(item, size: int | None = None) -> np.ndarray:
+    img = Image.open(Path(item.image_root) / item.image)
+    if size:
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+
+
+def test_same_seed_is_byte_identical_and_other_seeds_differ(tmp_path):
+    a = tree_hashes(make_world(tmp_path / "a", WorldParams(**TINY, seed=3)))
+    b = tree_hashes(make_world(tmp_path / "b", WorldParams(**TINY, seed=3)))
+    c = tree_hashes(make_world(tmp_path / "c", WorldParams(**TINY, seed=4)))
+    assert len(a) == 48 + 12 + 24 + 4  # images, three CSVs, world.json
+    assert a == b
+    differing = {k for k in a if k != "world.json" and a[k] != c.get(k)}
+    assert {"train.csv", "val.csv", "test.csv"} <= differing
+    assert sum(k.endswith(".png") for k in differing) > 0.9 * (48 + 12 + 24)
+
+
+def test_world_is_cached_and_a_failed_generation_leaves_nothing(tmp_path, monkeypatch):
+    params = WorldParams(**TINY)
+    real_render, calls = synthetic.render, []
+
+    def render_then_die(*args):
+        calls.append(1)
+        if len(calls) > 30:
+            raise KeyboardInterrupt  # a kill half-way through the train split
+        return real_render(*args)
+
+    monkeypatch.setattr(synthetic, "render", render_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        make_world(tmp_path, params)
+    assert list(tmp_path.iterdir()) == []  # no world, no temporary directory
+
+    monkeypatch.setattr(synthetic, "render", real_render)
+    world = make_world(tmp_path, params)
+    assert world == synthetic.world_dir(tmp_path, params) and (world / "world.json").is_file()
+    stamp = (world / "train.csv").stat().st_mtime_ns
+    monkeypatch.setattr(synthetic, "render", render_then_die)  # a cached world renders nothing
+    assert make_world(tmp_path, params) == world
+    assert (world / "train.csv").stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [world.name]
+
+
+def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
+    items, stats = read_synthetic(str(tmp_path), **TINY, split="train")
+    assert len(items) == 48 and stats.n_out == 48 and not stats.dropped
+    world_stats = stats.metrics["synthetic_split"]  # what world.json records, for the demo to print
+    assert world_stats["items"] == 48 and world_stats["Answer_label"] == dict.fromkeys("ABCD", 12)
+    assert collections.Counter(it.answer_label for it in items) == dict.fromkeys("ABCD", 12)
+    assert collections.Counter(it.content_type for it in items) == dict.fromkeys(QUESTION_TYPES, 8)
+    assert collections.Counter(it.modality for it in items) == dict.fromkeys(["CT", "MRI", "X-ray"], 16)
+    combos = collections.Counter((it.modality, it.answer) for it in items if it.content_type == "count")
+    assert len(combos) == 8  # modality and answer value vary independently, not in lockstep
+    for qtype in QUESTION_TYPES:  # every answer value about equally often, so the text cannot tell
+        counts = collections.Counter(it.answer for it in items if it.content_type == qtype)
+        assert max(counts.values()) - min(counts.values()) <= 1, (qtype, counts)
+    assert len({it.id for it in items}) == 48
+    for it in items:
+        assert it.split == "train" and it.source == "synthetic" and len(it.choices) == 4
+        assert len(set(it.choices)) == 4 and it.choices[it.answer_index] == it.answer
+        assert not it.choices[0].startswith("A:")  # the reader stripped PMC-VQA's " A: " prefixes
+        img = Image.open(Path(it.image_root) / it.image)
+        assert img.mode == "RGB" and img.size == (64, 64)
+        parsed = parse_answer(it.extra["trace"])
+        assert parsed.status == "ok" and parsed.letter == it.answer_label
+        assert parsed.thinking.count(".") >= 3  # several sentences of evidence
+        assert isinstance(it.extra["difficulty"], float)
+    lengths = [len(it.extra["trace"]) for it in items]
+    assert max(lengths) > 1.5 * min(lengths)
+    other, _ = read_synthetic(str(tmp_path), **TINY, split="test")
+    assert len(other) == 24 and not {it.id for it in other} & {it.id for it in items}
+
+
+def test_combined_question_options_do_not_give_the_answer_away(tmp_path):
+    items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
+    combined = [it for it in items if it.content_type == "modality_location"]
+    assert combined
+    for it in combined:  # a 2x2 grid: each modality and each quadrant named by exactly two options
+        modalities = collections.Counter(c.split(" with ")[0] for c in it.choices)
+        quadrants = collections.Counter(c.split(" in the ")[1] for c in it.choices)
+        assert sorted(modalities.values()) == [2, 2] and sorted(quadrants.values()) == [2, 2]
+        assert it.modality == it.answer.split(" with ")[0]
+
+
+def test_hard_items_are_noisier(tmp_path):
+    items, _ = read_synthetic(str(tmp_path), **TINY, hard_fraction=0.5, split="train")
+    hard = [it for it in items if it.extra["difficulty"] >= 0.6]
+    easy = [it for it in items if it.extra["difficulty"] == 0.1]
+    assert len(hard) == len(easy) == 24  # exactly the share asked for, half of each question type
+    assert collections.Counter(it.content_type for it in hard) == dict.fromkeys(QUESTION_TYPES, 4)
+
+    def roughness(it):  # mean absolute difference between horizontal neighbours
+        return float(np.abs(np.diff(pixels(it), axis=1)).mean())
+
+    assert min(map(roughness, hard)) > max(map(roughness, easy))
+
+
+def test_bad_parameters_are_named(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        WorldParams(image_size=8)
+    with pytest.raises(ValueError, match="hard_fraction"):
+        WorldParams(hard_fraction=1.5)
+    with pytest.raises(ValueError, match="split"):
+        read_synthetic(str(tmp_path), **TINY, split="dev")
+
+
+def probe_accuracy(train, test) -> dict[str, float]:
+    """Per question type: a logistic probe on 32x32 grey pixels predicts the answer text; pick its option."""
+    from sklearn.linear_model import LogisticRegression
+
+    x_train = np.stack([pixels(it, 32).ravel() for it in train])
+    x_test = np.stack([pixels(it, 32).ravel() for it in test])
+    accuracy = {}
+    for qtype in QUESTION_TYPES:
+        tr = [i for i, it in enumerate(train) if it.content_type == qtype]
+        te = [i for i, it in enumerate(test) if it.content_type == qtype]
+        probe = LogisticRegression(max_iter=500).fit(x_train[tr], [train[i].answer for i in tr])
+        classes, hits = list(probe.classes_), 0
+        for i, proba in zip(te, probe.predict_proba(x_test[te])):
+            scores = [proba[classes.index(c)] if c in classes else -1.0 for c in test[i].choices]
+            hits += test[i].letters[int(np.argmax(scores))] == test[i].answer_label
+        accuracy[qtype] = hits / len(te)
+    return accuracy
+
+
+def text_only_accuracy(train, test) -> float:
+    """A classifier that sees only the question and the lettered options, never the image."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    def text(it):
+        return it.question + " " + " ".join(f"{L}_{c.replace(' ', '_')}" for L, c in it.choice_map().items())
+
+    vec = TfidfVectorizer(token_pattern=r"\S+").fit([text(it) for it in train])
+    blind = LogisticRegression(max_iter=1000).fit(vec.transform([text(it) for it in train]),
+                                                  [it.answer_label for it in train])
+    return float(np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
+
+
+def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
+    from threadpoolctl import threadpool_limits
+
+    kw = {"n_train": 600, "n_val": 0, "n_test": 240, "image_size": 64}
+    train, _ = read_synthetic(str(tmp_path), **kw, split="train")
+    test, _ = read_synthetic(str(tmp_path), **kw, split="test")
+    with threadpool_limits(limits=1):  # BLAS threads on a busy 2-core machine made these small fits 10x slower
+        per_type = probe_accuracy(train, test)
+        blind = text_only_accuracy(train, test)
+    overall = sum(per_type[it.content_type] for it in test) / len(test)
+    assert overall >= 0.8 and min(per_type.values()) >= 0.5, per_type
+    assert blind < 0.4
+
+
+def test_corpus_is_the_worlds_text_without_images(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    corpus = synthetic_corpus(seed=0, n_items=24)
+    assert list(tmp_path.iterdir()) == []
+    assert corpus == synthetic_corpus(seed=0, n_items=24) != synthetic_corpus(seed=1, n_items=24)
+    items, _ = read_synthetic(str(tmp_path / "w"), n_train=24, n_val=0, n_test=0, split="train")
+    for it in items:
+        assert it.question in corpus and it.extra["trace"] in corpus and set(it.choices) <= set(corpus)
+    # The prompt wording and conversation markup are included, filled in (no template syntax left).
+    assert any("Eliminate incorrect options one by one" in t for t in corpus)
+    assert any(t.startswith("[INST] <image>\n") and t.endswith(" </s>") for t in corpus)
+    assert not any("[[" in t or "{question}" in t for t in corpus)
+
+
+def test_generate_config_composes_and_instantiates(compose, tmp_path):
+    cfg = compose("generate", ["dataset.n_train=12", "dataset.n_val=6", "dataset.n_test=6", "dataset.split=val",
+                               f"paths.cache={tmp_path / 'cache'}", "seed=5"])
+    assert cfg.dataset.name == "synthetic" and cfg.dataset.seed == 5
+    assert cfg.dataset.root == str(tmp_path / "cache" / "synthetic")
+    items, stats = instantiate(cfg.dataset)
+    assert len(items) == 6 and {it.split for it in items} == {"val"} and stats.stage == "load"
+    assert Path(items[0].image_root).is_relative_to(tmp_path / "cache" / "synthetic")
+
+
+def test_misspelt_synthetic_key_fails_at_compose(compose):
+    with pytest.raises(Exception, match="n_trian"):
+        compose("generate", ["dataset.n_trian=5"])
