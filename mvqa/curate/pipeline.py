@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mvqa.data.loading import load_dataset
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import items_fingerprint, read_items_jsonl, write_items_jsonl, write_json
@@ -88,7 +88,7 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
     if not 0 <= cfg.shard < cfg.num_shards:
         raise ValueError(f"shard={cfg.shard} must be in [0, num_shards={cfg.num_shards})")
     ctx = CurationContext(cfg=cfg, output_dir=output_dir, run=run)
-    items, stats = instantiate(cfg.dataset)
+    items, stats = load_dataset(cfg.dataset)
     _record(output_dir, 0, "load", items, stats, {"cached": False})
     funnel = [{"stage": "load", "n_in": stats.n_in, "n_out": stats.n_out}]
     registry = _stages()

@@ -90,6 +90,8 @@ class SlakeConf(DatasetConf):
     name: str = "slake"
     root: str = MISSING
     split: str = "test"  # train | validate | test
+    val_split: Optional[str] = "validate"
+    test_split: Optional[str] = "test"
     source: str = "slake"
     open_ended: bool = False  # keep OPEN questions open instead of adding distractors
     num_distractors: int = 3

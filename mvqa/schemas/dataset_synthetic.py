@@ -18,6 +18,8 @@ class SyntheticConf(DatasetConf):
     # Worlds are cached here, one directory per parameter hash, and reused across runs.
     root: str = II("paths.cache") + "/synthetic"
     split: str = "train"  # train | val | test
+    val_split: str | None = "val"
+    test_split: str | None = "test"
     n_train: int = 2000
     n_val: int = 200
     n_test: int = 300

@@ -10,6 +10,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from mvqa.data.collators import model_inputs
+from mvqa.models.lora import optimizer_groups
 from mvqa.prompts import parse_answer
 
 
@@ -20,11 +21,10 @@ class VQAFineTuner(pl.LightningModule):
     trained), so resuming loads them over the frozen base that the recipe rebuilt.
     """
 
-    def __init__(self, model, tokenizer, recipe, max_new_tokens: int = 64, gradient_checkpointing: bool = False,
-                 projector_pattern: str = "multi_modal_projector") -> None:
+    def __init__(self, model, tokenizer, recipe, max_new_tokens: int = 64, gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.model, self.tokenizer, self.recipe = model, tokenizer, recipe
-        self.max_new_tokens, self.projector_pattern = max_new_tokens, projector_pattern
+        self.max_new_tokens = max_new_tokens
         self.adapter_only = recipe.method in ("lora", "qlora")
         # Missing frozen base weights in an adapter-only checkpoint are expected on resume.
         self.strict_loading = not self.adapter_only
@@ -72,13 +72,8 @@ class VQAFineTuner(pl.LightningModule):
 
     def configure_optimizers(self):
         r = self.recipe
-        trainable = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        projector = [p for n, p in trainable if self.projector_pattern in n]
-        rest = [p for n, p in trainable if self.projector_pattern not in n]
-        groups = [{"params": rest, "lr": r.lr}]
-        if projector:
-            groups.append({"params": projector, "lr": r.projector_lr or r.lr})
-        optimizer = torch.optim.AdamW(groups, lr=r.lr, weight_decay=r.weight_decay, betas=tuple(r.betas))
+        optimizer = torch.optim.AdamW(optimizer_groups(self.model, r), lr=r.lr, weight_decay=r.weight_decay,
+                                      betas=tuple(r.betas))
         total = int(self.trainer.estimated_stepping_batches)
         warmup = math.ceil(r.warmup_ratio * total)
         make = {"cosine": get_cosine_schedule_with_warmup, "linear": get_linear_schedule_with_warmup}

@@ -1,0 +1,114 @@
+"""The fine-tuning recipe behind `train.py`, top to bottom: model -> data -> Wait formatting -> fit -> save."""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mvqa.data.collators import VQACollator
+from mvqa.data.datamodule import VQADataModule
+from mvqa.data.loading import load_dataset, split_for
+from mvqa.data.records import VQAItem
+from mvqa.data.stats import StageStats
+from mvqa.data.storage import write_json
+from mvqa.models.load import load_model
+from mvqa.models.lora import count_parameters, prepare_trainable, save_adapter
+from mvqa.tracking import log_artifact
+from mvqa.train.module import VQAFineTuner
+
+log = logging.getLogger(__name__)
+
+
+def split_train_val(cfg: DictConfig) -> tuple[list[VQAItem], list[VQAItem], StageStats]:
+    """Validation comes from the dataset's own split when it has one (`dataset.val_split`), else a seeded
+    hold-out of `data.val_fraction` of the items."""
+    items, stats = load_dataset(cfg.dataset)
+    val_split = split_for(cfg.dataset, "val")
+    if val_split:
+        val, _ = load_dataset(cfg.dataset, split=val_split)
+        return items, val, stats
+    order = list(range(len(items)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = round(len(items) * cfg.data.val_fraction)
+    held = set(order[:n_val])
+    return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)], stats
+
+
+def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    loggers = [CSVLogger(output_dir, name="csv", version="")]  # local metrics in every case
+    if run is not None:
+        loggers.append(WandbLogger(experiment=run, log_model=False))
+    return loggers
+
+
+def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
+    output_dir = Path(output_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # 1. The base model and what is trained on it (LoRA adapters or the full language model).
+    bundle = load_model(cfg.model)
+    model = prepare_trainable(bundle.model, cfg.recipe)
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
+
+    # 2. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
+    train_items, val_items, load_stats = split_train_val(cfg)
+    formatter = instantiate(cfg.trace_format)
+    train_items, format_stats = formatter(train_items, bundle.special_tokens)
+    val_items, val_format_stats = formatter(val_items, bundle.special_tokens)
+    if not train_items:
+        raise RuntimeError(f"no training items left after formatting: {format_stats.drop_reasons}")
+    collate = dict(processor=bundle.processor, prompt_template=cfg.data.prompt, max_length=cfg.data.max_length)
+    train_collator = VQACollator(mode="train", **collate)
+    datamodule = VQADataModule(train_items, val_items, train_collator, VQACollator(mode="generate", **collate),
+                               batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
+                               num_workers=cfg.data.num_workers, seed=cfg.seed)
+
+    # 3. Fit.
+    module = VQAFineTuner(model, bundle.tokenizer, cfg.recipe, max_new_tokens=cfg.data.val_max_new_tokens,
+                          gradient_checkpointing=cfg.gradient_checkpointing)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True,
+                                               every_n_train_steps=cfg.checkpoint_every_n_steps or None)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
+                                      callbacks=[checkpoints, pl.callbacks.LearningRateMonitor()])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
+
+    # 4. Save: the adapter alone for LoRA runs, the whole model for full fine-tunes; both with the processor.
+    if not trainer.is_global_zero:
+        return {}
+    saved = _save(model, bundle, cfg, output_dir / ("adapter" if module.adapter_only else "model"))
+    if cfg.export_dir:
+        _save(model, bundle, cfg, Path(cfg.export_dir))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    result = {
+        "metrics": metrics, "val_acc": metrics.get("val/acc"), "global_step": trainer.global_step,
+        "saved": str(saved), "trainable_parameters": trainable, "total_parameters": total,
+        "n_train": len(train_items), "n_val": len(val_items),
+        "stats": {"load": load_stats.to_dict(), "format": format_stats.to_dict(),
+                  "format_val": val_format_stats.to_dict(),
+                  "encoding": {"truncated": train_collator.stats.truncated,
+                               "too_long": train_collator.stats.too_long}},
+    }
+    write_json(result, output_dir / "metrics.json")
+    if OmegaConf.select(cfg, "dataset.name") == "curated":
+        log_artifact(run, cfg.dataset.path, f"curated-{Path(cfg.dataset.path).parent.name}", "dataset", use=True)
+    if run is not None and run.settings.mode == "online" and cfg.logger.log_artifacts:
+        log_artifact(run, saved, f"{saved.name}-{run.id}", "model")
+    return result
+
+
+def _save(model, bundle, cfg: DictConfig, path: Path) -> Path:
+    if cfg.recipe.method in ("lora", "qlora"):
+        save_adapter(model, path)
+    else:
+        model.save_pretrained(path)
+    bundle.processor.save_pretrained(path)
+    return path
