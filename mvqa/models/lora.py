@@ -1,0 +1,197 @@
+"""LoRA adapters (and full / QLoRA set-ups) on the language model of a VLM, from a `recipe/` config.
+
+Targets are a regex over the language model's module names: the CLIP / Qwen vision towers also have
+q/k/v projections and must never get adapters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+LM_LAYERS = r"model\.language_model\.layers\.\d+"
+ATTN = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+MLP = r"mlp\.(gate_proj|up_proj|down_proj)"
+TARGETS = {"attn": ATTN, "attn_mlp": f"({ATTN}|{MLP})"}
+# Per model_type: the vision tower's module prefix and the projector's name (inside the tower for Qwen2-VL).
+VISION = {"llava": "model.vision_tower.", "qwen2_vl": "model.visual."}
+PROJECTOR = {"llava": "multi_modal_projector", "qwen2_vl": "merger"}
+ADAPTER_INFO = "mvqa_adapter.json"
+
+
+def target_regex(target: str) -> str:
+    if target not in TARGETS:
+        raise ValueError(f"recipe.target must be one of {sorted(TARGETS)}, got {target!r}")
+    return rf"{LM_LAYERS}\.{TARGETS[target]}"
+
+
+def _model_type(model) -> str:
+    model_type = model.config.model_type
+    if model_type not in PROJECTOR:
+        raise ValueError(f"no LoRA layout for model_type {model_type!r}; expected one of {sorted(PROJECTOR)}")
+    return model_type
+
+
+def is_projector(name: str, model_type: str) -> bool:
+    return f"{PROJECTOR[model_type]}." in name
+
+
+def is_vision(name: str, model_type: str) -> bool:
+    return VISION[model_type] in name and not is_projector(name, model_type)
+
+
+def check_qlora_available() -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            "QLoRA needs a CUDA GPU (bitsandbytes 4-bit) and none is visible; use recipe=lora_r8"
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise RuntimeError("QLoRA needs bitsandbytes: pip install bitsandbytes")
+
+
+def lora_config(model, recipe, train_token_ids: list[int] | None = None) -> LoraConfig:
+    """`train_token_ids`: rows of the embeddings and LM head to train too (tokens added to a real vocab)."""
+    model_type = _model_type(model)
+    return LoraConfig(
+        r=recipe.r,
+        lora_alpha=recipe.alpha,
+        lora_dropout=recipe.dropout,
+        target_modules=target_regex(recipe.target),
+        modules_to_save=[PROJECTOR[model_type]] if recipe.train_projector else None,
+        trainable_token_indices={"embed_tokens": list(train_token_ids), "lm_head": list(train_token_ids)}
+        if train_token_ids
+        else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model, recipe, train_token_ids: list[int] | None = None) -> PeftModel:
+    """Wrap `model` with LoRA adapters from `recipe` (method lora or qlora); the base is frozen."""
+    if recipe.method not in ("lora", "qlora"):
+        raise ValueError(f"attach_lora takes recipe.method lora or qlora, got {recipe.method!r}")
+    if recipe.method == "qlora":
+        check_qlora_available()
+        if not getattr(model, "is_loaded_in_4bit", False):
+            raise ValueError("recipe qlora needs a 4-bit base: load it with model.quantize=4bit")
+        model = prepare_model_for_kbit_training(model)
+    return get_peft_model(model, lora_config(model, recipe, train_token_ids))
+
+
+def prepare_trainable(model, recipe, train_token_ids: list[int] | None = None):
+    """What training calls: LoRA/QLoRA adapters, or for method full the language model (and projector when
+    `train_projector`) trainable with the vision tower frozen."""
+    if recipe.method != "full":
+        return attach_lora(model, recipe, train_token_ids)
+    model_type = _model_type(model)
+    for name, p in model.named_parameters():
+        p.requires_grad = not is_vision(name, model_type) and (
+            recipe.train_projector or not is_projector(name, model_type)
+        )
+    return model
+
+
+def optimizer_groups(model, recipe) -> list[dict]:
+    """Trainable parameters split into the projector (at `projector_lr`) and the rest (at `lr`)."""
+    model_type = _model_type(_base(model))
+    groups = {True: [], False: []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[is_projector(name, model_type)].append(p)
+    proj_lr = recipe.projector_lr if recipe.projector_lr is not None else recipe.lr
+    return [
+        g
+        for g in (
+            {"params": groups[False], "lr": recipe.lr, "weight_decay": recipe.weight_decay},
+            {"params": groups[True], "lr": proj_lr, "weight_decay": recipe.weight_decay},
+        )
+        if g["params"]
+    ]
+
+
+def count_parameters(model) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def _base(model):
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def write_dir_atomically(write, path: str | os.PathLike) -> Path:
+    """Write a directory under a temporary name and swap it into place, so no half-written dir is left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        write(tmp)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        if old.exists() and not path.exists():  # put the previous version back
+            os.rename(old, path)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def save_adapter(model: PeftModel, path: str | os.PathLike) -> Path:
+    """The adapter only (safetensors + adapter_config.json), with the base it was trained on."""
+    if not isinstance(model, PeftModel):
+        raise TypeError(f"save_adapter takes a PeftModel, got {type(model).__name__}")
+    base = model.get_base_model()
+    info = {"model_type": base.config.model_type, "base": base.config.name_or_path}
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        (tmp / ADAPTER_INFO).write_text(json.dumps(info, indent=2))
+
+    return write_dir_atomically(write, path)
+
+
+def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False) -> PeftModel:
+    """A saved adapter onto `base`; one trained for another base fails naming both."""
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"no adapter at {path}: expected {path / 'adapter_config.json'} (see save_adapter)"
+        )
+    info_file = path / ADAPTER_INFO
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    trained_on = info.get("base") or json.loads((path / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    mismatch = (
+        f"adapter {path} was trained on {trained_on!r} ({info.get('model_type', '?')}) but the base is "
+        f"{base.config.name_or_path!r} ({base.config.model_type})"
+    )
+    if info.get("model_type", base.config.model_type) != base.config.model_type:
+        raise ValueError(mismatch)
+    try:
+        return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+    except (RuntimeError, ValueError, KeyError) as err:  # shape mismatches, target modules absent
+        raise ValueError(f"{mismatch}: {str(err).splitlines()[0]}") from err
+
+
+def merge_and_export(model, processor, path: str | os.PathLike) -> Path:
+    """Fold the adapter into the base weights and write a standalone checkpoint (weights, config, processor).
+
+    The PeftModel is unloaded in the process: use the returned dir (or the model it held) afterwards.
+    """
+    merged = model.merge_and_unload() if isinstance(model, PeftModel) else model
+
+    def write(tmp: Path) -> None:
+        merged.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return write_dir_atomically(write, path)

@@ -1,0 +1,30 @@
+"""Schema of the `recipe/` group: what is trained (LoRA, full, QLoRA) and the optimiser settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GROUP = "recipe"
+
+
+@dataclass
+class RecipeConf:
+    name: str = "lora_r8"
+    method: str = "lora"  # lora | full | qlora
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target: str = "attn"  # attn | attn_mlp, always the language model's projections (never the vision tower)
+    train_projector: bool = False  # train the multimodal projector in full (PEFT modules_to_save)
+    lr: float = 1e-4
+    projector_lr: float | None = None  # null: same as lr
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_ratio: float = 0.03
+    epochs: int = 1
+    scheduler: str = "cosine"
+    grad_clip: float | None = 1.0
+    accumulate_grad_batches: int = 1
+
+
+SCHEMAS = {"schema_recipe": RecipeConf}
