@@ -17,8 +17,8 @@ def main(cfg: DictConfig) -> float | None:
 
     with job_run(cfg, "generate") as run:
         summary = run_curation(cfg, Path(cfg.paths.output_dir), run)
-    # The optimised metric for hparams_search sweeps over sampler weights.
-    return (summary.get("diversity") or {}).get(cfg.get("optimized_metric", "mean_pairwise_distance"))
+    # What hparams_search sweeps over sampler weights optimise: a diversity figure of the curated set.
+    return ((summary.get("diversity") or {}).get("output") or {}).get(cfg.optimized_metric)
 
 
 if __name__ == "__main__":

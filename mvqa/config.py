@@ -27,10 +27,16 @@ def run_uid() -> str:
     return os.environ[_UID_ENV]
 
 
+def existing_path(path: str) -> str | None:
+    """`${mvqa.existing:PATH}`: PATH when it exists, else null (e.g. a bootstrapped checkpoint, once made)."""
+    return path if Path(path).exists() else None
+
+
 def setup() -> None:
     from mvqa.schemas import register_configs
 
-    for name, fn in {"mvqa.uid": run_uid, "mvqa.root": lambda: str(PROJECT_ROOT)}.items():
+    resolvers = {"mvqa.uid": run_uid, "mvqa.root": lambda: str(PROJECT_ROOT), "mvqa.existing": existing_path}
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
     register_configs()

@@ -70,15 +70,18 @@ def job_run(cfg: DictConfig, job_type: str):
         finish_run(run)
 
 
-def log_artifact(run: Any | None, path: str | Path, name: str, kind: str, *, use: bool = False) -> None:
-    """Log (or, with use=True, declare as input) a file or directory artifact; only when W&B is on."""
+def log_artifact(run: Any | None, paths: str | Path | list, name: str, kind: str, *, use: bool = False) -> None:
+    """Log (or, with use=True, declare as input) files and directories as one artifact; only when W&B is on."""
     if run is None:
         return
     import wandb
 
     artifact = wandb.Artifact(name=_artifact_name(name), type=kind)
-    path = Path(path)
-    (artifact.add_dir if path.is_dir() else artifact.add_file)(str(path))
+    for path in map(Path, paths if isinstance(paths, list) else [paths]):
+        if path.is_dir():
+            artifact.add_dir(str(path), name=path.name)
+        elif path.exists():
+            artifact.add_file(str(path))
     run.use_artifact(artifact) if use else run.log_artifact(artifact)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import pytest
 # W&B must never reach the network from tests, and must not write into the user's home.
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Tiny models and synthetic worlds are built once and shared by every test (and their subprocesses).
+os.environ.setdefault("MVQA_CACHE", os.path.join(tempfile.gettempdir(), "mvqa-test-cache"))
 
 from mvqa.config import CONFIG_DIR, PROJECT_ROOT, setup  # noqa: E402
 

@@ -87,10 +87,21 @@ def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "
     return stats
 
 
+def traced_items(run_dir: Path) -> list[VQAItem] | None:
+    """Every trace of this run before the correctness filter: the trace (or merge) stage's output, else what
+    entered the filter (a dataset that already carries traces), else None."""
+    stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / "items.jsonl").is_file())
+    names = [p.name.split("_", 1)[1] for p in stages]
+    for i, name in enumerate(names):
+        if name in ("trace", "merge"):
+            return read_items_jsonl(stages[i] / "items.jsonl")
+    if "filter" in names and names.index("filter") > 0:
+        return read_items_jsonl(stages[names.index("filter") - 1] / "items.jsonl")
+    return None
+
+
 def export_stage(items, ctx):
-    traced = sorted(ctx.output_dir.glob("stages/*_trace/items.jsonl")) + sorted(
-        ctx.output_dir.glob("stages/*_merge/items.jsonl"))
-    traces = read_items_jsonl(traced[-1]) if traced else None
     cfg = ctx.cfg.pipeline
-    stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json, traces)
+    stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json,
+                           traced_items(ctx.output_dir))
     return items, stats

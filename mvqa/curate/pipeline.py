@@ -11,16 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mvqa.curate.diversity import write_diversity_report
 from mvqa.data.loading import load_dataset
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import items_fingerprint, read_items_jsonl, write_items_jsonl, write_json
+from mvqa.tracking import log_artifact
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,9 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
         manifest["stages"].append({"stage": name, "key": key, "input_fingerprint": fingerprint, "cached": cached,
                                    "n_in": stats.n_in, "n_out": stats.n_out, "drops": stats.drop_reasons})
         log.info(stats.summary() + (" [cached]" if cached else ""))
-        diversity = stats.metrics.get("diversity", diversity)
+        if "diversity" in stats.metrics:  # cached or not, the run dir gets the report
+            diversity = stats.metrics["diversity"]
+            write_diversity_report(diversity, output_dir)
         if name == "trace" and cfg.num_shards > 1:
             stopped_for_merge = True
             log.info("shard %d of %d traced; run the merge stage once all shards are done", cfg.shard, cfg.num_shards)
@@ -117,7 +122,31 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
                "diversity": diversity}
     write_json(manifest, output_dir / "manifest.json")
     write_json(summary, output_dir / "summary.json")
+    _log_to_wandb(run, summary, output_dir)
     return summary
+
+
+EXPORTS = ["final.csv", "items.jsonl", "traces_partial.csv", "llava_conversations.json", "images", "images.zip",
+           "diversity.json", "diversity.md"]
+
+
+def _log_to_wandb(run: Any, summary: dict[str, Any], output_dir: Path) -> None:
+    """The stage funnel, the diversity report and the curated set as a dataset artifact."""
+    if run is None:
+        return
+    import wandb
+
+    funnel = wandb.Table(columns=["stage", "n_in", "n_out"],
+                         data=[[f["stage"], f["n_in"], f["n_out"]] for f in summary["funnel"]])
+    run.log({"funnel": wandb.plot.bar(funnel, "stage", "n_out", title="curation funnel"), "funnel_table": funnel})
+    diversity = summary.get("diversity")
+    if diversity:
+        rows = [[k, diversity["input"][k], diversity["output"][k]] for k in diversity["output"]
+                if isinstance(diversity["output"][k], (int, float))]
+        run.log({"diversity": wandb.Table(columns=["figure", "input", "output"], data=rows)})
+        run.summary.update({f"diversity/{k}": v for k, _, v in rows})
+    if (output_dir / "final.csv").exists():
+        log_artifact(run, [output_dir / name for name in EXPORTS], f"curated-{output_dir.name}", "dataset")
 
 
 def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext):

@@ -26,6 +26,11 @@ def user_message(text: str, with_image: bool = True) -> dict[str, Any]:
     return {"role": "user", "content": content}
 
 
+def chat_prompt(processor, text: str, with_image: bool = True) -> str:
+    """One user turn through the model's chat template, ready for the assistant's reply."""
+    return processor.apply_chat_template([user_message(text, with_image)], tokenize=False, add_generation_prompt=True)
+
+
 def end_of_turn(processor) -> str:
     """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for Qwen)."""
     rendered = processor.apply_chat_template(
@@ -58,9 +63,7 @@ class VQACollator:
         self.stats = EncodingStats()
 
     def prompt_text(self, item: VQAItem) -> str:
-        return self.processor.apply_chat_template(
-            [user_message(self.format_question(item, self.prompt_template))], tokenize=False,
-            add_generation_prompt=True)
+        return chat_prompt(self.processor, self.format_question(item, self.prompt_template))
 
     def encode_prompt(self, item: VQAItem) -> dict[str, torch.Tensor]:
         enc = self.processor(text=[self.prompt_text(item)], images=[load_image(item)], return_tensors="pt",

@@ -86,14 +86,15 @@ def attach_lora(model, recipe, train_token_ids: list[int] | None = None) -> Peft
 
 def prepare_trainable(model, recipe, train_token_ids: list[int] | None = None):
     """What training calls: LoRA/QLoRA adapters, or for method full the language model (and projector when
-    `train_projector`) trainable with the vision tower frozen."""
+    `train_projector`) trainable with the vision tower frozen unless `train_vision` (a from-scratch model)."""
     if recipe.method != "full":
         return attach_lora(model, recipe, train_token_ids)
     model_type = _model_type(model)
     for name, p in model.named_parameters():
-        p.requires_grad = not is_vision(name, model_type) and (
-            recipe.train_projector or not is_projector(name, model_type)
-        )
+        if is_vision(name, model_type):
+            p.requires_grad = bool(getattr(recipe, "train_vision", False))
+        else:
+            p.requires_grad = recipe.train_projector or not is_projector(name, model_type)
     return model
 
 
@@ -159,8 +160,12 @@ def save_adapter(model: PeftModel, path: str | os.PathLike) -> Path:
     return write_dir_atomically(write, path)
 
 
-def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False) -> PeftModel:
-    """A saved adapter onto `base`; one trained for another base fails naming both."""
+def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False, adapter_name: str = "default") -> PeftModel:
+    """A saved adapter onto `base`; one trained for another base fails naming both.
+
+    `base` may already be a PeftModel: the adapter is then added under `adapter_name`, so several adapters
+    share one base in memory (switch with `set_adapter`, or `disable_adapter()` for the bare base).
+    """
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise FileNotFoundError(
@@ -171,14 +176,18 @@ def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False) -> P
     trained_on = info.get("base") or json.loads((path / "adapter_config.json").read_text()).get(
         "base_model_name_or_path"
     )
+    config = _base(base).config
     mismatch = (
         f"adapter {path} was trained on {trained_on!r} ({info.get('model_type', '?')}) but the base is "
-        f"{base.config.name_or_path!r} ({base.config.model_type})"
+        f"{config.name_or_path!r} ({config.model_type})"
     )
-    if info.get("model_type", base.config.model_type) != base.config.model_type:
+    if info.get("model_type", config.model_type) != config.model_type:
         raise ValueError(mismatch)
     try:
-        return PeftModel.from_pretrained(base, path, is_trainable=is_trainable)
+        if isinstance(base, PeftModel):
+            base.load_adapter(path, adapter_name=adapter_name, is_trainable=is_trainable)
+            return base
+        return PeftModel.from_pretrained(base, path, is_trainable=is_trainable, adapter_name=adapter_name)
     except (RuntimeError, ValueError, KeyError) as err:  # shape mismatches, target modules absent
         raise ValueError(f"{mismatch}: {str(err).splitlines()[0]}") from err
 

@@ -16,6 +16,8 @@ class RecipeConf:
     dropout: float = 0.05
     target: str = "attn"  # attn | attn_mlp, always the language model's projections (never the vision tower)
     train_projector: bool = False  # train the multimodal projector in full (PEFT modules_to_save)
+    # Full fine-tunes keep the vision tower frozen unless this is set (training a random-init tower from scratch).
+    train_vision: bool = False
     lr: float = 1e-4
     projector_lr: float | None = None  # null: same as lr
     weight_decay: float = 0.0

@@ -18,10 +18,10 @@ class TrainerConf:
     strategy: Any = "auto"
     # bf16-mixed on GPU; fp32 on CPU (bf16 matmuls are slow on CPU and change the numbers the tests pin).
     precision: Any = "32-true"
-    max_epochs: int = "${recipe.epochs}"  # type: ignore[assignment]
+    max_epochs: int = "${oc.select:recipe.epochs,1}"  # type: ignore[assignment]
     max_steps: int = -1
-    gradient_clip_val: float | None = "${recipe.grad_clip}"  # type: ignore[assignment]
-    accumulate_grad_batches: int = "${recipe.accumulate_grad_batches}"  # type: ignore[assignment]
+    gradient_clip_val: float | None = "${oc.select:recipe.grad_clip,null}"  # type: ignore[assignment]
+    accumulate_grad_batches: int = "${oc.select:recipe.accumulate_grad_batches,1}"  # type: ignore[assignment]
     val_check_interval: Any = None
     check_val_every_n_epoch: int | None = 1
     limit_val_batches: Any = None

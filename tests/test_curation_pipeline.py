@@ -1,0 +1,160 @@
+"""The curation pipeline (generate.py): acceptance commands, caching, resume after a kill, shards, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mvqa.config import PROJECT_ROOT
+from mvqa.curate.export import SEED_COLUMNS
+from mvqa.curate.pipeline import run_curation
+from mvqa.data.storage import read_items_jsonl
+
+RELEASE = ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "logger=none"]
+# A tiny world and unit-size random models: fast, and every reader/model path is the real one.
+TINY = ["dataset.n_train=24", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32",
+        "scorer_model.size=unit", "scorer_model.path=null", "reasoner.size=unit", "reasoner.path=null",
+        "pipeline.trace.max_new_tokens=12", "pipeline.trace.batch_size=4", "pipeline.trace.progress=false",
+        "scorer.progress=false", "logger=none"]
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(compose, tmp_path):
+    overrides = [*RELEASE, "sampler=kmeans_seed", "sampler.n=200", f"pipeline.cache_dir={tmp_path}/stages"]
+    first = run_curation(compose("generate", overrides, tmp_path / "a"), tmp_path / "a")
+    frame = pd.read_csv(tmp_path / "a" / "final.csv", keep_default_na=False)
+    assert list(frame.columns) == SEED_COLUMNS and len(frame) == 200
+    assert (frame["generated_answer"] == frame["Answer_label"]).all()
+    assert not frame["Choice A"].str.match(r"\s*A:").any()
+    assert [f["n_out"] for f in first["funnel"]] == [1000, 1000, 200, 200]
+    for name in ("items.jsonl", "traces_partial.csv", "llava_conversations.json", "diversity.json",
+                 "diversity.md", "manifest.json"):
+        assert (tmp_path / "a" / name).is_file(), name
+    # The rerun takes filter and sample from the stage cache and writes the same 200 rows.
+    run_curation(compose("generate", overrides, tmp_path / "b"), tmp_path / "b")
+    manifest = pd.read_json(tmp_path / "b" / "manifest.json", typ="series")
+    assert [s.get("cached") for s in manifest["stages"][1:]] == [True, True, False]
+    assert sha(tmp_path / "a" / "final.csv") == sha(tmp_path / "b" / "final.csv")
+    assert (tmp_path / "b" / "diversity.json").is_file()  # reports come back with cached stages too
+
+
+def test_another_seed_changes_a_random_sample_only_through_the_seed(compose, tmp_path):
+    def final(seed: int, out: str) -> str:
+        cfg = compose("generate", [*RELEASE, "sampler=random", "sampler.n=50", f"sampler.seed={seed}",
+                                   f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / out)
+        run_curation(cfg, tmp_path / out)
+        return sha(tmp_path / out / "final.csv")
+
+    assert final(1, "a") == final(1, "b") != final(2, "c")
+
+
+def test_more_samples_than_items_takes_all_with_a_warning(compose, tmp_path):
+    cfg = compose("generate", [*RELEASE, "dataset.limit=30", "sampler=kmeans_seed", "sampler.n=100",
+                               f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+    run_curation(cfg, tmp_path / "run")
+    stats = pd.read_json(next((tmp_path / "run" / "stages").glob("*_sample/stats.json")), typ="series")
+    assert stats["n_out"] == 30 and any("100" in w for w in stats["warnings"])
+
+
+def test_a_stage_that_empties_the_set_names_itself_and_the_counts(compose, tmp_path):
+    cfg = compose("generate", [*TINY, "pipeline.stages=[score,hard,trace,filter]",
+                               f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+    # Random tiny models answer nothing parseable, so the filter has nothing left.
+    with pytest.raises(RuntimeError, match=r"stage 'filter' emptied the set: 4 in, 0 out"):
+        run_curation(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "final.csv").exists()
+
+
+def test_unknown_stage_is_refused(compose, tmp_path):
+    cfg = compose("generate", [*RELEASE, "pipeline.stages=[filter,smaple]"], tmp_path / "run")
+    with pytest.raises(ValueError, match="smaple"):
+        run_curation(cfg, tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
+    cfg = compose("generate", [*TINY, "pipeline.stages=[score,hard]", "scorer.fraction=0.25",
+                               f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+    run_curation(cfg, tmp_path / "run")
+    scored = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_score/items.jsonl")))
+    hard = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_hard/items.jsonl")))
+    assert len(scored) == 24 and len(hard) == 6
+    for it in scored:
+        assert len(it.extra["choice_logprobs"]) == 4 and 0 < it.extra["p_correct"] < 1
+    assert max(it.extra["p_correct"] for it in hard) <= min(
+        it.extra["p_correct"] for it in scored if it.id not in {h.id for h in hard})
+
+
+def _traces(run_dir: Path) -> list:
+    return [(it.id, it.extra["raw_output"]) for it in
+            read_items_jsonl(next(run_dir.glob("stages/*_trace/items.jsonl")))]
+
+
+@pytest.mark.slow
+def test_trace_resumes_after_kill_9_with_no_gaps_or_duplicates(tmp_path):
+    """A real `kill -9` of generate.py mid-trace, then a rerun, equals an uninterrupted run."""
+    common = [*TINY, "scorer.fraction=1.0", "pipeline.stages=[score,hard,trace]",
+              "pipeline.trace.batch_size=2", f"pipeline.cache_dir={tmp_path}/stages"]
+    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), *common]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        partial = next((tmp_path / "stages").glob("trace-*/items.partial.jsonl"), None)
+        if partial and len(partial.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "generate.py finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(partial.read_text().splitlines())
+    assert 4 <= done_before < 24 and not (partial.parent / "items.jsonl").exists()
+    subprocess.run([*cmd, f"hydra.run.dir={tmp_path}/resumed"], env=env, cwd=tmp_path, check=True,
+                   capture_output=True)
+    subprocess.run([*cmd, f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True)
+    resumed, fresh = _traces(tmp_path / "resumed"), _traces(tmp_path / "fresh")
+    assert len(resumed) == 24 == len({i for i, _ in resumed})
+    assert resumed == fresh
+    stats = pd.read_json(next((tmp_path / "resumed" / "stages").glob("*_trace/stats.json")), typ="series")
+    assert stats["metrics"]["resumed"] >= done_before - 2  # at most the batch in flight was lost
+
+
+@pytest.mark.slow
+def test_three_shards_and_merge_equal_one_unsharded_run(compose, tmp_path):
+    base = [*TINY, "scorer.fraction=1.0", f"pipeline.cache_dir={tmp_path}/stages"]
+    for i in range(3):
+        cfg = compose("generate", [*base, "pipeline.stages=[score,hard,trace]", f"shard={i}", "num_shards=3"],
+                      tmp_path / f"shard{i}")
+        summary = run_curation(cfg, tmp_path / f"shard{i}")
+        assert summary["stopped_for_merge"]
+    cfg = compose("generate", [*base, "pipeline.stages=[score,hard,merge]", "num_shards=3"], tmp_path / "merged")
+    run_curation(cfg, tmp_path / "merged")
+    merged = read_items_jsonl(next((tmp_path / "merged" / "stages").glob("*_merge/items.jsonl")))
+    cfg = compose("generate", [*base, "pipeline.stages=[score,hard,trace]",
+                               f"pipeline.cache_dir={tmp_path}/other"], tmp_path / "whole")
+    run_curation(cfg, tmp_path / "whole")
+    assert [(it.id, it.extra["raw_output"]) for it in merged] == _traces(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_merge_names_the_missing_shard(compose, tmp_path):
+    base = [*TINY, "scorer.fraction=1.0", f"pipeline.cache_dir={tmp_path}/stages", "num_shards=2"]
+    run_curation(compose("generate", [*base, "pipeline.stages=[score,hard,trace]", "shard=1"], tmp_path / "s1"),
+                 tmp_path / "s1")
+    with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[0\] of num_shards=2"):
+        run_curation(compose("generate", [*base, "pipeline.stages=[score,hard,merge]"], tmp_path / "m"),
+                     tmp_path / "m")
