@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from omegaconf import II, MISSING
 
@@ -90,8 +91,8 @@ class SlakeConf(DatasetConf):
     name: str = "slake"
     root: str = MISSING
     split: str = "test"  # train | validate | test
-    val_split: Optional[str] = "validate"
-    test_split: Optional[str] = "test"
+    val_split: str | None = "validate"
+    test_split: str | None = "test"
     source: str = "slake"
     open_ended: bool = False  # keep OPEN questions open instead of adding distractors
     num_distractors: int = 3

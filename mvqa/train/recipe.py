@@ -66,7 +66,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     val_items, val_format_stats = formatter(val_items, bundle.special_tokens)
     if not train_items:
         raise RuntimeError(f"no training items left after formatting: {format_stats.drop_reasons}")
-    collate = dict(processor=bundle.processor, prompt_template=cfg.data.prompt, max_length=cfg.data.max_length)
+    collate = {"processor": bundle.processor, "prompt_template": cfg.data.prompt, "max_length": cfg.data.max_length}
     train_collator = VQACollator(mode="train", **collate)
     datamodule = VQADataModule(train_items, val_items, train_collator, VQACollator(mode="generate", **collate),
                                batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
@@ -80,6 +80,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
                                       callbacks=[checkpoints, pl.callbacks.LearningRateMonitor()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
+    if val_items and "val/acc" not in trainer.callback_metrics:  # stopped by max_steps before a validation
+        trainer.validate(module, datamodule=datamodule, verbose=False)
 
     # 4. Save: the adapter alone for LoRA runs, the whole model for full fine-tunes; both with the processor.
     if not trainer.is_global_zero:
