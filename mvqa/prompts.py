@@ -35,6 +35,8 @@ PROMPTS: dict[str, str] = {
         "[[Answer with the option's letter from the given choices directly.|"
         "Answer the question using a single word or phrase.]]"
     ),
+    # No reasoning, the answer as the option's own words (what the demo's tiny base is taught).
+    "direct_text": "{question}[[\n{choices_lines}]]\nAnswer with the text of the correct option.",
 }
 
 # Chat wrappers for models without a chat template. LLaVA-Med v1.5 (`mistral_instruct`, LLaMA-2 separator

@@ -7,6 +7,7 @@ closes it with `finish_run`, so every job of a multirun is its own W&B run.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def start_run(cfg: DictConfig, job_type: str, output_dir: str | Path) -> Any | N
     experiment = OmegaConf.select(cfg, "experiment_name")
     group = logger.group or sweep or experiment or job_type
     os.environ.setdefault("WANDB_CACHE_DIR", str(Path(output_dir) / ".wandb-cache"))
-    return wandb.init(
+    run = wandb.init(
         project=logger.project,
         entity=logger.entity,
         dir=str(output_dir),
@@ -53,6 +54,11 @@ def start_run(cfg: DictConfig, job_type: str, output_dir: str | Path) -> Any | N
         config=OmegaConf.to_container(cfg, resolve=True),
         reinit="finish_previous",
     )
+    # Where to find this job's run without W&B (mvqa.compare, and a check that jobs are separate runs).
+    info = {"id": run.id, "group": group, "name": run.name, "job_type": job_type, "mode": run.settings.mode,
+            "dir": run.dir}
+    (Path(output_dir) / "wandb_run.json").write_text(json.dumps(info, indent=2))
+    return run
 
 
 def finish_run(run: Any | None) -> None:

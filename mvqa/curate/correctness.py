@@ -17,13 +17,14 @@ def answer_letter(item: VQAItem, mode: str) -> str | None:
     if "generated_answer" in item.extra and item.extra["generated_answer"] is not None:
         raw = str(item.extra["generated_answer"])
     elif item.extra.get("raw_output"):
-        raw = parse_answer(str(item.extra["raw_output"]), n_choices=len(item.choices)).answer_text or ""
+        raw = parse_answer(str(item.extra["raw_output"]), n_choices=len(item.choices),
+                           choices=item.choices).answer_text or ""
     else:
         return None
     if mode == "strict":
         return raw.strip() or None
     if mode == "normalised":
-        return parse_answer(f"<answer>{raw}</answer>", n_choices=len(item.choices)).letter
+        return parse_answer(f"<answer>{raw}</answer>", n_choices=len(item.choices), choices=item.choices).letter
     raise ValueError(f"pipeline.filter.mode must be 'strict' or 'normalised', got {mode!r}")
 
 

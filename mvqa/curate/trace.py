@@ -35,7 +35,7 @@ def shard_file(stage_dir: Path, shard: int, num_shards: int, partial: bool = Fal
 
 def traced_item(item: VQAItem, text: str, sample: int, num_samples: int, model: str) -> VQAItem:
     """The item with the seed's trace columns (raw_output, generated_reasoning, generated_answer) in extra."""
-    parsed = parse_answer(text, n_choices=len(item.choices))
+    parsed = parse_answer(text, n_choices=len(item.choices), choices=item.choices)
     out = item.with_extra(raw_output=text, generated_reasoning=parsed.thinking or "",
                           generated_answer=parsed.answer_text or "", parse_status=parsed.status,
                           trace_model=model, source_id=item.id)

@@ -18,6 +18,8 @@ from mvqa.data.images import load_image
 from mvqa.data.records import VQAItem
 
 IGNORE_INDEX = -100
+# Processor outputs with one value per prompt token (Qwen2-VL marks its image tokens this way).
+PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
 _PROBE = "\x00MVQA-TARGET\x00"
 
 
@@ -121,13 +123,22 @@ class VQACollator:
         batch: dict[str, Any] = {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask)}
         if labels:
             batch["labels"] = torch.tensor(labels)
-        # Image tensors (LLaVA: [1, 3, H, W] per image; Qwen2-VL: patches and grid_thw) stack along dim 0.
         for key in examples[0]:
-            if key not in ("input_ids", "labels"):
+            if key in ("input_ids", "labels"):
+                continue
+            if key in PER_TOKEN:  # aligned with the prompt's tokens: zero for the completion and padding
+                rows = []
+                for e in examples:
+                    values = e[key][0].tolist()
+                    values += [0] * (len(e["input_ids"]) - len(values))
+                    n = width - len(values)
+                    rows.append(([0] * n + values) if left else (values + [0] * n))
+                batch[key] = torch.tensor(rows)
+            else:  # image tensors (LLaVA: [1, 3, H, W] per image; Qwen2-VL: patches, grid_thw) stack on dim 0
                 batch[key] = torch.cat([e[key] for e in examples])
         batch["item_ids"] = [it.id for it in items]
         batch["answer_labels"] = [it.answer_label for it in items]
-        batch["n_choices"] = [len(it.choices) for it in items]
+        batch["choices"] = [it.choices for it in items]
         return batch
 
 

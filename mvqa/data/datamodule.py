@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from mvqa.data.records import VQAItem
@@ -20,12 +21,16 @@ class VQADataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
 
-    def _loader(self, items, collator, batch_size, shuffle=False) -> DataLoader:
-        return DataLoader(items, batch_size=batch_size, shuffle=shuffle, collate_fn=collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, items, collator, batch_size, generator=None) -> DataLoader:
+        return DataLoader(items, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+                          collate_fn=collator, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_items, self.train_collator, self.batch_size, shuffle=True)
+        # The order depends on (seed, epoch) only, so a run resumed from a checkpoint sees the same batches.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        return self._loader(self.train_items, self.train_collator, self.batch_size,
+                            generator=torch.Generator().manual_seed(self.seed + epoch))
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.val_items:

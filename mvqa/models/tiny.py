@@ -54,11 +54,11 @@ DIMS = (
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "llava": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 8, 320))),  # ~0.15M parameters
-        "demo": dict(zip(DIMS, (192, 4, 4, 2, 512, 64, 2, 4, 64, 8, 2048))),  # ~2.2M
+        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 8, 2048))),  # ~1M
     },
     "qwen2_vl": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 4, 320))),
-        "demo": dict(zip(DIMS, (192, 4, 4, 2, 512, 64, 2, 4, 64, 8, 2048))),
+        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 8, 2048))),
     },
 }
 QWEN_MERGE = 2  # Qwen2-VL merges 2x2 patches into one token

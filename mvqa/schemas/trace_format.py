@@ -23,6 +23,9 @@ class TraceFormatConf:
     # After each Wait, re-state the segment before it as a self-check (the behaviour budget forcing relies on).
     self_check: bool = True
     self_check_template: str = "{wait}, let me re-check that. {previous}"
+    # letter: <answer>C</answer> as Med-R1 writes; text: the choice's text (<answer>MRI</answer>), which a
+    # small model learns far sooner (no letter-to-option lookup); the parser maps it back to the letter.
+    answer_format: str = "letter"
     # A trace whose parsed answer disagrees with the label would teach the wrong answer: reject it.
     require_label_match: bool = True
     seed: int = "${seed}"  # type: ignore[assignment]

@@ -53,8 +53,8 @@ class VQAFineTuner(pl.LightningModule):
         if dataloader_idx == 0:
             self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=n, add_dataloader_idx=False)
             return
-        for text, label, k in zip(self.generate(batch), batch["answer_labels"], batch["n_choices"]):
-            self._val_correct += int(parse_answer(text, n_choices=k).letter == label)
+        for text, label, choices in zip(self.generate(batch), batch["answer_labels"], batch["choices"]):
+            self._val_correct += int(parse_answer(text, n_choices=len(choices), choices=choices).letter == label)
             self._val_total += 1
 
     def on_validation_epoch_end(self) -> None:

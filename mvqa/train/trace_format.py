@@ -55,18 +55,21 @@ class TraceFormatter:
         self_check: bool = True,
         self_check_template: str = "{wait}, let me re-check that. {previous}",
         require_label_match: bool = True,
+        answer_format: str = "letter",
         seed: int = 0,
     ) -> None:
         if style not in ("med_r1", "s1", "direct"):
             raise ValueError(f"trace_format.style must be med_r1, s1 or direct, got {style!r}")
         if position not in ("random", "end", "spread"):
             raise ValueError(f"trace_format.position must be random, end or spread, got {position!r}")
+        if answer_format not in ("letter", "text"):
+            raise ValueError(f"trace_format.answer_format must be letter or text, got {answer_format!r}")
         if num_waits < 0:
             raise ValueError(f"trace_format.num_waits must be >= 0, got {num_waits}")
         self.style, self.trace_fields = style, list(trace_fields)
         self.wait_string, self.num_waits, self.position = wait_string, num_waits, position
         self.boundary, self.self_check, self.self_check_template = boundary, self_check, self_check_template
-        self.require_label_match, self.seed = require_label_match, seed
+        self.require_label_match, self.answer_format, self.seed = require_label_match, answer_format, seed
 
     def __call__(self, items: list[VQAItem], tokens: SpecialTokens) -> tuple[list[VQAItem], StageStats]:
         stats = StageStats("format", n_in=len(items))
@@ -78,18 +81,19 @@ class TraceFormatter:
                 continue
             thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
             waits += n
-            out.append(item.with_extra(target=vars(self.target(thinking, letter, tokens))))
+            answer = item.choices[item.letters.index(letter)] if self.answer_format == "text" else letter
+            out.append(item.with_extra(target=vars(self.target(thinking, answer, tokens))))
         stats.n_out = len(out)
         stats.metrics.update(waits_inserted=waits, style=self.style, wait_string=self.wait_string)
         return out, stats
 
-    def target(self, thinking: str, letter: str, tokens: SpecialTokens) -> Target:
+    def target(self, thinking: str, answer: str, tokens: SpecialTokens) -> Target:
         if self.style == "direct":
-            return Target("", "", f"{tokens.answer_start}{letter}{tokens.answer_end}")
+            return Target("", "", f"{tokens.answer_start}{answer}{tokens.answer_end}")
         if self.style == "med_r1":
-            return Target(tokens.think_start, thinking, f"{tokens.think_end}{tokens.answer_start}{letter}{tokens.answer_end}")
+            return Target(tokens.think_start, thinking, f"{tokens.think_end}{tokens.answer_start}{answer}{tokens.answer_end}")
         # s1: the answer section follows the end of thinking as "Answer: X".
-        return Target(tokens.think_start, thinking, f"{tokens.think_end}Answer: {letter}")
+        return Target(tokens.think_start, thinking, f"{tokens.think_end}Answer: {answer}")
 
     def _reasoning_and_answer(self, item: VQAItem) -> tuple[str, str | None, str | None]:
         """(reasoning, answer letter, drop reason or None)."""
@@ -104,7 +108,7 @@ class TraceFormatter:
         if field == "generated_reasoning":  # the release's pre-parsed columns
             reasoning, letter = text, str(item.extra.get("generated_answer", "")).strip() or None
         else:
-            parsed = parse_answer(text, n_choices=len(item.choices))
+            parsed = parse_answer(text, n_choices=len(item.choices), choices=item.choices)
             reasoning, letter = parsed.thinking or "", parsed.letter
         if letter is None:
             return "", None, "unparseable_answer"

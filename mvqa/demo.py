@@ -1,0 +1,130 @@
+"""`make demo`: the whole chain on the embedded default, offline, as the commands a user would type.
+
+synthetic world -> bootstrap the tiny base and reasoner -> curate -> LoRA fine-tune the base on the curated
+traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> print the report.
+
+Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
+`outputs/demo/<time>/`; bootstrapped checkpoints are kept in the cache and reused by later demos.
+`--quick` shrinks every step (the CI integration test runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mvqa.config import PROJECT_ROOT
+
+FULL = {
+    "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
+    "bootstrap": [],
+    "curate": ["sampler.n=200", "scorer.fraction=0.3"],
+    "finetune": [],
+    "evaluate": ["budget.max_thinking_tokens=[24,64,160]", "budget.num_waits=[0,2]", "eval.limit=200"],
+}
+QUICK = {
+    "world": ["dataset.n_train=48", "dataset.n_val=8", "dataset.n_test=16", "dataset.image_size=32"],
+    "bootstrap": ["model.size=unit", "trainer.max_steps=6", "data.batch_size=8", "data.val_max_new_tokens=16",
+                  "trainer.limit_val_batches=1"],
+    "curate": ["sampler.n=8", "scorer.fraction=1.0", "pipeline.trace.max_new_tokens=48",
+               "pipeline.filter.mode=normalised"],
+    "finetune": ["trainer.max_steps=4", "data.batch_size=4", "data.val_max_new_tokens=16",
+                 "trainer.limit_val_batches=1"],
+    "evaluate": ["budget.max_thinking_tokens=[8,16]", "budget.num_waits=[0,1]", "eval.limit=8",
+                 "eval.n_bootstrap=200"],
+}
+
+
+def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
+    cmd = [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
+    print(f"\n$ python {entry} {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        done = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if done.returncode:
+        sys.exit(f"{entry} failed (exit {done.returncode}); its output is in {log}")
+    print(f"  done in {time.perf_counter() - start:.0f} s -> {run_dir}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced chain (seconds, not minutes)")
+    parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
+    parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
+    parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "demo.log"
+    common = [f"logger={args.logger}", *([f"paths.cache={args.cache}"] if args.cache else [])]
+    cache = Path(args.cache) if args.cache else PROJECT_ROOT / ".cache"
+    world = sizes["world"]
+
+    print("== 1. the synthetic world")
+    from mvqa.config import setup
+
+    setup()
+    show_world(cache, world)
+
+    print("\n== 2. bootstrap the tiny base ('LLaVA-Med', answers directly) and reasoner ('Med-R1', thinks)")
+    # The full demo's bootstraps are where model=demo_base / model@reasoner=demo_reasoner look by default.
+    tag = "-quick" if args.quick else ""
+    base, reasoner = cache / "demo" / f"base{tag}", cache / "demo" / f"reasoner{tag}"
+    for name, path in (("base", base), ("reasoner", reasoner)):
+        if (path / "config.json").is_file():
+            print(f"  reusing {path} (delete it to bootstrap again)")
+        else:
+            run("train.py", [f"experiment=demo/{name}", *common, *world, *sizes["bootstrap"],
+                             f"export_dir={path}"], out / f"bootstrap_{name}", log)
+            print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
+
+    print("\n== 3. curate: difficulty under the base, traces from the reasoner, correct only, diverse sample")
+    run("generate.py", [*common, *world, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
+                        f"pipeline.cache_dir={out}/stages"], out / "curate", log)
+    summary = json.loads((out / "curate" / "summary.json").read_text())
+    print("  funnel: " + " -> ".join(f"{f['stage']} {f['n_out']}" for f in summary["funnel"]))
+
+    print("\n== 4. LoRA fine-tune the base on the curated traces, formatted with Waits")
+    run("train.py", [*common, "dataset=curated", f"dataset.path={out}/curate/final.csv", "model=demo_base",
+                     f"model.path={base}", "experiment=demo/finetune", *sizes["finetune"],
+                     *[w for w in world if "image_size" in w]], out / "finetune", log)
+
+    print("\n== 5. evaluate base vs fine-tuned on held-out synthetic items across thinking budgets")
+    run("evaluate.py", [*common, *world, "model=demo_base", f"model.path={base}",
+                        f"adapters=[{out}/finetune/adapter]", f"eval.exclude={out}/curate/final.csv",
+                        *sizes["evaluate"]], out / "evaluate", log)
+    report = out / "evaluate" / "report.md"
+    print("\n" + report.read_text())
+    print(f"report: {report}\nplot:   {out / 'evaluate' / 'acc_vs_thinking.png'}\nlog:    {log}")
+    return out
+
+
+def show_world(cache: Path, world: list[str]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from mvqa.config import CONFIG_DIR
+    from mvqa.data.loading import load_dataset
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("generate", [f"paths.cache={cache}", "paths.output_dir=.", *world])
+    for split in ("train", "val", "test"):
+        items, stats = load_dataset(cfg.dataset, split=split)
+        meta = stats.metrics.get("synthetic_split", {})
+        print(f"  {split}: {len(items)} items; " + "; ".join(f"{k}: {v}" for k, v in meta.items()
+                                                          if isinstance(v, dict)))
+    print(f"  world dir: {stats.metrics.get('synthetic_world')}")
+
+
+def read_metric(run_dir: Path, key: str) -> str:
+    value = json.loads((run_dir / "metrics.json").read_text()).get(key)
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Evaluation: budget-forced predictions for base and adapters, metrics/report/plots, bad adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mvqa.eval.runner import run_evaluation
+from mvqa.train.recipe import run_training
+
+WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=8", "dataset.image_size=32"]
+UNIT = ["model=tiny_llava", "model.size=unit"]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    """A LoRA adapter trained for a few steps on the unit model (the same cached base the evaluation loads)."""
+    from hydra import compose, initialize_config_dir
+
+    from mvqa.config import CONFIG_DIR, setup
+
+    setup()
+    out = tmp_path_factory.mktemp("train")
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", [*UNIT, *WORLD, "logger=none", "trainer.max_steps=2", "data.batch_size=4",
+                                "trainer.limit_val_batches=0", "trainer.enable_progress_bar=false",
+                                f"paths.output_dir={out}"])
+    run_training(cfg, out)
+    return out / "adapter"
+
+
+@pytest.mark.slow
+def test_base_and_adapter_over_a_budget_grid(compose, tmp_path, adapter):
+    cfg = compose("evaluate", [*UNIT, *WORLD, f"adapters=[{adapter}]", "budget.max_thinking_tokens=[6,12]",
+                               "budget.num_waits=[0,1]", "eval.n_bootstrap=100", "logger=none",
+                               "trainer.enable_progress_bar=false"], tmp_path / "run")
+    result = run_evaluation(cfg, tmp_path / "run")
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 8 * 4 * 2
+    models = {p["model"] for p in preds}
+    assert len(models) == 2 and "base" in models and any(m.endswith("/adapter") for m in models)
+    for p in preds:
+        assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"]
+        assert p["waits_used"] <= p["budget"]["num_waits"]
+        assert p["correct"] == (p["parsed_answer"] == p["answer_label"])
+        assert p["raw_output"].startswith("<think>")
+    # A random tiny model never closes its thinking: every answer is forced, and still produced.
+    assert any(p["forced_end"] for p in preds)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for cell in metrics["runs"]:
+        rows = [p for p in preds if p["model"] == cell["model"] and p["budget_id"] == cell["budget_id"]]
+        assert cell["accuracy"] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
+    assert len(metrics["comparisons"]) == 4  # the adapter vs the base at each budget point
+    assert result["best_accuracy"] == max(r["accuracy"] for r in metrics["runs"] if r["model"] != "base")
+    assert (tmp_path / "run" / "report.md").read_text().count("|") > 10
+    assert (tmp_path / "run" / "acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_adapter_for_another_base_fails_before_generation(compose, tmp_path, adapter):
+    cfg = compose("evaluate", ["model=tiny_qwen2_vl", "model.size=unit", *WORLD, f"adapters=[{adapter}]",
+                               "budget=none", "logger=none"], tmp_path / "run")
+    with pytest.raises(ValueError, match=r"trained on .*llava.* but the base is .*qwen2_vl"):
+        run_evaluation(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "predictions.jsonl").exists()
+
+
+def test_curated_items_are_excluded_from_evaluation(compose, tmp_path, shared_data):
+    from mvqa.eval.runner import evaluation_items
+
+    release = shared_data / "mvqa1k" / "sampled_final.csv"
+    cfg = compose("evaluate", ["dataset=mvqa1k_release", "dataset.limit=50", f"eval.exclude={release}"])
+    with pytest.raises(ValueError, match="no multiple-choice items"):
+        evaluation_items(cfg)
+    cfg = compose("evaluate", ["dataset=mvqa1k_release", "eval.limit=7"])
+    assert len(evaluation_items(cfg)) == 7
