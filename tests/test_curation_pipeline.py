@@ -158,3 +158,16 @@ def test_merge_names_the_missing_shard(compose, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[0\] of num_shards=2"):
         run_curation(compose("generate", [*base, "pipeline.stages=[score,hard,merge]"], tmp_path / "m"),
                      tmp_path / "m")
+
+
+@pytest.mark.slow
+def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compose, tmp_path):
+    tiny = [o for o in TINY if not o.startswith("scorer.")]
+    cfg = compose("generate", [*tiny, "scorer=similarity", "scorer.max_new_tokens=8", "dataset.n_train=8",
+                               "pipeline.stages=[score]", f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+    run_curation(cfg, tmp_path / "run")
+    scored = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_score/items.jsonl")))
+    assert len(scored) == 8
+    for it in scored:
+        assert isinstance(it.extra["scorer_output"], str) and it.extra["scorer_model"]
+        assert -1 <= it.extra["sim_to_answer"] <= 1 and -1 <= it.extra["max_choice_sim"] <= 1

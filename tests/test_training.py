@@ -21,7 +21,7 @@ from mvqa.train.trace_format import TraceFormatter
 
 # A unit-size model on a tiny world: a few seconds per run, every path the real one.
 TINY = ["model=tiny_llava", "model.size=unit", "dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4",
-        "dataset.image_size=32", "data.batch_size=4", "data.val_max_new_tokens=8", "data.max_length=256",
+        "dataset.image_size=32", "data.batch_size=4", "data.val_max_new_tokens=8", "data.max_length=768", "data.prompt=direct",
         "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
 
 
@@ -65,16 +65,20 @@ def test_generation_batches_pad_left(unit_llava, world):
 
 def test_long_sequences_lose_thinking_never_the_answer(unit_llava, world):
     items, _ = TraceFormatter(num_waits=2)(world[:2], unit_llava.special_tokens)
-    collator = VQACollator(unit_llava.processor, "direct", max_length=110)
-    batch = collator(items)
+    probe = VQACollator(unit_llava.processor, "direct", max_length=100_000)
     tok = unit_llava.tokenizer
+    # Room for the prompt, the delimiters and the answer, plus 5 thinking tokens.
+    fixed = max(len(probe.encode_prompt(it)["input_ids"][0]) + len(probe._ids(it.extra["target"]["opening"]))
+                + len(probe._ids(it.extra["target"]["closing"] + probe.eot)) for it in items)
+    collator = VQACollator(unit_llava.processor, "direct", max_length=fixed + 5)
+    batch = collator(items)
     for row, item in enumerate(items):
         kept = tok.decode(batch["input_ids"][row][batch["labels"][row] != IGNORE_INDEX])
         assert kept.replace(" ", "").endswith(f"</think><answer>{item.answer_label}</answer></s>")
-        assert len(batch["input_ids"][row][batch["attention_mask"][row] == 1]) <= 110
+        assert int(batch["attention_mask"][row].sum()) <= fixed + 5
     assert collator.stats.truncated == 2
-    too_short = VQACollator(unit_llava.processor, "direct", max_length=20)
-    with pytest.raises(ValueError, match="max_length=20"):
+    too_short = VQACollator(unit_llava.processor, "direct", max_length=fixed - 10)
+    with pytest.raises(ValueError, match=f"max_length={fixed - 10}"):
         too_short(items)
 
 
@@ -96,34 +100,39 @@ def test_lora_run_with_wandb_offline_saves_adapter_config_and_metrics(compose, t
     assert set(_adapter(tmp_path / "run")) and all("lora_" in k for k in _adapter(tmp_path / "run"))
     offline = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
-    config = (offline[0] / "files" / "config.yaml").read_text()
-    assert "lora_r8" in config and "tiny_llava" in config
-    assert any(offline[0].glob("*.wandb"))
+    # The offline store (synced later with `wandb sync`) holds the resolved config and the logged metrics.
+    blob = next(offline[0].glob("run-*.wandb")).read_bytes()
+    assert b"lora_r8" in blob and b"tiny_llava" in blob and b"val/loss" in blob and b"val/acc" in blob
 
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted_training(compose, tmp_path):
-    # 16 items, batch 4: 4 steps an epoch. Uninterrupted: 3 epochs; interrupted: 1 epoch, then resumed to 3.
-    common = [*TINY, "logger=none", "recipe.epochs=3", "trainer.check_val_every_n_epoch=null",
-              "trainer.limit_val_batches=0", "dataset.n_val=4"]
+    # 16 items, batch 4: 4 steps an epoch, 3 epochs. The uninterrupted run keeps every epoch's checkpoint; a
+    # second run resumes from the first one (as after a kill at step 4) and must end at the same place.
+    common = [*TINY, "logger=none", "recipe.epochs=3", "trainer.limit_val_batches=0", "checkpoint_keep=-1"]
     whole = run_training(compose("train", common, tmp_path / "whole"), tmp_path / "whole")
-    run_training(compose("train", [*common, "trainer.max_epochs=1"], tmp_path / "part"), tmp_path / "part")
-    resumed = run_training(compose("train", [*common, f"resume_from={tmp_path}/part/checkpoints/last.ckpt"],
-                                   tmp_path / "resumed"), tmp_path / "resumed")
+    step4 = tmp_path / "whole" / "checkpoints" / "epoch=0-step=4.ckpt"
+    resumed = run_training(compose("train", [*common, f"resume_from='{step4}'"], tmp_path / "resumed"),
+                           tmp_path / "resumed")
     assert whole["global_step"] == resumed["global_step"] == 12
     assert resumed["metrics"]["train/loss"] == pytest.approx(whole["metrics"]["train/loss"], rel=1e-5)
     a, b = _adapter(tmp_path / "whole"), _adapter(tmp_path / "resumed")
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    ckpt = torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    ckpt = torch.load(step4, weights_only=False)
+    assert ckpt["global_step"] == 4 and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
     assert all("lora_" in k for k in ckpt["state_dict"])  # adapter-only checkpoints
 
 
 @pytest.mark.slow
 def test_two_process_ddp_run_completes(compose, tmp_path):
-    cfg = compose("train", [*TINY, "logger=none", "trainer=ddp_cpu", "trainer.max_steps=2",
+    cfg = compose("train", [*TINY, "logger=none", "trainer=ddp_cpu", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
                             "trainer.limit_val_batches=0"], tmp_path / "run")
     result = run_training(cfg, tmp_path / "run")
-    assert result["global_step"] == 2 and (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    # Lightning hands rank 0's weights and metrics back to the launching process, which saves the adapter.
+    assert "train/loss" in result["metrics"]
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "epoch=0-step=2.ckpt").is_file()
 
 
 @pytest.mark.slow
@@ -137,4 +146,4 @@ def test_multirun_jobs_are_separate_wandb_runs_in_one_group(tmp_path):
     assert infos[0]["id"] != infos[1]["id"]
     assert infos[0]["group"] == infos[1]["group"] == "sweep" and infos[0]["job_type"] == "train"
     names = [i["name"] for i in infos]  # the job's overrides
-    assert "recipe.lr=1e-4" in names[0] and "recipe.lr=3e-4" in names[1]
+    assert "recipe.lr=0.0001" in names[0] and "recipe.lr=0.0003" in names[1]

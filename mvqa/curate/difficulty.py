@@ -35,12 +35,17 @@ PREDICTION_COLUMNS = ["figure_path", "question", "model_output", "true_answer", 
 _LABEL_PREFIX = re.compile(r"^\s*([A-E])\s*:\s*")
 
 
-def similarity_prompt(item: VQAItem) -> str:
-    """The seed's MiniGPT-Med prompt (Llama-2 chat, `<ImageHere>` marks the image features)."""
+def similarity_question(item: VQAItem) -> str:
+    """The user text of the seed's MiniGPT-Med prompt; other models get it through their own chat template."""
     if item.is_open:
         raise ValueError(f"item {item.id!r}: the similarity scorer needs choices; it is open-ended")
     lines = "".join(f"\n{letter}. {choice} " for letter, choice in zip(item.letters, item.choices))
-    return f"[INST]<ImageHere>\nQuestion: {item.question}\nChoices: {lines}\n Repeat full answer[/INST]"
+    return f"Question: {item.question}\nChoices: {lines}\n Repeat full answer"
+
+
+def similarity_prompt(item: VQAItem) -> str:
+    """The seed's MiniGPT-Med prompt (Llama-2 chat, `<ImageHere>` marks the image features)."""
+    return f"[INST]<ImageHere>\n{similarity_question(item)}[/INST]"
 
 
 # ------------------------------------------------------------------------------------------------ embedding
@@ -240,17 +245,44 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
 
 # ------------------------------------------------------------------------------------------------ scorers
 class SimilarityScorer:
-    """`similarity/`: score = embed each item's free-text output; hard = the seed's rules."""
+    """`similarity/`: the scorer VLM answers in free text (the seed's prompt), the output is embedded and
+    compared with the answer and the choices; hard = the seed's rules."""
 
     def __init__(self, rules: Mapping[str, Any] | None = None, label_choices: bool = True, batch_size: int = 64,
-                 device: str = "cpu", name: str = "similarity"):
+                 device: str = "cpu", name: str = "similarity", model_key: str = "scorer_model",
+                 max_new_tokens: int = 64):
         self.rules = SimilarityRules(**dict(rules or {}))
         self.label_choices, self.batch_size, self.device, self.name = label_choices, batch_size, device, name
+        self.model_key, self.max_new_tokens = model_key, max_new_tokens
+
+    def ask(self, items: list[VQAItem], ctx: Any) -> list[VQAItem]:
+        """Items without `extra["scorer_output"]` get the scorer model's free-text answer to the seed's prompt."""
+        todo = [i for i, it in enumerate(items) if "scorer_output" not in it.extra]
+        if not todo:
+            return items
+        if ctx is None:
+            raise ValueError(f"{len(todo)} items have no scorer_output and no scorer model was given")
+        from dataclasses import replace as dc_replace
+
+        from hydra.utils import instantiate
+
+        from mvqa.data.collators import chat_prompt
+        from mvqa.data.images import load_image
+        from mvqa.generation.engine import GenerationRequest
+
+        bundle = ctx.model(self.model_key)
+        engine = instantiate(ctx.cfg.engine)
+        requests = [GenerationRequest(prompt=chat_prompt(bundle.processor, similarity_question(items[i])),
+                                      images=[load_image(items[i])], id=items[i].id) for i in todo]
+        params = dc_replace(engine.params, max_new_tokens=self.max_new_tokens, num_samples=1)
+        out = list(items)
+        for g in engine.generate(bundle, requests, params):
+            i = todo[g.request_index]
+            out[i] = items[i].with_extra(scorer_output=g.text.strip(), scorer_model=bundle.name)
+        return out
 
     def score(self, items: list[VQAItem], ctx: Any = None) -> tuple[list[VQAItem], StageStats]:
-        # The free text (extra["scorer_output"]) comes from a VLM asked with similarity_prompt; asking it is
-        # the model layer's job, so items arrive here with their outputs.
-        scored = add_similarities(items, self.label_choices, self.batch_size, self.device)
+        scored = add_similarities(self.ask(items, ctx), self.label_choices, self.batch_size, self.device)
         return scored, StageStats("score", n_in=len(items), n_out=len(scored), metrics={"scorer": self.name})
 
     def hard(self, items: list[VQAItem]) -> tuple[list[VQAItem], StageStats]:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from mvqa.data.records import VQAItem
 
@@ -21,16 +20,18 @@ class VQADataModule(pl.LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
 
-    def _loader(self, items, collator, batch_size, generator=None) -> DataLoader:
-        return DataLoader(items, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-                          collate_fn=collator, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+    def _loader(self, items, collator, batch_size, sampler=None, shuffle=False) -> DataLoader:
+        return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=shuffle, collate_fn=collator,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        # The order depends on (seed, epoch) only, so a run resumed from a checkpoint sees the same batches.
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        return self._loader(self.train_items, self.train_collator, self.batch_size,
-                            generator=torch.Generator().manual_seed(self.seed + epoch))
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way.
+            return self._loader(self.train_items, self.train_collator, self.batch_size, shuffle=True)
+        # A one-replica DistributedSampler: the order depends on (seed, epoch) only, and Lightning sets the epoch,
+        # so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+        sampler = DistributedSampler(self.train_items, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
+        return self._loader(self.train_items, self.train_collator, self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.val_items:

@@ -29,6 +29,9 @@ class SimilarityScorerConf:
     label_choices: bool = True
     batch_size: int = 64
     device: str = "cpu"
+    # The VLM that answers in free text when items carry no scorer_output (generate.yaml: model@scorer_model).
+    model_key: str = "scorer_model"
+    max_new_tokens: int = 64
 
 
 @dataclass

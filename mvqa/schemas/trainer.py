@@ -26,8 +26,6 @@ class TrainerConf:
     check_val_every_n_epoch: int | None = 1
     limit_val_batches: Any = None
     log_every_n_steps: int = 10
-    # A fresh train loader each epoch, shuffled by (seed, epoch): resumed runs see the same batches.
-    reload_dataloaders_every_n_epochs: int = 1
     num_sanity_val_steps: int = 0
     enable_checkpointing: bool = True
     enable_progress_bar: bool = True

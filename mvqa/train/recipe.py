@@ -76,12 +76,15 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     module = VQAFineTuner(model, bundle.tokenizer, cfg.recipe, max_new_tokens=cfg.data.val_max_new_tokens,
                           gradient_checkpointing=cfg.gradient_checkpointing)
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True,
+                                               save_top_k=cfg.checkpoint_keep,
                                                every_n_train_steps=cfg.checkpoint_every_n_steps or None)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
                                       callbacks=[checkpoints, pl.callbacks.LearningRateMonitor()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
-    if val_items and "val/acc" not in trainer.callback_metrics:  # stopped by max_steps before a validation
-        trainer.validate(module, datamodule=datamodule, verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    if val_items and "val/acc" not in metrics and trainer.limit_val_batches != 0:
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps stopped before a validation
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     # 4. Save: the adapter alone for LoRA runs, the whole model for full fine-tunes; both with the processor.
     if not trainer.is_global_zero:
@@ -89,7 +92,6 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     saved = _save(model, bundle, cfg, output_dir / ("adapter" if module.adapter_only else "model"))
     if cfg.export_dir:
         _save(model, bundle, cfg, Path(cfg.export_dir))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     result = {
         "metrics": metrics, "val_acc": metrics.get("val/acc"), "global_step": trainer.global_step,
         "saved": str(saved), "trainable_parameters": trainable, "total_parameters": total,
