@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # Tiny models and synthetic worlds are built once and shared by every test (and their subprocesses).
 os.environ.setdefault("MVQA_CACHE", os.path.join(tempfile.gettempdir(), "mvqa-test-cache"))
 
-from mvqa.config import CONFIG_DIR, PROJECT_ROOT, setup  # noqa: E402
+from mvqa.config import CONFIG_DIR, PROJECT_ROOT, setup
 
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 

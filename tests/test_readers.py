@@ -9,11 +9,11 @@ import re
 import pandas as pd
 import pytest
 from hydra.errors import ConfigCompositionException
-from hydra.utils import instantiate
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mvqa.data.images import resolve_image_path
+from mvqa.data.loading import load_dataset
 from mvqa.data.readers import (
     RELEASE_TRACE_COLUMNS,
     parse_question_options,
@@ -282,7 +282,7 @@ def test_prefix_stripping_property(letter, text, pad, sep):
 
 def test_compose_release_yields_the_1000_items(compose):
     cfg = compose("generate", ["dataset=mvqa1k_release"])
-    items, stats = instantiate(cfg.dataset)
+    items, stats = load_dataset(cfg.dataset)
     assert len(items) == 1000 and stats.stage == "load"
     assert items[0].source == "mvqa1k_release" and set(items[0].extra) == set(RELEASE_TRACE_COLUMNS)
 
@@ -296,15 +296,15 @@ def test_compose_misspelt_key_fails(compose):
 
 def test_compose_slake_csv_and_curated(compose, tmp_path):
     cfg = compose("evaluate", ["dataset=slake", "dataset.limit=5", "seed=3"])
-    items, _ = instantiate(cfg.dataset)
+    items, _ = load_dataset(cfg.dataset)
     assert len(items) == 5 and cfg.dataset.seed == 3
     path = write_csv(tmp_path / "mine.csv", [{"img": "x.png", "q": "Which?", "a": "B2", "o1": "B1", "o2": "B2"}])
     cfg = compose("train", ["dataset=csv", f"dataset.path={path}", "dataset.columns.image=img",
                             "dataset.columns.question=q", "dataset.columns.answer=a", "dataset.columns.choices=[o1,o2]"])
-    (item,), _ = instantiate(cfg.dataset)
+    (item,), _ = load_dataset(cfg.dataset)
     assert item.choices == ["B1", "B2"] and item.answer_label == "B" and item.id == "csv:0"
     final = write_csv(tmp_path / "final.csv", [pmc_row(id="s:7", generated_reasoning="r", generated_answer="A",
                                                        raw_output="<answer>A</answer>")])
     cfg = compose("train", ["dataset=curated", f"dataset.path={final}"])
-    (item,), _ = instantiate(cfg.dataset)
+    (item,), _ = load_dataset(cfg.dataset)
     assert item.id == "s:7" and item.extra["raw_output"] == "<answer>A</answer>" and item.source == "curated"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
 from PIL import Image
 
 from mvqa.data import synthetic
+from mvqa.data.loading import load_dataset
 from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
 from mvqa.prompts import parse_answer
 
@@ -195,7 +195,7 @@ def test_generate_config_composes_and_instantiates(compose, tmp_path):
                                f"paths.cache={tmp_path / 'cache'}", "seed=5"])
     assert cfg.dataset.name == "synthetic" and cfg.dataset.seed == 5
     assert cfg.dataset.root == str(tmp_path / "cache" / "synthetic")
-    items, stats = instantiate(cfg.dataset)
+    items, stats = load_dataset(cfg.dataset)
     assert len(items) == 6 and {it.split for it in items} == {"val"} and stats.stage == "load"
     assert Path(items[0].image_root).is_relative_to(tmp_path / "cache" / "synthetic")
 

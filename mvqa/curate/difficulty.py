@@ -261,7 +261,8 @@ class SimilarityScorer:
         if not todo:
             return items
         if ctx is None:
-            raise ValueError(f"{len(todo)} items have no scorer_output and no scorer model was given")
+            raise ValueError(f"{len(todo)} items have no scorer_output (the scorer VLM's answer to similarity_prompt) "
+                             "and no scorer model was given to ask")
         from dataclasses import replace as dc_replace
 
         from hydra.utils import instantiate

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -89,17 +90,17 @@ class VQAItem:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> "VQAItem":
+    def from_dict(cls, row: dict[str, Any]) -> VQAItem:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(row) - known
         if unknown:
             raise ValueError(f"item {row.get('id')!r}: unknown fields {sorted(unknown)}; expected {sorted(known)}")
         return cls(**{**row, "choices": list(row.get("choices") or []), "extra": dict(row.get("extra") or {})})
 
-    def replace(self, **changes: Any) -> "VQAItem":
+    def replace(self, **changes: Any) -> VQAItem:
         return dataclasses.replace(self, **changes)
 
-    def with_extra(self, **values: Any) -> "VQAItem":
+    def with_extra(self, **values: Any) -> VQAItem:
         return dataclasses.replace(self, extra={**self.extra, **values})
 
 

@@ -10,8 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from mvqa.data.records import VQAItem, item_from_json, item_to_json
 
@@ -32,8 +32,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_items_jsonl(items: Iterable[VQAItem], path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        for it in items:
-            f.write(item_to_json(it) + "\n")
+        f.writelines(item_to_json(it) + "\n" for it in items)
     return Path(path)
 
 
