@@ -5,7 +5,6 @@ traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> prin
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
 `outputs/demo/<time>/`; bootstrapped checkpoints are kept in the cache and reused by later demos.
-`--quick` shrinks every step (the CI integration test runs it).
 """
 
 from __future__ import annotations
@@ -27,25 +26,12 @@ FULL = {
     "finetune": [],
     "evaluate": ["budget.max_thinking_tokens=[24,64,160]", "budget.num_waits=[0,2]", "eval.limit=200"],
 }
-QUICK = {
-    "world": ["dataset.n_train=48", "dataset.n_val=8", "dataset.n_test=16", "dataset.image_size=32"],
-    "bootstrap": ["model.size=unit", "trainer.max_steps=6", "data.batch_size=8", "data.val_max_new_tokens=16",
-                  "trainer.limit_val_batches=1"],
-    "curate": ["sampler.n=8", "scorer.fraction=1.0", "pipeline.trace.max_new_tokens=48",
-               "pipeline.filter.mode=normalised"],
-    "finetune": ["trainer.max_steps=4", "data.batch_size=4", "data.val_max_new_tokens=16",
-                 "trainer.limit_val_batches=1"],
-    "evaluate": ["budget.max_thinking_tokens=[8,16]", "budget.num_waits=[0,1]", "eval.limit=8",
-                 "eval.n_bootstrap=200"],
-}
-
-
 def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
     cmd = [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
     print(f"\n$ python {entry} {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
     start = time.perf_counter()
     with open(log, "a") as f:
-        done = subprocess.run(cmd, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, check=False, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT)
     if done.returncode:
         sys.exit(f"{entry} failed (exit {done.returncode}); its output is in {log}")
     print(f"  done in {time.perf_counter() - start:.0f} s -> {run_dir}", flush=True)
@@ -53,12 +39,11 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a reduced chain (seconds, not minutes)")
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
     parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
+    sizes = FULL
     out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
@@ -73,9 +58,8 @@ def main(argv: list[str] | None = None) -> Path:
     show_world(cache, world)
 
     print("\n== 2. bootstrap the tiny base ('LLaVA-Med', answers directly) and reasoner ('Med-R1', thinks)")
-    # The full demo's bootstraps are where model=demo_base / model@reasoner=demo_reasoner look by default.
-    tag = "-quick" if args.quick else ""
-    base, reasoner = cache / "demo" / f"base{tag}", cache / "demo" / f"reasoner{tag}"
+    # Where model=demo_base and model@reasoner=demo_reasoner look by default.
+    base, reasoner = cache / "demo" / "base", cache / "demo" / "reasoner"
     for name, path in (("base", base), ("reasoner", reasoner)):
         if (path / "config.json").is_file():
             print(f"  reusing {path} (delete it to bootstrap again)")
