@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -171,3 +172,17 @@ def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compo
     for it in scored:
         assert isinstance(it.extra["scorer_output"], str) and it.extra["scorer_model"]
         assert -1 <= it.extra["sim_to_answer"] <= 1 and -1 <= it.extra["max_choice_sim"] <= 1
+
+
+def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(compose, tmp_path):
+    from mvqa.tracking import job_run
+
+    cfg = compose("generate", ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "sampler.n=20",
+                               "logger=wandb", f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+    with job_run(cfg, "generate") as run:
+        run_curation(cfg, tmp_path / "run", run)
+    info = json.loads((tmp_path / "run" / "wandb_run.json").read_text())
+    assert info["job_type"] == "generate" and info["mode"] == "offline"
+    blob = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    for key in (b"funnel", b"diversity/mean_pairwise_cosine_distance", b"curated-run", b"dataset"):
+        assert key in blob, key
