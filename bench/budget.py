@@ -135,9 +135,14 @@ def main() -> dict:
     print(f"ratio forced/plain    {result['ratio_forced_vs_plain']:.3f}x (goal >= 0.85)")
     print(f"ratio 1-pass/multi    {result['ratio_single_vs_multipass']:.3f}x (goal >= 1.5), "
           f"outputs identical: {identical}")
-    result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
+    return record(result, "budget", digits=3)
+
+
+def record(result: dict, name: str, digits: int) -> dict:
+    """Round the figures, keep them in bench/results/<name>.json and print them as the last line."""
+    result = {k: round(v, digits) if isinstance(v, float) else v for k, v in result.items()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "budget.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
     return result
 

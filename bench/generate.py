@@ -10,10 +10,9 @@ caller of `model.generate` also has to do). Goal: engine overhead <= 10% against
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
-from budget import RESULTS, bench_bundle, interleaved, questions
+from budget import bench_bundle, interleaved, questions, record
 
 from mvqa.generation import GenerationRequest, HFEngine
 
@@ -75,11 +74,7 @@ def main() -> dict:
     print(f"engine overhead {result['overhead_vs_generate']:+.1%} vs generate alone (goal <= 10%), "
           f"{result['overhead_vs_generate_with_text']:+.1%} vs tokenize+generate+decode; "
           f"ratio {result['ratio_engine_vs_generate']:.3f}x; same tokens: {identical}")
-    result = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "generate.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result))
-    return result
+    return record(result, "generate", digits=4)
 
 
 if __name__ == "__main__":
