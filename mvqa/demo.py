@@ -22,7 +22,8 @@ from mvqa.config import PROJECT_ROOT
 FULL = {
     "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
     "bootstrap": [],
-    "curate": ["sampler.n=200", "scorer.fraction=0.3"],
+    # The demo models answer with the option text: the normalised filter maps it to the letter.
+    "curate": ["sampler.n=200", "scorer.fraction=0.3", "pipeline.filter.mode=normalised"],
     "finetune": [],
     "evaluate": ["budget.max_thinking_tokens=[24,64,160]", "budget.num_waits=[0,2]", "eval.limit=200"],
 }

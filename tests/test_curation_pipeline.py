@@ -186,3 +186,24 @@ def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(compos
     blob = next((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
     for key in (b"funnel", b"diversity/mean_pairwise_cosine_distance", b"curated-run", b"dataset"):
         assert key in blob, key
+
+
+def test_correctness_filter_strict_like_the_seed_or_normalised(shared_data):
+    from mvqa.curate.correctness import filter_correct
+    from mvqa.data.readers import read_pmc_vqa
+
+    items, _ = read_pmc_vqa(shared_data / "mvqa1k" / "sampled_final.csv",
+                            extra_columns=("generated_reasoning", "generated_answer", "raw_output"))
+    for mode in ("strict", "normalised"):
+        kept, stats = filter_correct(items, mode)
+        assert len(kept) == 1000 and stats.metrics["correct"] == 1000
+    it = items[0]
+    other = next(c for c in it.letters if c != it.answer_label)
+    variants = [it.replace(id="a", extra={"generated_answer": f"{it.answer_label}) {it.answer}"}),
+                it.replace(id="b", extra={"generated_answer": it.answer}),
+                it.replace(id="c", extra={"generated_answer": other}),
+                it.replace(id="d", extra={"generated_answer": "no idea"})]
+    kept, stats = filter_correct(variants, "normalised")
+    assert [k.id for k in kept] == ["a", "b"] and stats.drop_reasons == {"wrong": 1, "unparseable": 1}
+    kept, stats = filter_correct(variants, "strict")
+    assert kept == [] and stats.drop_reasons == {"wrong": 1, "unparseable": 3}
