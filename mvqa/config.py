@@ -35,7 +35,8 @@ def existing_path(path: str) -> str | None:
 def setup() -> None:
     from mvqa.schemas import register_configs
 
-    resolvers = {"mvqa.uid": run_uid, "mvqa.root": lambda: str(PROJECT_ROOT), "mvqa.existing": existing_path}
+    resolvers = {"mvqa.uid": run_uid, "mvqa.root": lambda: str(PROJECT_ROOT), "mvqa.existing": existing_path,
+                 "mvqa.dirname": lambda path: str(Path(path).parent)}
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

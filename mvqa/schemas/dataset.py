@@ -68,6 +68,8 @@ class CuratedConf(PmcVqaConf):
     name: str = "curated"
     source: str = "curated"
     extra_columns: list[str] = field(default_factory=lambda: list(_TRACE_COLUMNS))
+    # export copies the images to images/ beside final.csv
+    image_root: str | None = "${mvqa.dirname:${.path}}/images"
 
 
 @dataclass
