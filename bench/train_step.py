@@ -23,16 +23,16 @@ from torch.utils.data import DataLoader
 from transformers import get_cosine_schedule_with_warmup
 
 sys.path.insert(0, str(Path(__file__).parent))
-from budget import record  # noqa: E402
+from budget import record
 
-from mvqa.data.collators import VQACollator, model_inputs  # noqa: E402
-from mvqa.data.synthetic import read_synthetic  # noqa: E402
-from mvqa.models.load import load_model  # noqa: E402
-from mvqa.models.lora import optimizer_groups, prepare_trainable, save_adapter  # noqa: E402
-from mvqa.models.tiny import tiny_conf  # noqa: E402
-from mvqa.schemas.recipe import RecipeConf  # noqa: E402
-from mvqa.train.module import VQAFineTuner  # noqa: E402
-from mvqa.train.trace_format import TraceFormatter  # noqa: E402
+from mvqa.data.collators import VQACollator, model_inputs
+from mvqa.data.synthetic import read_synthetic
+from mvqa.models.load import load_model
+from mvqa.models.lora import optimizer_groups, prepare_trainable, save_adapter
+from mvqa.models.tiny import tiny_conf
+from mvqa.schemas.recipe import RecipeConf
+from mvqa.train.module import VQAFineTuner
+from mvqa.train.trace_format import TraceFormatter
 
 
 def dir_mb(path: Path) -> float:
