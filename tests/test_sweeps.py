@@ -16,7 +16,7 @@ RELEASE = ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "
 
 def entry(name: str, *overrides: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(PROJECT_ROOT / f"{name}.py"), *overrides], cwd=cwd,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
 
 
 @pytest.mark.slow
