@@ -16,6 +16,9 @@ class RecipeConf:
     dropout: float = 0.05
     target: str = "attn"  # attn | attn_mlp, always the language model's projections (never the vision tower)
     train_projector: bool = False  # train the multimodal projector in full (PEFT modules_to_save)
+    # LoRA: also train the embedding and output rows of the think/answer delimiter tokens. A base that never
+    # wrote </think> (a direct-answer model) cannot learn to close its thinking through attention adapters alone.
+    train_delimiter_rows: bool = False
     # Full fine-tunes keep the vision tower frozen unless this is set (training a random-init tower from scratch).
     train_vision: bool = False
     lr: float = 1e-4

@@ -40,6 +40,13 @@ def split_train_val(cfg: DictConfig) -> tuple[list[VQAItem], list[VQAItem], Stag
     return [it for i, it in enumerate(items) if i not in held], [items[i] for i in sorted(held)], stats
 
 
+def delimiter_ids(bundle) -> list[int]:
+    """Ids of the think/answer delimiters that are single tokens of the vocabulary."""
+    t = bundle.special_tokens
+    ids = [bundle.tokenizer.convert_tokens_to_ids(s) for s in (t.think_start, t.think_end, t.answer_start, t.answer_end)]
+    return [i for i in ids if i is not None and i != bundle.tokenizer.unk_token_id]
+
+
 def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -55,7 +62,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
 
     # 1. The base model and what is trained on it (LoRA adapters or the full language model).
     bundle = load_model(cfg.model)
-    model = prepare_trainable(bundle.model, cfg.recipe)
+    model = prepare_trainable(bundle.model, cfg.recipe, delimiter_ids(bundle) if cfg.recipe.train_delimiter_rows else None)
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
 
