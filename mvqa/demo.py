@@ -23,9 +23,9 @@ FULL = {
     "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
     "bootstrap": [],
     # The demo models answer with the option text: the normalised filter maps it to the letter.
-    "curate": ["sampler.n=200", "scorer.fraction=0.3", "pipeline.filter.mode=normalised"],
+    "curate": ["sampler.n=450", "scorer.fraction=0.3", "pipeline.filter.mode=normalised"],
     "finetune": [],
-    "evaluate": ["budget.max_thinking_tokens=[24,64,160]", "budget.num_waits=[0,2]", "eval.limit=200"],
+    "evaluate": ["budget.max_thinking_tokens=[64,200]", "budget.num_waits=[0,1]", "eval.limit=200"],
 }
 def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
     cmd = [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
