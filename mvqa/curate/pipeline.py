@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mvqa.curate.diversity import write_diversity_report
 from mvqa.data.loading import load_dataset
@@ -67,13 +67,21 @@ def _stages() -> dict[str, tuple[Stage, list[str]]]:
     }
 
 
+def cache_name(stage: str) -> str:
+    """trace and merge read and write the same shards, so they share one cache entry."""
+    return "trace" if stage == "merge" else stage
+
+
 def stage_key(stage: str, cfg: DictConfig, deps: list[str], input_fingerprint: str) -> str:
-    # trace and merge read the same shards, so they share one key (the stage name is normalised).
-    name = "trace" if stage == "merge" else stage
-    resolved = {k: OmegaConf.to_container(OmegaConf.select(cfg, k), resolve=True)
-                if isinstance(OmegaConf.select(cfg, k), DictConfig) else OmegaConf.select(cfg, k) for k in deps}
-    blob = json.dumps({"stage": name, "config": resolved, "input": input_fingerprint}, sort_keys=True, default=str)
+    config = {k: _plain(OmegaConf.select(cfg, k)) for k in deps}
+    blob = json.dumps({"stage": cache_name(stage), "config": config, "input": input_fingerprint}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    """A config node as plain resolved data (interpolations resolve against the whole config)."""
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
 
 
 def ordered_stages(requested: list[str]) -> list[str]:
@@ -102,7 +110,7 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
         fn, deps = registry[name]
         fingerprint = items_fingerprint(items)
         key = stage_key(name, cfg, deps, fingerprint)
-        ctx.stage_dir = Path(cfg.pipeline.cache_dir) / f"{'trace' if name == 'merge' else name}-{key}"
+        ctx.stage_dir = Path(cfg.pipeline.cache_dir) / f"{cache_name(name)}-{key}"
         items, stats, cached = _run_cached(name, fn, items, ctx)
         if not items and name != "export":
             raise RuntimeError(f"stage {name!r} emptied the set: {stats.n_in} in, 0 out ({stats.drop_reasons})")
