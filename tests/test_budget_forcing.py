@@ -6,13 +6,16 @@ Every scenario runs with `</think>` as one added token and as plain text (three 
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import itertools
+import sys
+from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
 from test_engine import PROMPTS, bundle_of, one_torch_thread, requests, tiny_llama, tiny_tokenizer  # noqa: F401
 
-from mvqa.generation import BudgetPoint, GenerationParams, GenerationRequest, HFEngine, budget_points
+from mvqa.generation import BudgetPoint, GenerationParams, GenerationRequest, HFEngine, VLLMEngine, budget_points
 from mvqa.generation.budget import forcing_ids
 from mvqa.models.bundle import SpecialTokens
 
@@ -190,3 +193,68 @@ def test_bad_budgets_are_refused_with_the_key_named():
                                                             max_answer_tokens=3), [tokenizer.eos_token_id])
     with pytest.raises(ValueError, match="think_end"):
         forcing_ids(tokenizer, dataclasses.replace(SpecialTokens(), think_end=""), BudgetPoint(16), [2])
+
+
+class ReplayLLM:
+    """Stands in for `vllm.LLM` with vLLM's documented request semantics, decoding greedily with the same tiny
+    Llama the HF engine uses: `max_tokens` caps the request, `stop_token_ids` (and the model's eos) end it
+    with the stop token kept in `token_ids` and finish_reason "stop", and they are banned for the first
+    `min_tokens` tokens."""
+
+    model: torch.nn.Module
+    eos: int
+    calls: list[int]
+
+    def __init__(self, model: str, seed: int = 0, **kwargs):
+        self.kwargs = kwargs
+
+    def generate(self, inputs, sampling_params, use_tqdm=False):
+        type(self).calls.append(len(inputs))
+        outs = []
+        for request, sp in zip(inputs, sampling_params):
+            assert sp.temperature == 0.0 and "multi_modal_data" not in request
+            seq, stops, new, reason = list(request["prompt_token_ids"]), {*sp.stop_token_ids, self.eos}, [], "length"
+            with torch.inference_mode():
+                while len(new) < sp.max_tokens:
+                    logits = self.model(torch.tensor([seq])).logits[0, -1]
+                    if len(new) < sp.min_tokens:
+                        logits[sorted(stops)] = -float("inf")
+                    token = int(logits.argmax())
+                    seq.append(token)
+                    new.append(token)
+                    if token in stops:
+                        reason = "stop"
+                        break
+            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=new, finish_reason=reason)]))
+        return outs
+
+
+@pytest.fixture
+def vllm_replay(monkeypatch, closer):
+    """A `vllm` module whose LLM replays the closer model, on a machine that claims one GPU."""
+    fake = ModuleType("vllm")
+    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
+    fake.SamplingParams = lambda **kw: SimpleNamespace(**kw)
+    fake.LLM = type("LLM", (ReplayLLM,), {"model": closer.model, "eos": closer.tokenizer.eos_token_id, "calls": []})
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    return fake
+
+
+@pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
+                                   BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1),
+                                   BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")],
+                         ids=lambda p: f"{p.label}_min{p.min_thinking_tokens}_{p.final_answer_string or 'plain'}")
+def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, vllm_replay, point):
+    """The engines share the rules but not the mechanics (a logits processor in one generate call vs s1's
+    multi-pass loop over vLLM requests): on the same greedy model both give the same tokens and counts."""
+    vllm_engine = VLLMEngine(progress=False)
+    recorded = dataclasses.replace(closer, source="replayed-closer")
+    via_vllm = vllm_engine.generate(recorded, requests(), GenerationParams(budget=point))
+    assert summary(via_vllm) == summary(forced(closer, point))
+    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in forced(closer, point)]
+    calls = vllm_replay.LLM.calls  # requests per pass: s1's loop re-submits only the rows still thinking
+    assert calls[0] == len(PROMPTS) and len(calls) >= 2 and all(n <= len(PROMPTS) for n in calls)
+    plain = vllm_engine.generate(recorded, requests(), GenerationParams(max_new_tokens=12))
+    assert summary(plain) == summary(engine().generate(closer, requests(), GenerationParams(max_new_tokens=12)))

@@ -29,7 +29,7 @@ from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
 
-VERSION = 1  # bump when rendering, questions or traces change: it is part of the cache key
+VERSION = 2  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
 MODALITIES = ("CT", "MRI", "X-ray")
 QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
@@ -55,19 +55,14 @@ QUESTIONS = {
     "modality_location": ["Which option gives both the imaging modality and the lesion location?",
                           "Which description of the scan and its lesion is correct?"],
 }
+# Short evidence phrases keep template traces at ~40 tokens: the demo's reasoner is trained on them and the
+# whole chain (traces, fine-tune, budget sweeps) pays for every token.
 MODALITY_EVIDENCE = {
-    "CT": ["a round cross-section with a bright bony rim on a black background",
-           "a circular body outline ringed by dense bone, typical of a CT slice",
-           "a disc of soft tissue inside a bright cortical ring"],
-    "MRI": ["an oval outline with smooth concentric bands of soft-tissue signal",
-            "an elliptical section with layered, ring-like signal and no bright bony rim",
-            "soft concentric layers inside an oval contour, typical of an MRI slice"],
-    "X-ray": ["a projection filling the whole frame with horizontal rib-like bands",
-              "full-field projection with repeated rib shadows and a bright central column",
-              "a frame-filling radiograph with stacked horizontal bands and no body outline"],
+    "CT": ["a bright bony rim around a round body", "a round slice ringed by dense bone"],
+    "MRI": ["an oval with concentric soft bands", "layered oval signal with no bony rim"],
+    "X-ray": ["rib-like bands filling the frame", "a full-frame projection with rib shadows"],
 }
-LESION_WORDS = ["a bright round lesion", "a well-defined hyperintense focus", "a conspicuous bright spot"]
-OPENERS = ["Let me look at the image.", "First I examine the scan.", "I start by describing what is visible.", ""]
+OPENERS = ["Let me look.", "First, the scan.", ""]
 
 
 @dataclass(frozen=True)
@@ -207,39 +202,30 @@ def _choices(plan: dict, scene: Scene, rng: np.random.Generator) -> tuple[list[s
 
 def _describe_lesions(scene: Scene, rng: np.random.Generator) -> list[str]:
     if not scene.lesions:
-        return [str(rng.choice(["No focal bright lesion is seen in any quadrant.",
-                                "The tissue looks uniform: there is no lesion.",
-                                "I find no focal abnormality anywhere in the image."]))]
-    out = [f"I count {len(scene.lesions)} lesion{'s' if len(scene.lesions) > 1 else ''}."]
-    for q, s in sorted(scene.lesions):
-        word = str(rng.choice(LESION_WORDS))
-        out.append(str(rng.choice([f"There is {word} in the {QUADRANTS[q]} quadrant, {SIZES[s]} in size.",
-                                   f"In the {QUADRANTS[q]} quadrant I see {word} that is {SIZES[s]}.",
-                                   f"A {SIZES[s]} lesion sits in the {QUADRANTS[q]} quadrant."])))
-    return out
+        return [str(rng.choice(["No lesion is seen.", "The tissue is uniform, no lesion."]))]
+    spots = ", ".join(f"{QUADRANTS[q]} {SIZES[s]}" for q, s in sorted(scene.lesions))
+    n = len(scene.lesions)
+    return [f"I see {n} lesion{'s' if n > 1 else ''}: {spots}."]
 
 
 def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator) -> str:
-    """Template reasoning: visual evidence, the fact(s) the question needs, optional elimination, the letter."""
+    """Template reasoning: visual evidence, the fact(s) the question needs, optional elimination, the answer."""
     qtype, letter = plan["qtype"], plan["letter"]
-    steps = [str(rng.choice(OPENERS)),
-             f"The image shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}."]
+    steps = [str(rng.choice(OPENERS)), f"It shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}."]
     steps += _describe_lesions(scene, rng)
     if scene.difficulty >= 0.6:
-        steps.append(str(rng.choice(["The image is noisy and the contrast is low, so I look carefully.",
-                                     "Noise makes this harder to read, but the findings above hold."])))
+        steps.append(str(rng.choice(["The image is noisy, so I look carefully.", "Noise makes this harder."])))
     free = [QUADRANTS[q] for q in range(4) if q not in {lq for lq, _ in scene.lesions}]
     fact = {"modality": f"The modality is {scene.modality}.",
-            "location": f"The lesion is in the {correct} quadrant.",
-            "count": f"So the number of lesions is {len(scene.lesions)}.",
+            "location": f"The lesion is {correct}.",
+            "count": f"So there are {len(scene.lesions)}.",
             "size": f"The lesion is {correct}.",
-            "presence": f"Only the {', '.join(free)} quadrant has no lesion.",
-            "modality_location": f"Combining both facts: {correct}."}[qtype]
+            "presence": f"Only the {', '.join(free)} quadrant is free.",
+            "modality_location": f"Both facts: {correct}."}[qtype]
     steps.append(fact)
-    if rng.random() < 0.5:  # eliminate the other options one by one (varies the trace length)
-        steps += [f"Option {LETTERS[i]} ({c}) does not match." for i, c in enumerate(choices) if c != correct]
-    steps.append(str(rng.choice([f"The answer is {letter}.", f"Therefore option {letter} is correct.",
-                                 f"So I choose {letter}: {correct}."])))
+    if rng.random() < 0.5:  # eliminate the other options (varies the trace length)
+        steps.append("Not " + ", not ".join(LETTERS[i] for i, c in enumerate(choices) if c != correct) + ".")
+    steps.append(str(rng.choice([f"The answer is {letter}: {correct}.", f"So I choose {letter}: {correct}."])))
     return f"<think>{' '.join(s for s in steps if s)}</think><answer>{letter}</answer>"
 
 

@@ -36,7 +36,7 @@ from mvqa.models.chat_templates import get_chat_template
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor, llava_image_processor, qwen2_vl_image_processor
 
 # Bump when the build code changes what a given config produces, so stale cache entries are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: synthetic traces v2 and template words in the corpus, 16 px LLaVA demo patches
 
 DIMS = (
     "hidden",
@@ -54,7 +54,9 @@ DIMS = (
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "llava": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 8, 320))),  # ~0.15M parameters
-        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 8, 2048))),  # ~1M
+        # 16 px patches: 16 image tokens per 64 px scan (one 2x2 block per quadrant) instead of 64 keeps the
+        # demo's sequences short; lesions stay visible to the patch embedding.
+        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 16, 2048))),  # ~1M
     },
     "qwen2_vl": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 4, 320))),
@@ -166,11 +168,20 @@ def train_tokenizer(texts: list[str], vocab_size: int, special: list[str], text_
     return tok
 
 
+# The words each family's chat template adds around every turn. Mixed into the corpus as often as it has
+# texts, so BPE learns them as whole tokens instead of spending ~25 single characters per sequence.
+TEMPLATE_WORDS = {
+    "llava": "[INST] [/INST]",
+    "qwen2_vl": "system\nYou are a helpful assistant.\nuser\nassistant\n",
+}
+
+
 def _tokenizer(conf, dims) -> PreTrainedTokenizerFast:
     st = SpecialTokens()
     special = [*BASE_TOKENS.values(), *FAMILY_TOKENS[conf.family]]
     think = [st.think_start, st.think_end, st.answer_start, st.answer_end]
-    tok = train_tokenizer(corpus_texts(conf.tokenizer_corpus), dims["vocab_size"], special, think)
+    texts = corpus_texts(conf.tokenizer_corpus)
+    tok = train_tokenizer(texts + [TEMPLATE_WORDS[conf.family]] * len(texts), dims["vocab_size"], special, think)
     eos = "<|im_end|>" if conf.family == "qwen2_vl" else BASE_TOKENS["eos"]  # the chat template's end of turn
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, **{**{f"{k}_token": v for k, v in BASE_TOKENS.items()}, "eos_token": eos}
