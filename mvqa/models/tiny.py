@@ -36,7 +36,7 @@ from mvqa.models.chat_templates import get_chat_template
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor, llava_image_processor, qwen2_vl_image_processor
 
 # Bump when the build code changes what a given config produces, so stale cache entries are not reused.
-BUILD_VERSION = 2  # 2: synthetic traces v2 and template words in the corpus, 16 px LLaVA demo patches
+BUILD_VERSION = 2  # 2: synthetic traces v2 and template words in the tokenizer corpus
 
 DIMS = (
     "hidden",
@@ -54,9 +54,7 @@ DIMS = (
 PRESETS: dict[str, dict[str, dict[str, int]]] = {
     "llava": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 8, 320))),  # ~0.15M parameters
-        # 16 px patches: 16 image tokens per 64 px scan (one 2x2 block per quadrant) instead of 64 keeps the
-        # demo's sequences short; lesions stay visible to the patch embedding.
-        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 16, 2048))),  # ~1M
+        "demo": dict(zip(DIMS, (128, 4, 4, 2, 384, 64, 2, 4, 64, 8, 2048))),  # ~1M
     },
     "qwen2_vl": {
         "unit": dict(zip(DIMS, (64, 2, 4, 2, 128, 32, 2, 2, 32, 4, 320))),
