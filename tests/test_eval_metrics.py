@@ -177,13 +177,28 @@ def test_min_budget_counts_in_control():
     assert compute_metrics(preds, n_bootstrap=50)["scaling"]["base"]["control"] == 0.5
 
 
+def test_an_unforced_base_is_the_reference_for_every_budget_point(small, tmp_path):
+    """eval.base_budget=unforced: the base answers once, as it is used; each tuned budget point pairs with it."""
+    base = [dict(p, budget_id="unforced", budget={"max_thinking_tokens": None, "min_thinking_tokens": 0,
+                                                   "num_waits": 0, "wait_string": None})
+            for p in small if p["model"] == "base" and p["budget"]["max_thinking_tokens"] == 16]
+    m = compute_metrics(base + [p for p in small if p["model"] == "tuned"], n_bootstrap=200)
+    assert [(c["budget_id"], c["base_budget_id"]) for c in m["comparisons"]] == [
+        ("max16_min0_w2_Wait", "unforced"), ("max32_min0_w2_Wait", "unforced")]
+    # base unforced: q1, q2 right. tuned @16: q2, q3, q4 right (1 right->wrong, 2 wrong->right); @32: all right.
+    assert [(c["accuracy_diff"], c["right_to_wrong"], c["wrong_to_right"]) for c in m["comparisons"]] == [
+        (0.25, 1, 2), (0.5, 0, 2)]
+    assert not m["warnings"]
+    assert "| tuned | max32_min0_w2_Wait | unforced | +0.500 [" in write_report(m, tmp_path, plots=False).read_text()
+
+
 def test_write_report_outputs(small, tmp_path):
     m = compute_metrics(small, n_bootstrap=200)
     report = write_report(m, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(m))
     text = report.read_text()
     assert "| base | max16_min0_w2_Wait | 0.500 [" in text
-    assert "| tuned | max16_min0_w2_Wait | +0.250 [" in text and "| 1 | 2 | 4 |" in text  # flips row
+    assert "| tuned | max16_min0_w2_Wait | max16_min0_w2_Wait | +0.250 [" in text and "| 1 | 2 | 4 |" in text  # flips row
     for name in ("acc_vs_thinking.png", "acc_vs_thinking_base.png", "acc_vs_thinking_tuned.png"):
         assert f"![{name}]({name})" in text
         with Image.open(tmp_path / name) as img:

@@ -58,6 +58,27 @@ def test_base_and_adapter_over_a_budget_grid(compose, tmp_path, adapter):
 
 
 @pytest.mark.slow
+def test_base_as_it_is_used_is_the_reference_for_every_budget_point(compose, tmp_path, adapter):
+    """eval.base_budget=unforced with eval.base_prompt: the base answers once with its own prompt."""
+    cfg = compose("evaluate", [*UNIT, *WORLD, f"adapters=[{adapter}]", "budget.max_thinking_tokens=[6,12]",
+                               "budget.num_waits=[0]", "eval.n_bootstrap=50", "logger=none",
+                               "eval.base_budget=unforced", "eval.base_prompt=direct_text", "eval.limit=4",
+                               "trainer.enable_progress_bar=false"], tmp_path / "run")
+    run_evaluation(cfg, tmp_path / "run")
+    preds = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
+    base = [p for p in preds if p["model"] == "base"]
+    assert {p["budget_id"] for p in base} == {"unforced"} and len(base) == 4
+    assert not any(p["raw_output"].startswith("<think>") for p in base)  # nothing forced on the base
+    tuned = [p for p in preds if p["model"] != "base"]
+    assert {p["budget_id"] for p in tuned} == {"max6_min0_w0_Wait", "max12_min0_w0_Wait"}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [(c["budget_id"], c["base_budget_id"], c["n_paired"]) for c in metrics["comparisons"]] == [
+        ("max6_min0_w0_Wait", "unforced", 4), ("max12_min0_w0_Wait", "unforced", 4)]
+    bad = compose("evaluate", [*UNIT, *WORLD, "eval.base_budget=never", "logger=none"], tmp_path / "bad")
+    with pytest.raises(ValueError, match="eval.base_budget must be same or unforced, got 'never'"):
+        run_evaluation(bad, tmp_path / "bad")
+
+@pytest.mark.slow
 def test_adapter_for_another_base_fails_before_generation(compose, tmp_path, adapter):
     cfg = compose("evaluate", ["model=tiny_qwen2_vl", "model.size=unit", *WORLD, f"adapters=[{adapter}]",
                                "budget=none", "logger=none"], tmp_path / "run")

@@ -26,6 +26,9 @@ BREAKDOWNS = {"by_modality": "modality", "by_content_type": "content_type", "by_
 UNKNOWN = "unknown"  # the breakdown key for a record without modality / content type / label
 
 
+UNFORCED = "unforced"  # the budget_id of a plain run without budget forcing
+
+
 def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int = 1000, seed: int = 0,
                     base_model: str | None = None) -> dict[str, Any]:
     """Metrics per (model, budget point), s1 scaling metrics per model, and each model vs the base.
@@ -60,11 +63,14 @@ def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int =
             for m in models for b in order if (m, b) in cells]
     scaling = {m: _scaling_metrics([r for r in runs if r["model"] == m], cells, m) for m in models}
     comparisons, warnings = [], []
+    # A base run once, unforced (as it is used), is the reference for every budget point of the other models.
+    base_only_unforced = [b for b in order if (base, b) in cells] == [UNFORCED]
     for m in models[1:]:
-        shared = [b for b in order if (m, b) in cells and (base, b) in cells]
+        shared = [b for b in order if (m, b) in cells and ((base, b) in cells or base_only_unforced)]
         if not shared:
             warnings.append(f"model {m!r} shares no budget point with base {base!r}: no paired comparison")
-        comparisons += [_paired(base, m, b, cells[base, b], cells[m, b], n_bootstrap, seed) for b in shared]
+        comparisons += [_paired(base, m, b, b if (base, b) in cells else UNFORCED, cells, n_bootstrap, seed)
+                        for b in shared]
     return {"base_model": base, "models": models, "budget_ids": order, "n_predictions": len(preds),
             "n_bootstrap": n_bootstrap, "seed": seed, "runs": runs, "scaling": scaling,
             "comparisons": comparisons, "warnings": warnings}
@@ -204,12 +210,14 @@ def _scaling_metrics(runs: list[dict], cells: dict, model: str) -> dict[str, Any
     }
 
 
-def _paired(base: str, model: str, budget_id: str, base_rows: list[dict], rows: list[dict], n_bootstrap: int,
+def _paired(base: str, model: str, budget_id: str, base_budget_id: str, cells: dict, n_bootstrap: int,
             seed: int) -> dict[str, Any]:
+    base_rows, rows = cells[base, base_budget_id], cells[model, budget_id]
     base_by_item = {str(p["item_id"]): bool(p["correct"]) for p in base_rows}
     by_item = {str(p["item_id"]): bool(p["correct"]) for p in rows}
     items = sorted(base_by_item.keys() & by_item.keys())
-    out = {"model": model, "base": base, "budget_id": budget_id, "n_paired": len(items),
+    out = {"model": model, "base": base, "budget_id": budget_id, "base_budget_id": base_budget_id,
+           "n_paired": len(items),
            "n_only_base": len(base_by_item.keys() - by_item.keys()), "n_only_model": len(by_item.keys() - base_by_item.keys())}
     if not items:
         return {**out, "accuracy_diff": None, "ci95": None, "mcnemar_p": None, "right_to_wrong": 0,

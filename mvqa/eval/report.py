@@ -87,13 +87,14 @@ def scaling_rows(metrics: Mapping[str, Any]) -> Rows:
 
 
 def comparison_rows(metrics: Mapping[str, Any]) -> Rows:
-    header = ["model", "budget", "Δ accuracy [95% CI]", "McNemar p", "right→wrong", "wrong→right", "n paired"]
+    header = ["model", "budget", "base budget", "Δ accuracy [95% CI]", "McNemar p", "right→wrong", "wrong→right",
+              "n paired"]
     rows = []
     for c in metrics["comparisons"]:
         diff = "n/a" if c["accuracy_diff"] is None else (
             f"{c['accuracy_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]")
         p = "n/a" if c["mcnemar_p"] is None else f"{c['mcnemar_p']:.3g}"
-        rows.append([c["model"], c["budget_id"], diff, p, str(c["right_to_wrong"]), str(c["wrong_to_right"]),
+        rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), diff, p, str(c["right_to_wrong"]), str(c["wrong_to_right"]),
                      str(c["n_paired"])])
     return header, rows
 

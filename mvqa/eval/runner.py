@@ -22,6 +22,7 @@ from mvqa.data.loading import load_dataset, split_for
 from mvqa.data.records import VQAItem
 from mvqa.data.storage import atomic_path, read_items_jsonl
 from mvqa.eval import compute_metrics, format_table, write_report
+from mvqa.eval.metrics import UNFORCED
 from mvqa.generation.budget import BudgetPoint, budget_points
 from mvqa.generation.engine import GenerationParams, GenerationRequest
 from mvqa.models.bundle import ModelBundle
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 def budget_id(point: BudgetPoint | None) -> str:
     if point is None:
-        return "unforced"
+        return UNFORCED
     return f"max{point.max_thinking_tokens}_min{point.min_thinking_tokens}_w{point.num_waits}_{point.wait_string}"
 
 
@@ -144,8 +145,13 @@ def run_evaluation(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> 
     engine = instantiate(cfg.engine)
     loader = DataLoader(items, batch_size=cfg.eval.batch_size, collate_fn=list)
     predictions: list[dict[str, Any]] = []
+    if cfg.eval.base_budget not in ("same", UNFORCED):
+        raise ValueError(f"eval.base_budget must be same or unforced, got {cfg.eval.base_budget!r}")
     for label, adapter in models:
-        module = BudgetEvaluator(bundle, label, engine, points, engine.params, cfg.eval.prompt)
+        bare = adapter is None
+        module = BudgetEvaluator(bundle, label, engine,
+                                 [None] if bare and cfg.eval.base_budget == UNFORCED else points, engine.params,
+                                 (cfg.eval.base_prompt or cfg.eval.prompt) if bare else cfg.eval.prompt)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         with _active(bundle.model, adapter):
             predictions += _gathered([r for batch in trainer.predict(module, dataloaders=loader) for r in batch])

@@ -15,6 +15,11 @@ class EvalConf:
     exclude: str | None = None
     limit: int | None = None
     prompt: str = "med_r1_seed"  # a key of mvqa.prompts.PROMPTS
+    # How the bare base is asked. A base that was never taught to think (LLaVA-Med) is fairest judged as it is
+    # used: its own prompt (null: `prompt`) and, with base_budget=unforced, one plain run that every budget
+    # point of the fine-tuned models is paired against. base_budget=same runs it over the grid like the rest.
+    base_prompt: str | None = None
+    base_budget: str = "same"
     batch_size: int = 16
     n_bootstrap: int = 1000
     wandb_table_rows: int = 200
