@@ -1,0 +1,102 @@
+"""Per-GPU memory of the 7B LLaVA-Med fine-tunes, computed from the configs on the meta device."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import pytest
+
+from mvqa.models.load import build_empty
+from mvqa.models.lora import count_parameters, prepare_trainable
+from mvqa.models.memory import NF4_BYTES, MixedDtypeUnit, count_params, main, per_gpu
+
+# 576 image tokens + 384 text tokens (train.yaml's max_length of text): the collator counts both in max_length.
+LLAVA = ["model=llava_med", "data.max_length=960", "data.batch_size=1", "gradient_checkpointing=true"]
+GPUS = (1, 2, 4, 8)
+
+
+def test_counts_are_what_training_prepares(compose):
+    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
+    fp = count_params(cfg)
+    trainable, total = count_parameters(prepare_trainable(build_empty(cfg.model), cfg.recipe, None))
+    assert (fp.trainable, fp.total) == (trainable, total)
+    assert (trainable, total) == (6_815_744, 7_573_559_296)  # cross-check: tests/test_meta_architectures.py
+    # From the config's dimensions: r x (in + out) per adapted q/k/v/o projection, GQA's narrower k and v.
+    text, vision = cfg.model.architecture.text_config, cfg.model.architecture.vision_config
+    h, kv = text.hidden_size, text.hidden_size // text.num_attention_heads * text.num_key_value_heads
+    assert fp.trainable == cfg.recipe.r * text.num_hidden_layers * (2 * (h + h) + 2 * (h + kv))
+    assert fp.projector == vision.hidden_size * h + h + h * h + h  # LLaVA's two-layer MLP projector
+    assert 0.29e9 < fp.vision < 0.31e9  # CLIP ViT-L/14-336
+    assert fp.image_tokens == (vision.image_size // vision.patch_size) ** 2 == 576
+
+
+def test_fsdp_shards_with_gpus_and_ddp_replicates(compose):
+    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
+    fp = count_params(cfg)
+    ddp = [per_gpu(cfg, "ddp", n, fp).total for n in GPUS]
+    assert len(set(ddp)) == 1
+    # FSDP flattens each decoder layer into one tensor: bf16 weights and PEFT's fp32 adapters cannot share it.
+    with pytest.raises(MixedDtypeUnit, match="model.dtype=float32"):
+        per_gpu(cfg, "fsdp", 2, fp)
+    cfg.model.dtype = "float32"
+    fsdp = [per_gpu(cfg, "fsdp", n, fp).total for n in GPUS]
+    assert all(a > b for a, b in pairwise(fsdp))
+    assert fsdp[-1] < ddp[0] < fsdp[0]
+
+
+def test_deepspeed_shards_the_optimizer_not_the_weights(compose):
+    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
+    fp = count_params(cfg)
+    zero2 = [per_gpu(cfg, "deepspeed_stage2", n, fp) for n in GPUS]
+    assert all(a.optimizer > b.optimizer for a, b in pairwise(zero2))
+    assert zero2[0].optimizer == 12 * fp.trainable  # fp32 master + AdamW's two fp32 states
+    assert len({b.weights for b in zero2}) == 1
+
+
+def test_gradient_checkpointing_lowers_activations(compose):
+    on = compose("train", [*LLAVA, "recipe=lora_r8"])
+    off = compose("train", [*LLAVA, "recipe=lora_r8", "gradient_checkpointing=false"])
+    fp = count_params(on)
+    assert per_gpu(on, "ddp", 1, fp).activations < per_gpu(off, "ddp", 1, fp).activations / 4
+
+
+def test_qlora_weights_are_a_fraction_of_bf16(compose):
+    qlora = compose("train", [*LLAVA, "recipe=qlora", "model.quantize=4bit"])
+    bf16 = compose("train", [*LLAVA, "recipe=lora_r16_attn_mlp"])  # the same adapters on a bf16 base
+    q, b = count_params(qlora), count_params(bf16)
+    assert q.trainable == b.trainable
+    quantized = sum(p.numel for p in q.params if p.kind == "nf4")
+    assert quantized > 0.9 * q.total  # the language model's linears
+    ratio = per_gpu(qlora, "ddp", 1, q).weights / per_gpu(bf16, "ddp", 1, b).weights
+    # NF4 alone would be ~1/4 of bf16; prepare_model_for_kbit_training upcasts the unquantized rest (vision
+    # tower, embeddings, LM head) to fp32, which lifts the whole to ~0.4.
+    assert NF4_BYTES / 2 < ratio < 0.45
+    with pytest.raises(ValueError, match="model.quantize=4bit"):
+        count_params(compose("train", [*LLAVA, "recipe=qlora"]))
+
+
+def test_full_finetune_needs_far_more_than_lora(compose):
+    full = compose("train", [*LLAVA, "recipe=s1_full"])
+    lora = compose("train", [*LLAVA, "recipe=lora_r8"])
+    f, lo = count_params(full), count_params(lora)
+    assert f.trainable > 0.9 * f.total and lo.trainable < 0.001 * lo.total
+    for n in (1, 8):
+        assert per_gpu(full, "ddp", n, f).total > 3 * per_gpu(lora, "ddp", n, lo).total
+    assert per_gpu(full, "deepspeed_stage2", 8, f).total < per_gpu(full, "ddp", 8, f).total / 2
+
+
+def test_unknown_strategy_is_named(compose):
+    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
+    with pytest.raises(ValueError, match=r"'ddpp'.*'ddp', 'deepspeed_stage2', 'fsdp'"):
+        per_gpu(cfg, "ddpp", 2)
+
+
+def test_cli_prints_a_row_per_strategy_and_gpu_count(capsys):
+    main([*LLAVA, "recipe=lora_r8", "--gpus", "1,8"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "GPUs" not in line]
+    assert [r.split(" | ")[1] for r in rows] == ["1", "8"] * 3
+    assert "6,815,744 trainable" in out and "model.dtype=float32" in out
+    with pytest.raises(SystemExit):
+        main(["model=llava_med", "recipe=lora_r8", "data.max_length=384"])
+    assert "576 image tokens" in capsys.readouterr().err
