@@ -19,14 +19,34 @@ from pathlib import Path
 
 from mvqa.config import PROJECT_ROOT
 
-FULL = {
-    "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
-    "bootstrap": [],
-    # The demo models answer with the option text: the normalised filter maps it to the letter.
-    "curate": ["sampler.n=450", "scorer.fraction=0.3", "pipeline.filter.mode=normalised"],
-    "finetune": [],
-    "evaluate": ["budget.max_thinking_tokens=[64,200]", "budget.num_waits=[0,1]", "eval.limit=200"],
+SIZES = {
+    "full": {
+        "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
+        "bootstrap": [],
+        "curate": ["sampler.n=450", "scorer.fraction=0.3",
+                   "pipeline.trace.max_new_tokens=128"],
+        "finetune": [],
+        # The base is judged as it is used (its own direct prompt, unforced); the fine-tune over budgets.
+        "evaluate": ["budget.max_thinking_tokens=[24,64]", "budget.num_waits=[0,1]", "eval.limit=200"],
+    },
+    # The same chain in about a minute (CI's integration test): a small world, bootstraps cut to a few
+    # hundred steps (enough to learn the output formats, not the world), a few fine-tune steps.
+    "reduced": {
+        "world": ["dataset.n_train=240", "dataset.n_val=24", "dataset.n_test=48"],
+        "bootstrap": ["trainer.max_steps=60", "trainer.check_val_every_n_epoch=null", "data.val_max_new_tokens=64"],
+        "curate": ["sampler.n=12", "scorer.fraction=0.5",
+                   "pipeline.trace.max_new_tokens=96"],
+        "finetune": ["trainer.max_steps=6", "data.val_max_new_tokens=48"],
+        "evaluate": ["budget.max_thinking_tokens=[8,16]", "budget.num_waits=[0,1]", "eval.limit=12",
+                     "eval.n_bootstrap=100"],
+    },
 }
+# The demo models answer with the option text: the base is scored, and judged, with the prompt and answer form it
+# was taught; the normalised filter maps the reasoner's text answers to letters.
+CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "pipeline.filter.mode=normalised"]
+EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=unforced"]
+
+
 def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
     cmd = [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
     print(f"\n$ python {entry} {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
@@ -43,8 +63,9 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
     parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
+    parser.add_argument("--reduced", action="store_true", help="a small, fast version of the chain (CI)")
     args = parser.parse_args(argv)
-    sizes = FULL
+    sizes = SIZES["reduced" if args.reduced else "full"]
     out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     log = out / "demo.log"
@@ -70,7 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
             print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
 
     print("\n== 3. curate: difficulty under the base, traces from the reasoner, correct only, diverse sample")
-    run("generate.py", [*common, *world, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
+    run("generate.py", [*common, *world, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
                         f"pipeline.cache_dir={out}/stages"], out / "curate", log)
     summary = json.loads((out / "curate" / "summary.json").read_text())
     print("  funnel: " + " -> ".join(f"{f['stage']} {f['n_out']}" for f in summary["funnel"]))
@@ -83,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     print("\n== 5. evaluate base vs fine-tuned on held-out synthetic items across thinking budgets")
     run("evaluate.py", [*common, *world, "model=demo_base", f"model.path={base}",
                         f"adapters=[{out}/finetune/adapter]", f"eval.exclude={out}/curate/final.csv",
-                        *sizes["evaluate"]], out / "evaluate", log)
+                        *EVALUATE, *sizes["evaluate"]], out / "evaluate", log)
     report = out / "evaluate" / "report.md"
     print("\n" + report.read_text())
     print(f"report: {report}\nplot:   {out / 'evaluate' / 'acc_vs_thinking.png'}\nlog:    {log}")

@@ -36,7 +36,7 @@ PROMPTS: dict[str, str] = {
         "Answer the question using a single word or phrase.]]"
     ),
     # No reasoning, the answer as the option's own words (what the demo's tiny base is taught).
-    "direct_text": "{question}[[\n{choices_lines}]]\nAnswer with the text of the correct option.",
+    "direct_text": "{question}[[\n{choices_lines}]]\n[[Answer with the text of the correct option.|Answer briefly.]]",
 }
 
 # Chat wrappers for models without a chat template. LLaVA-Med v1.5 (`mistral_instruct`, LLaMA-2 separator

@@ -207,3 +207,18 @@ def test_correctness_filter_strict_like_the_seed_or_normalised(shared_data):
     assert [k.id for k in kept] == ["a", "b"] and stats.drop_reasons == {"wrong": 1, "unparseable": 1}
     kept, stats = filter_correct(variants, "strict")
     assert kept == [] and stats.drop_reasons == {"wrong": 1, "unparseable": 3}
+
+
+def test_likelihood_continuations_match_how_the_scorer_was_taught_to_answer():
+    from types import SimpleNamespace
+
+    from mvqa.curate.likelihood import LikelihoodScorer
+    from mvqa.data.records import VQAItem
+    from mvqa.models.bundle import SpecialTokens
+
+    item = VQAItem(id="q", image="i.png", question="Which?", choices=["CT", "MRI"], answer_label="B", answer="MRI")
+    bundle = SimpleNamespace(special_tokens=SpecialTokens())
+    assert [LikelihoodScorer(continuation=c).continuations(item, bundle) for c in ("letter", "text", "tagged_text")] == [
+        ["<answer>A</answer>", "<answer>B</answer>"], ["CT", "MRI"], ["<answer>CT</answer>", "<answer>MRI</answer>"]]
+    with pytest.raises(ValueError, match="scorer.continuation must be 'letter', 'text' or 'tagged_text', got 'txt'"):
+        LikelihoodScorer(continuation="txt")

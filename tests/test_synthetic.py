@@ -96,6 +96,31 @@ def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
     assert len(other) == 24 and not {it.id for it in other} & {it.id for it in items}
 
 
+def test_describe_items_caption_every_train_image(tmp_path):
+    """describe=True: one open item per image whose answer lists the modality and every lesion; the direct
+    formatter teaches it as plain text and still formats the multiple-choice items."""
+    from mvqa.models.bundle import SpecialTokens
+    from mvqa.train.trace_format import TraceFormatter
+
+    items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
+    both, stats = read_synthetic(str(tmp_path), **TINY, split="train", describe=True)
+    described = [it for it in both if it.is_open]
+    assert both[:48] == items and len(described) == 48 and stats.metrics["describe_items"] == 48
+    for mcq, it in zip(items, described):
+        assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image, synthetic.DESCRIBE_QUESTION)
+        assert it.answer == mcq.extra["caption"] and it.answer.startswith(f"{mcq.modality}. ")
+        assert it.content_type == "describe" and it.answer_label is None
+    counts = [it for it in described if it.answer.endswith("No lesion.")]
+    assert 0 < len(counts) < 48 and any(it.answer.count(",") == 2 for it in described)  # 0 and 3 lesions
+    formatted, fstats = TraceFormatter(style="direct", answer_format="text")(both, SpecialTokens())
+    assert len(formatted) == 96 and not fstats.dropped
+    assert formatted[48].extra["target"]["closing"] == f"<answer>{described[0].answer}</answer>"
+    _, rejected = TraceFormatter(style="med_r1")(described[:2], SpecialTokens())
+    assert rejected.drop_reasons == {"open_ended": 2}  # no trace to think with: still rejected, and counted
+    val, _ = read_synthetic(str(tmp_path), **TINY, split="val", describe=True)
+    assert val and not any(it.is_open for it in val)  # held-out splits stay multiple choice
+
+
 def test_combined_question_options_do_not_give_the_answer_away(tmp_path):
     items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
     combined = [it for it in items if it.content_type == "modality_location"]

@@ -1,6 +1,6 @@
 """The `likelihood` difficulty scorer: rank each item's choices by their log-likelihood under a model.
 
-Each choice's continuation (the answer tag with its letter, or the choice text) is scored after the
+Each choice's continuation (the answer tag with its letter, the choice text, or the tag with the text) is scored after the
 chat-templated question with the image; a softmax over the choices' summed log-probabilities gives the
 probability of the correct one, `extra["p_correct"]` (lower = harder), which `hard` ranks.
 """
@@ -23,8 +23,8 @@ class LikelihoodScorer:
     def __init__(self, model_key: str = "scorer_model", prompt: str = "direct", continuation: str = "letter",
                  fraction: float | None = 0.15, threshold: float | None = None, progress: bool = True,
                  name: str = "likelihood") -> None:
-        if continuation not in ("letter", "text"):
-            raise ValueError(f"scorer.continuation must be 'letter' or 'text', got {continuation!r}")
+        if continuation not in ("letter", "text", "tagged_text"):
+            raise ValueError(f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
         self.model_key, self.prompt, self.continuation = model_key, prompt, continuation
         self.fraction, self.threshold, self.progress, self.name = fraction, threshold, progress, name
 
@@ -32,6 +32,8 @@ class LikelihoodScorer:
         t = bundle.special_tokens
         if self.continuation == "letter":
             return [f"{t.answer_start}{letter}{t.answer_end}" for letter in item.letters]
+        if self.continuation == "tagged_text":  # a model taught to answer <answer>option text</answer>
+            return [f"{t.answer_start}{choice}{t.answer_end}" for choice in item.choices]
         return list(item.choices)
 
     @torch.inference_mode()

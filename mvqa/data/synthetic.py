@@ -14,6 +14,7 @@ items (`hard_fraction`) gets a high per-item difficulty: more noise, fainter and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,7 +30,7 @@ from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
 
-VERSION = 2  # bump when rendering, questions or traces change: it is part of the cache key
+VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
 MODALITIES = ("CT", "MRI", "X-ray")
 QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
@@ -38,7 +39,9 @@ SIZE_RADIUS = (0.05, 0.08, 0.12, 0.17)  # lesion radius as a fraction of the ima
 COUNTS = ("0", "1", "2", "3")
 QUESTION_TYPES = ("modality", "location", "count", "size", "presence", "modality_location")
 CSV_COLUMNS = ["id", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
-               "Answer_label", "modality", "content_type", "split", "trace", "difficulty"]
+               "Answer_label", "modality", "content_type", "split", "trace", "difficulty", "caption"]
+# The open question of the optional describe items (see `read_synthetic(describe=True)`).
+DESCRIBE_QUESTION = "Describe the findings in this scan."
 
 # A small, fixed set of wordings per type: enough variety for a tokenizer, few enough for a tiny model.
 QUESTIONS = {
@@ -208,6 +211,12 @@ def _describe_lesions(scene: Scene, rng: np.random.Generator) -> list[str]:
     return [f"I see {n} lesion{'s' if n > 1 else ''}: {spots}."]
 
 
+def caption(scene: Scene) -> str:
+    """The scene's findings in one line: what a describe item answers."""
+    spots = ", ".join(f"{QUADRANTS[q]} {SIZES[s]}" for q, s in sorted(scene.lesions))
+    return f"{scene.modality}. " + (f"Lesions: {spots}." if spots else "No lesion.")
+
+
 def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator) -> str:
     """Template reasoning: visual evidence, the fact(s) the question needs, optional elimination, the answer."""
     qtype, letter = plan["qtype"], plan["letter"]
@@ -241,7 +250,8 @@ def _item_text(params: WorldParams, split: str, i: int, plan: dict
            # PMC-VQA writes its choices as " A: text "; the reader strips that back off.
            **{f"Choice {L}": f" {L}: {c} " for L, c in zip(LETTERS, choices)},
            "Answer_label": plan["letter"], "modality": scene.modality, "content_type": plan["qtype"],
-           "split": split, "trace": _trace(plan, scene, choices, correct, rng), "difficulty": scene.difficulty}
+           "split": split, "trace": _trace(plan, scene, choices, correct, rng), "difficulty": scene.difficulty,
+           "caption": caption(scene)}
     return scene, rng, row, choices
 
 
@@ -293,17 +303,26 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
 def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int = 300, image_size: int = 64,
                    seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, split: str = "train",
                    name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
-                   limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
-    """Make the world if absent, then read one split through the PMC-VQA reader."""
+                   limit: int | None = None, describe: bool = False) -> tuple[list[VQAItem], StageStats]:
+    """Make the world if absent, then read one split through the PMC-VQA reader.
+
+    `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its caption), like
+    LLaVA's caption stage: dense supervision that teaches a from-scratch vision tower what to look at.
+    """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
     params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction)
     world = make_world(root, params)
     items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
                                 source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
-                                limit=limit, extra_columns=("trace", "difficulty"))
+                                limit=limit, extra_columns=("trace", "difficulty", "caption"))
     # The CSV round trip gives strings; difficulty is a number downstream (hard-item analyses).
     items = [it.with_extra(difficulty=float(it.extra["difficulty"])) for it in items]
+    if describe and split == "train":
+        items += [dataclasses.replace(it, id=f"{it.id}-describe", question=DESCRIBE_QUESTION, choices=[],
+                                      answer_label=None, answer=it.extra["caption"], content_type="describe",
+                                      extra={"difficulty": it.extra["difficulty"]}) for it in items]
+        stats.metrics["describe_items"] = len(items) // 2
     stats.metrics["synthetic_world"] = str(world)
     stats.metrics["synthetic_split"] = json.loads((world / "world.json").read_text())["stats"][split]
     return items, stats
@@ -325,6 +344,6 @@ def synthetic_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
         item = VQAItem(id=row["id"], image=row["Figure_path"], question=row["Question"], choices=choices,
                        answer_label=row["Answer_label"], answer=row["Answer"])
         prompt = format_question(item, templates[i % len(templates)])
-        texts += [row["Question"], *choices, row["Answer"], row["trace"],
+        texts += [row["Question"], *choices, row["Answer"], row["trace"], DESCRIBE_QUESTION, row["caption"],
                   format_conversation(prompt, row["trace"], styles[i % len(styles)])]
     return texts

@@ -36,7 +36,7 @@ from mvqa.models.chat_templates import get_chat_template
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor, llava_image_processor, qwen2_vl_image_processor
 
 # Bump when the build code changes what a given config produces, so stale cache entries are not reused.
-BUILD_VERSION = 2  # 2: synthetic traces v2 and template words in the tokenizer corpus
+BUILD_VERSION = 3  # 3: synthetic world v3 (short traces, captions) and template words in the tokenizer corpus
 
 DIMS = (
     "hidden",

@@ -29,6 +29,8 @@ class SyntheticConf(DatasetConf):
     difficulty: float = 0.1
     # Share of items made really hard (difficulty drawn from [0.6, 1]).
     hard_fraction: float = 0.1
+    # Add one open "describe the findings" item per image (the caption stage of the demo base's bootstrap).
+    describe: bool = False
 
 
 SCHEMAS = {"schema_synthetic": SyntheticConf}

@@ -54,7 +54,7 @@ class LikelihoodScorerConf:
     # The config node of the model that scores (generate.yaml puts a model there: model@scorer_model).
     model_key: str = "scorer_model"
     prompt: str = "direct"
-    # letter: score "<answer>X</answer>"; text: score the choice's own text.
+    # letter: score "<answer>X</answer>"; text: the choice's own text; tagged_text: "<answer>text</answer>".
     continuation: str = "letter"
     # Keep the hardest fraction by p_correct, or every item with p_correct <= threshold when set.
     fraction: float | None = 0.15

@@ -81,7 +81,10 @@ class TraceFormatter:
                 continue
             thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
             waits += n
-            answer = item.choices[item.letters.index(letter)] if self.answer_format == "text" else letter
+            if item.is_open:  # an open item (direct style only) answers with its text
+                answer = item.answer
+            else:
+                answer = item.choices[item.letters.index(letter)] if self.answer_format == "text" else letter
             out.append(item.with_extra(target=vars(self.target(thinking, answer, tokens))))
         stats.n_out = len(out)
         stats.metrics.update(waits_inserted=waits, style=self.style, wait_string=self.wait_string)
@@ -97,8 +100,9 @@ class TraceFormatter:
 
     def _reasoning_and_answer(self, item: VQAItem) -> tuple[str, str | None, str | None]:
         """(reasoning, answer letter, drop reason or None)."""
-        if item.is_open:
-            return "", None, "open_ended"
+        if item.is_open:  # only a direct answer can be taught without choices: the answer text itself
+            ok = self.style == "direct" and item.answer.strip()
+            return "", None, None if ok else "open_ended"
         field = next((f for f in self.trace_fields if item.extra.get(f)), None)
         if field is None and self.style != "direct":
             return "", None, "no_trace"
