@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+ARTIFACT_POLICIES = ("online", "always", "never")
 
 
 def _hydra_job() -> tuple[str | None, str | None]:
@@ -36,6 +40,7 @@ def start_run(cfg: DictConfig, job_type: str, output_dir: str | Path) -> Any | N
     logger = cfg.logger
     if logger.kind != "wandb":
         return None
+    artifact_policy(logger)  # a bad value fails before the job does any work
     import wandb
 
     sweep, overrides = _hydra_job()
@@ -76,9 +81,37 @@ def job_run(cfg: DictConfig, job_type: str):
         finish_run(run)
 
 
-def log_artifact(run: Any | None, paths: str | Path | list, name: str, kind: str, *, use: bool = False) -> None:
-    """Log (or, with use=True, declare as input) files and directories as one artifact; only when W&B is on."""
+def is_online(run: Any) -> bool:
+    """Whether the run syncs live (not offline, not disabled)."""
+    return run.settings.mode in ("online", "run", "shared")
+
+
+def artifact_policy(logger_cfg: DictConfig) -> str:
+    policy = str(logger_cfg.log_artifacts)
+    if policy not in ARTIFACT_POLICIES:
+        raise ValueError(f"logger.log_artifacts must be one of {list(ARTIFACT_POLICIES)}, got {policy!r}")
+    return policy
+
+
+def wants_model_artifact(run: Any | None, logger_cfg: DictConfig) -> bool:
+    """Whether the trained adapter (or model) goes to W&B as an output artifact, by `logger.log_artifacts`:
+    `online` only from runs that sync live, `always` from offline runs too (staged on disk, uploaded by
+    `wandb sync`), `never`."""
     if run is None:
+        return False
+    policy = artifact_policy(logger_cfg)
+    return policy == "always" or (policy == "online" and is_online(run))
+
+
+def log_artifact(run: Any | None, paths: str | Path | list, name: str, kind: str, *, use: bool = False) -> None:
+    """Log (or, with use=True, declare as input) files and directories as one artifact; only when W&B is on.
+
+    W&B cannot declare inputs of an offline run: there the input is known from the run's config only."""
+    if run is None:
+        return
+    if use and not is_online(run):
+        log.info("W&B run is %s: input artifact %s not declared (its path is in the run's config)",
+                 run.settings.mode, name)
         return
     import wandb
 

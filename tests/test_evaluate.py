@@ -9,7 +9,7 @@ import pytest
 from mvqa.eval.runner import run_evaluation
 from mvqa.train.recipe import run_training
 
-WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=8", "dataset.image_size=32"]
+WORLD = ["dataset=synthetic", "dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=8", "dataset.image_size=32"]
 UNIT = ["model=tiny_llava", "model.size=unit"]
 
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mvqa.config import PROJECT_ROOT
 from mvqa.data.collators import IGNORE_INDEX, VQACollator, end_of_turn
 from mvqa.data.synthetic import read_synthetic
 from mvqa.models.load import load_model
@@ -20,9 +17,11 @@ from mvqa.train.recipe import run_training
 from mvqa.train.trace_format import TraceFormatter
 
 # A unit-size model on a tiny world: a few seconds per run, every path the real one.
-TINY = ["model=tiny_llava", "model.size=unit", "dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4",
-        "dataset.image_size=32", "data.batch_size=4", "data.val_max_new_tokens=8", "data.max_length=768", "data.prompt=direct",
-        "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
+WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32"]
+UNIT_RUN = ["model=tiny_llava", "model.size=unit", "data.batch_size=4", "data.val_max_new_tokens=8",
+            "data.max_length=768", "data.prompt=direct", "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
+# dataset=synthetic: train.py's default (dataset=auto) would take a curation run found under the launch dir.
+TINY = ["dataset=synthetic", *WORLD, *UNIT_RUN]
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +135,174 @@ def test_two_process_ddp_run_completes(compose, tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_jobs_are_separate_wandb_runs_in_one_group(tmp_path):
-    cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", "recipe.lr=1e-4,3e-4", "trainer.max_steps=2",
-           *TINY, f"hydra.sweep.dir={tmp_path}/sweep"]
-    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
-    jobs = sorted((tmp_path / "sweep").glob("[0-9]"))
-    assert len(jobs) == 2 and all(len(list(j.glob("wandb/offline-run-*"))) == 1 for j in jobs)
-    infos = [json.loads((j / "wandb_run.json").read_text()) for j in jobs]
-    assert infos[0]["id"] != infos[1]["id"]
-    assert infos[0]["group"] == infos[1]["group"] == "sweep" and infos[0]["job_type"] == "train"
-    names = [i["name"] for i in infos]  # the job's overrides
-    assert "recipe.lr=0.0001" in names[0] and "recipe.lr=0.0003" in names[1]
+def test_gradient_checkpointing_is_active_and_changes_neither_loss_nor_grads(compose, tmp_path, monkeypatch):
+    import transformers.modeling_utils
+
+    from mvqa.train.module import VQAFineTuner
+
+    # Every checkpointed block passes through transformers' `checkpoint`: record which block, how, and
+    # whether its input carries grads (frozen embeddings under PEFT need enable_input_require_grads).
+    calls: list[tuple[str, object, bool]] = []
+    real_checkpoint = transformers.modeling_utils.checkpoint
+
+    def counting_checkpoint(function, *args, **kwargs):
+        calls.append((type(function.args[0]).__name__, kwargs.get("use_reentrant"),
+                      any(a.requires_grad for a in args if torch.is_tensor(a))))
+        return real_checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counting_checkpoint)
+    steps: list[dict[str, torch.Tensor]] = []
+    layer_flags: list[bool] = []
+
+    def record(self, optimizer):  # the real run's grads, before each optimizer step
+        steps.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
+        layer_flags[:] = [m.gradient_checkpointing for n, m in self.model.named_modules()
+                          if n.split(".")[-2:-1] == ["layers"] and "language_model" in n]
+
+    monkeypatch.setattr(VQAFineTuner, "on_before_optimizer_step", record, raising=False)
+    runs = {}
+    for on in (False, True):
+        steps.clear()
+        del calls[:]
+        out = tmp_path / f"gc_{on}"
+        cfg = compose("train", [*TINY, "logger=none", "trainer.max_steps=2", "trainer.limit_val_batches=0",
+                                "trainer.log_every_n_steps=1", f"gradient_checkpointing={str(on).lower()}"], out)
+        runs[on] = {"result": run_training(cfg, out), "grads": list(steps), "calls": list(calls),
+                    "layers": list(layer_flags), "adapter": _adapter(out)}
+    off, on = runs[False], runs[True]
+    assert off["calls"] == [] and off["layers"] and not any(off["layers"])
+    n_layers = len(on["layers"])
+    assert n_layers >= 2 and all(on["layers"])
+    lm_calls = [c for c in on["calls"] if c[0] == "MistralDecoderLayer"]
+    assert len(lm_calls) == 2 * n_layers  # every decoder layer, both steps
+    assert all(reentrant is False and grad_input for _, reentrant, grad_input in lm_calls)
+    assert on["result"]["global_step"] == off["result"]["global_step"] == 2
+    assert on["result"]["metrics"]["train/loss"] == pytest.approx(off["result"]["metrics"]["train/loss"], rel=1e-6)
+    assert len(on["grads"]) == len(off["grads"]) == 2
+    for g_on, g_off in zip(on["grads"], off["grads"]):
+        assert g_on.keys() == g_off.keys() and any(float(g.abs().max()) > 0 for g in g_on.values())
+        for name in g_on:
+            torch.testing.assert_close(g_on[name], g_off[name], rtol=1e-5, atol=1e-8, msg=name)
+    for name in on["adapter"]:
+        torch.testing.assert_close(on["adapter"][name], off["adapter"][name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _curation_run(run_dir: Path, world_root: Path, n: int, mtime: float, images: str = "copy",
+                  source: str | None = None) -> Path:
+    """A generate.py run dir as its export stage leaves it, from a synthetic world of its own (not the one the
+    training config describes) whose items carry a reasoner-style output (the world's template trace)."""
+    import dataclasses
+    import os
+
+    from mvqa.curate.export import export_curated
+
+    items, _ = read_synthetic(str(world_root), n_train=n, n_val=2, n_test=2, image_size=24, seed=7)
+    traced = [dataclasses.replace(it.with_extra(raw_output=f"<think>{it.extra['trace']}</think><answer>{it.answer}"
+                                                          "</answer>"), source=source or it.source) for it in items]
+    export_curated(traced, run_dir, "med_r1_seed", images=images)
+    os.utime(run_dir / "final.csv", (mtime, mtime))
+    return run_dir
+
+
+@pytest.mark.slow
+def test_default_dataset_is_the_newest_synthetic_curation_run_else_the_template_traces(compose, tmp_path,
+                                                                                       monkeypatch, caplog):
+    import logging
+    import shutil
+    import time
+
+    from mvqa.data.auto import resolve_dataset
+    from mvqa.tracking import job_run
+
+    caplog.set_level(logging.INFO, logger="mvqa.data.auto")
+    launch = tmp_path / "launch"
+    launch.mkdir()
+    monkeypatch.chdir(launch)  # the search roots (outputs/generate, multirun/generate) are relative to it
+    short = [*WORLD, *UNIT_RUN, "trainer.max_steps=1", "trainer.limit_val_batches=0"]
+
+    # No curation run yet: the synthetic world the auto node describes, template traces.
+    result = run_training(compose("train", [*short, "logger=none"], tmp_path / "plain"), tmp_path / "plain")
+    assert result["dataset"]["name"] == "synthetic" and result["dataset"]["n_train"] == 16
+    assert result["n_train"] == 16 and result["n_val"] == 4  # the world's own val split
+    assert "no curation run of the synthetic world" in caplog.text
+
+    now = time.time()
+    world = tmp_path / "other-world"
+    older = _curation_run(launch / "outputs/generate/2026-01-01/10-00-00_aaaa", world, 8, now - 300)
+    newest = _curation_run(launch / "multirun/generate/2026-01-02/09-00-00_bbbb/1", world, 12, now - 200)
+    # Newer, but not candidates: curated from another source, and a synthetic export without its images.
+    _curation_run(launch / "outputs/generate/2026-01-03/08-00-00_cccc", world, 4, now - 100, images="none",
+                  source="mvqa1k_release")
+    _curation_run(launch / "outputs/generate/2026-01-03/09-00-00_dddd", world, 4, now, images="none")
+    shutil.rmtree(world)  # images can only come from the run's images/ folder now
+
+    # Explicit choices win over the search.
+    cfg = compose("train", [*short, "dataset=synthetic"])
+    assert resolve_dataset(cfg) is None and cfg.dataset.name == "synthetic"
+    cfg = compose("train", [*UNIT_RUN, "dataset=curated", f"dataset.path={older}/final.csv"])
+    assert resolve_dataset(cfg) is None and cfg.dataset.path == f"{older}/final.csv"
+
+    caplog.clear()
+    cfg = compose("train", [*short, "logger=wandb"], tmp_path / "curated")
+    with job_run(cfg, "train") as run:  # W&B offline: the curated input cannot be declared, the run goes on
+        result = run_training(cfg, tmp_path / "curated", run)
+    assert result["dataset"]["name"] == "curated"
+    assert result["dataset"]["path"] == str(newest.resolve() / "final.csv")
+    assert result["dataset"]["image_root"] == str(newest.resolve() / "images")
+    assert result["stats"]["load"]["n_out"] == 12 and result["n_train"] + result["n_val"] == 12
+    assert result["stats"]["format"]["n_out"] == result["n_train"] and result["global_step"] == 1
+    assert f"curated traces of {newest.resolve() / 'final.csv'}" in caplog.text
+    assert "(no exported images/ folder)" in caplog.text
+    saved = json.loads((tmp_path / "curated" / "metrics.json").read_text())
+    assert saved["dataset"]["path"] == result["dataset"]["path"]
+
+
+def test_log_artifacts_policy_decides_which_runs_log_the_adapter():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mvqa.tracking import wants_model_artifact
+
+    def run(mode):
+        return SimpleNamespace(settings=SimpleNamespace(mode=mode))
+
+    wanted = {(policy, mode): wants_model_artifact(run(mode), OmegaConf.create({"log_artifacts": policy}))
+              for policy in ("online", "always", "never") for mode in ("online", "offline")}
+    assert wanted == {("online", "online"): True, ("online", "offline"): False, ("always", "online"): True,
+                      ("always", "offline"): True, ("never", "online"): False, ("never", "offline"): False}
+    assert not wants_model_artifact(None, OmegaConf.create({"log_artifacts": "always"}))
+    with pytest.raises(ValueError, match=r"online', 'always', 'never'.*'sometimes'"):
+        wants_model_artifact(run("online"), OmegaConf.create({"log_artifacts": "sometimes"}))
+
+
+@pytest.mark.slow
+def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(compose, tmp_path, monkeypatch):
+    import base64
+    import hashlib
+
+    from wandb_records import offline_run
+
+    from mvqa.tracking import job_run
+
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # where W&B stages artifact files
+    for policy in ("default", "always"):
+        out = tmp_path / policy
+        cfg = compose("train", [*TINY, "trainer.max_steps=1", "trainer.limit_val_batches=0", "logger=wandb",
+                                *([f"logger.log_artifacts={policy}"] if policy != "default" else [])], out)
+        assert cfg.logger.log_artifacts == ("online" if policy == "default" else policy)
+        with job_run(cfg, "train") as run:
+            run_training(cfg, out, run)
+    default, always = offline_run(tmp_path / "default"), offline_run(tmp_path / "always")
+    assert default["artifacts"] == []  # the default (online) keeps offline runs free of adapter copies
+    (artifact,) = always["artifacts"]
+    assert artifact.type == "model" and artifact.name == f"adapter-{always['id']}"
+    adapter = tmp_path / "always" / "adapter"
+    files = {f"adapter/{p.relative_to(adapter)}": p for p in adapter.rglob("*") if p.is_file()}
+    entries = {e.path: e for e in artifact.manifest.contents}
+    assert set(entries) == set(files) and "adapter/adapter_model.safetensors" in entries
+    for path, entry in entries.items():  # staged copies that `wandb sync` uploads, byte for byte
+        data = files[path].read_bytes()
+        assert entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode() and entry.size == len(data)
+        assert Path(entry.local_path).is_relative_to(tmp_path / "wandb-data")
+        assert Path(entry.local_path).read_bytes() == data

@@ -18,7 +18,9 @@ class LoggerConf:
     # null: the experiment name, or the sweep dir's name in a multirun.
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    log_artifacts: bool = True
+    # The trained adapter (or full model) as an output artifact: online (only from runs that sync live),
+    # always (offline runs too: staged on disk, uploaded by `wandb sync`), never. Curated sets are logged always.
+    log_artifacts: str = "online"
 
 
 SCHEMAS = {"schema_logger": LoggerConf}

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mvqa.data.auto import resolve_dataset
 from mvqa.data.collators import VQACollator
 from mvqa.data.datamodule import VQADataModule
 from mvqa.data.loading import load_dataset, split_for
@@ -19,7 +20,7 @@ from mvqa.data.stats import StageStats
 from mvqa.data.storage import write_json
 from mvqa.models.load import load_model
 from mvqa.models.lora import count_parameters, prepare_trainable, save_adapter
-from mvqa.tracking import log_artifact
+from mvqa.tracking import log_artifact, wants_model_artifact
 from mvqa.train.module import VQAFineTuner
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
 def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
     output_dir = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
+    resolve_dataset(cfg)  # dataset=auto: the newest curation run of the synthetic world, else the world itself
 
     # 1. The base model and what is trained on it (LoRA adapters or the full language model).
     bundle = load_model(cfg.model)
@@ -103,6 +105,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
         "metrics": metrics, "val_acc": metrics.get("val/acc"), "global_step": trainer.global_step,
         "saved": str(saved), "trainable_parameters": trainable, "total_parameters": total,
         "n_train": len(train_items), "n_val": len(val_items),
+        "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
         "stats": {"load": load_stats.to_dict(), "format": format_stats.to_dict(),
                   "format_val": val_format_stats.to_dict(),
                   "encoding": {"truncated": train_collator.stats.truncated,
@@ -111,7 +114,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     write_json(result, output_dir / "metrics.json")
     if OmegaConf.select(cfg, "dataset.name") == "curated":
         log_artifact(run, cfg.dataset.path, f"curated-{Path(cfg.dataset.path).parent.name}", "dataset", use=True)
-    if run is not None and run.settings.mode == "online" and cfg.logger.log_artifacts:
+    if wants_model_artifact(run, cfg.logger):  # logger.log_artifacts: online | always | never
         log_artifact(run, saved, f"{saved.name}-{run.id}", "model")
     return result
 
