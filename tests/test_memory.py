@@ -10,8 +10,8 @@ from mvqa.models.load import build_empty
 from mvqa.models.lora import count_parameters, prepare_trainable
 from mvqa.models.memory import NF4_BYTES, MixedDtypeUnit, count_params, main, per_gpu
 
-# 576 image tokens + 384 text tokens (train.yaml's max_length of text): the collator counts both in max_length.
-LLAVA = ["model=llava_med", "data.max_length=960", "data.batch_size=1", "gradient_checkpointing=true"]
+# 576 image tokens + 448 text tokens: the collator counts both in max_length (the README's 7B commands).
+LLAVA = ["model=llava_med", "data.max_length=1024", "data.batch_size=1", "gradient_checkpointing=true"]
 GPUS = (1, 2, 4, 8)
 
 
@@ -36,12 +36,33 @@ def test_fsdp_shards_with_gpus_and_ddp_replicates(compose):
     ddp = [per_gpu(cfg, "ddp", n, fp).total for n in GPUS]
     assert len(set(ddp)) == 1
     # FSDP flattens each decoder layer into one tensor: bf16 weights and PEFT's fp32 adapters cannot share it.
-    with pytest.raises(MixedDtypeUnit, match="model.dtype=float32"):
+    with pytest.raises(MixedDtypeUnit, match=r"recipe.adapter_dtype=base .*model.dtype=float32"):
         per_gpu(cfg, "fsdp", 2, fp)
-    cfg.model.dtype = "float32"
-    fsdp = [per_gpu(cfg, "fsdp", n, fp).total for n in GPUS]
-    assert all(a > b for a, b in pairwise(fsdp))
-    assert fsdp[-1] < ddp[0] < fsdp[0]
+    fp32 = compose("train", [*LLAVA, "recipe=lora_r8", "model.dtype=float32"])
+    fsdp32 = [per_gpu(fp32, "fsdp", n, fp).total for n in GPUS]
+    assert all(a > b for a, b in pairwise(fsdp32))
+    assert fsdp32[-1] < ddp[0] < fsdp32[0]
+    # Adapters in the base's bf16: one dtype per unit without fp32 weights, about half of the fp32 rows.
+    base = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
+    fsdp16 = [per_gpu(base, "fsdp", n, fp) for n in GPUS]
+    assert all(a.total > b.total for a, b in pairwise(fsdp16))
+    assert all(0.5 < b.total / f < 0.7 for b, f in zip(fsdp16, fsdp32))  # the gathered units are 16-bit in both
+    assert fsdp16[-1].total < ddp[0] < fsdp16[0].total
+    assert fsdp16[0].optimizer == 2 * 2 * fp.trainable  # AdamW's two states in bf16, like the adapters
+
+
+def test_adapter_dtype_base_stores_adapters_in_16_bit(compose):
+    f32 = compose("train", [*LLAVA, "recipe=lora_r8"])
+    b16 = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
+    fp = count_params(f32)
+    a, b = per_gpu(f32, "ddp", 1, fp), per_gpu(b16, "ddp", 1, fp)
+    assert a.optimizer == 2 * 4 * fp.trainable and b.optimizer == 2 * 2 * fp.trainable
+    assert a.weights - b.weights == 2 * fp.trainable
+    # A 4-bit base keeps fp32 adapters whatever adapter_dtype says (PEFT casts only to floating base weights).
+    q = ["recipe=qlora", "model.quantize=4bit"]
+    q32, q16 = compose("train", [*LLAVA, *q]), compose("train", [*LLAVA, *q, "recipe.adapter_dtype=base"])
+    qfp = count_params(q32)
+    assert per_gpu(q32, "ddp", 1, qfp) == per_gpu(q16, "ddp", 1, qfp)
 
 
 def test_deepspeed_shards_the_optimizer_not_the_weights(compose):
@@ -97,6 +118,8 @@ def test_cli_prints_a_row_per_strategy_and_gpu_count(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| ") and "GPUs" not in line]
     assert [r.split(" | ")[1] for r in rows] == ["1", "8"] * 3
     assert "6,815,744 trainable" in out and "model.dtype=float32" in out
+    assert "| fsdp ¹ (recipe.adapter_dtype=base) | 8 |" in out
     with pytest.raises(SystemExit):
         main(["model=llava_med", "recipe=lora_r8", "data.max_length=384"])
-    assert "576 image tokens" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "576 image tokens" in err and "data.max_length=1024" in err

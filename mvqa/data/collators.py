@@ -4,7 +4,8 @@ Each example is encoded on its own: the chat-templated prompt goes through the p
 expands the image placeholder into the model's image tokens), the target (opening, thinking, closing and the
 template's end of turn) through the tokenizer. Labels are -100 on the prompt, the image tokens and padding, so
 the loss falls on the assistant's tokens only. Training pads on the right, generation on the left.
-A sequence over `max_length` loses thinking tokens, never its prompt or answer.
+A sequence over `max_length` loses thinking tokens, never its prompt or answer. `max_length` counts the image
+tokens the processor expands the placeholder into (576 for LLaVA-Med's CLIP ViT-L/14-336).
 """
 
 from __future__ import annotations
@@ -41,6 +42,30 @@ def end_of_turn(processor) -> str:
     return rendered.split(_PROBE, 1)[1]
 
 
+def image_token_id(processor) -> int | None:
+    """The id of the token an image placeholder expands into (`<image>`, `<|image_pad|>`), if the processor has one."""
+    token_id = getattr(processor, "image_token_id", None)
+    token = getattr(processor, "image_token", None)
+    if token_id is None and token:
+        token_id = getattr(processor, "tokenizer", processor).convert_tokens_to_ids(token)
+    return token_id
+
+
+def suggested_max_length(needed: int) -> int:
+    """A round `data.max_length` that holds `needed` tokens: the next multiple of 256."""
+    return -(-needed // 256) * 256
+
+
+@dataclass
+class TooLong:
+    """An example whose prompt and answer alone exceed max_length (its thinking is not even counted)."""
+
+    item_id: str
+    image_tokens: int  # of the prompt, as the processor expanded the placeholder
+    required: int  # prompt + opening + closing: the least max_length that keeps the example
+    full: int  # with all of its thinking
+
+
 @dataclass
 class EncodingStats:
     truncated: int = 0  # thinking cut to fit max_length
@@ -62,7 +87,9 @@ class VQACollator:
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token: the model config must name one")
         self.eot = end_of_turn(processor) if mode == "train" else ""
+        self.image_token_id = image_token_id(processor)
         self.stats = EncodingStats()
+        self._dropped: list[TooLong] = []  # this batch's
 
     def prompt_text(self, item: VQAItem) -> str:
         return chat_prompt(self.processor, self.format_question(item, self.prompt_template))
@@ -82,9 +109,12 @@ class VQACollator:
         target = item.extra["target"]
         opening, thinking = self._ids(target["opening"]), self._ids(target["thinking"])
         closing = self._ids(target["closing"] + self.eot)
-        room = self.max_length - len(prompt) - len(opening) - len(closing)
+        required = len(prompt) + len(opening) + len(closing)
+        room = self.max_length - required
         if room < 0:
             self.stats.too_long.append(item.id)
+            images = prompt.count(self.image_token_id) if self.image_token_id is not None else 0
+            self._dropped.append(TooLong(item.id, images, required, required + len(thinking)))
             return None
         if len(thinking) > room:
             thinking = thinking[:room]
@@ -97,12 +127,26 @@ class VQACollator:
             return self._batch([{"input_ids": e.pop("input_ids")[0].tolist(), **e}
                                 for e in (self._strip_mask(self.encode_prompt(it)) for it in items)],
                                items, left=True)
+        self._dropped = []
         encoded = [(it, self.encode_train(it)) for it in items]
         kept = [(it, e) for it, e in encoded if e is not None]
         if not kept:
-            raise ValueError(f"every example in the batch exceeds max_length={self.max_length}: "
-                             f"{[it.id for it in items]}")
+            raise ValueError(self.too_long_message(self._dropped))
         return self._batch([e for _, e in kept], [it for it, _ in kept], left=False)
+
+    def too_long_message(self, dropped: list[TooLong]) -> str:
+        """Why no example of a batch fits max_length, and the data.max_length that would fit them."""
+        images = max(d.image_tokens for d in dropped)
+        required, full = max(d.required for d in dropped), max(d.full for d in dropped)
+        ids = [d.item_id for d in dropped]
+        fix = (f"set data.max_length to at least {required} (prompt with its image tokens, and the answer), e.g. "
+               f"data.max_length={suggested_max_length(full)}, which also keeps the longest thinking ({full} tokens)")
+        if images >= self.max_length:
+            return (f"every example in the batch exceeds data.max_length={self.max_length}: the {images} image tokens "
+                    f"of each prompt fill it alone (the processor expands the image placeholder into {images} tokens, "
+                    f"and max_length counts them), leaving no room for the text; {fix}. Examples: {ids}")
+        return (f"every example in the batch exceeds data.max_length={self.max_length} before any thinking "
+                f"(prompt with {images} image tokens, and the answer); {fix}. Examples: {ids}")
 
     @staticmethod
     def _strip_mask(enc: dict) -> dict:

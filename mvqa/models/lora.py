@@ -24,6 +24,8 @@ TARGETS = {"attn": ATTN, "attn_mlp": f"({ATTN}|{MLP})"}
 VISION = {"llava": "model.vision_tower.", "qwen2_vl": "model.visual."}
 PROJECTOR = {"llava": "multi_modal_projector", "qwen2_vl": "merger"}
 ADAPTER_INFO = "mvqa_adapter.json"
+# recipe.adapter_dtype: float32 (PEFT upcasts adapters on 16-bit bases) | base (the adapted weights' own dtype).
+ADAPTER_DTYPES = ("float32", "base")
 
 
 def target_regex(target: str) -> str:
@@ -72,16 +74,29 @@ def lora_config(model, recipe, train_token_ids: list[int] | None = None) -> Lora
     )
 
 
+def adapter_dtype(recipe) -> str:
+    value = getattr(recipe, "adapter_dtype", "float32")
+    if value not in ADAPTER_DTYPES:
+        raise ValueError(f"recipe.adapter_dtype must be one of {list(ADAPTER_DTYPES)}, got {value!r}")
+    return value
+
+
 def attach_lora(model, recipe, train_token_ids: list[int] | None = None) -> PeftModel:
-    """Wrap `model` with LoRA adapters from `recipe` (method lora or qlora); the base is frozen."""
+    """Wrap `model` with LoRA adapters from `recipe` (method lora or qlora); the base is frozen.
+
+    `recipe.adapter_dtype`: float32 upcasts adapters on a 16-bit base to fp32 (PEFT's `autocast_adapter_dtype`);
+    base leaves them in the dtype of the weight each one adapts, so a bf16 base gives an all-bf16 model (what
+    FSDP needs to flatten a decoder layer into one tensor). A 4-bit base keeps fp32 adapters either way.
+    """
     if recipe.method not in ("lora", "qlora"):
         raise ValueError(f"attach_lora takes recipe.method lora or qlora, got {recipe.method!r}")
+    autocast = adapter_dtype(recipe) == "float32"
     if recipe.method == "qlora":
         check_qlora_available()
         if not getattr(model, "is_loaded_in_4bit", False):
             raise ValueError("recipe qlora needs a 4-bit base: load it with model.quantize=4bit")
         model = prepare_model_for_kbit_training(model)
-    return get_peft_model(model, lora_config(model, recipe, train_token_ids))
+    return get_peft_model(model, lora_config(model, recipe, train_token_ids), autocast_adapter_dtype=autocast)
 
 
 def prepare_trainable(model, recipe, train_token_ids: list[int] | None = None):

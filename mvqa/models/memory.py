@@ -1,18 +1,21 @@
 """Per-GPU training memory of a composed `train` config under each multi-GPU trainer: computed, not guessed.
 
-    python -m mvqa.models.memory model=llava_med recipe=lora_r8 data.max_length=960 gradient_checkpointing=true
+    python -m mvqa.models.memory model=llava_med recipe=lora_r8 data.max_length=1024 gradient_checkpointing=true
 
 Parameters are counted on the real architecture (`model.architecture`) built on the meta device and prepared
 by `prepare_trainable`, as training prepares it. Bytes per parameter follow the dtypes training gives them:
 `model.dtype` (auto = bf16 on a GPU), NF4 for `model.quantize=4bit`, fp32 for PEFT's adapters
-(`autocast_adapter_dtype`). What one of N GPUs holds, per strategy of `conf/trainer/`:
+(`autocast_adapter_dtype`) unless `recipe.adapter_dtype=base` (the base's dtype; a 4-bit base keeps them fp32).
+What one of N GPUs holds, per strategy of `conf/trainer/`:
 
   ddp               a full replica; grads twice (param.grad and DDP's bucket copy: gradient_as_bucket_view off);
                     AdamW's two states in each trainable's own dtype (torch.optim.AdamW)
   fsdp FULL_SHARD   params, grads and AdamW states sharded by N. Gathered in 16-bit: the root unit (all that is
                     not a decoder layer: vision tower, embeddings, LM head), which FSDP keeps whole from
                     forward to backward, and two decoder layers (the current one and the prefetched one).
-                    use_orig_params gives a unit with any trainable parameter a gradient for all of it
+                    use_orig_params gives a unit with any trainable parameter a gradient for all of it.
+                    A unit must hold one dtype: LoRA on a 16-bit base needs recipe.adapter_dtype=base (or
+                    model.dtype=float32)
   deepspeed ZeRO-2  16-bit params replicated (DeepSpeed casts the module); 16-bit grads, fp32 master copy and
                     AdamW states sharded by N: 2Ψ + (2 + 12)T/N (Rajbhandari et al. 2020), plus its reduce
                     buckets (Lightning's defaults)
@@ -139,8 +142,9 @@ def stored_bytes(param: Param, cfg: DictConfig) -> float:
     base = 2 if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype).itemsize  # auto: bf16 on a GPU
     if param.kind == "nf4":
         return NF4_BYTES
-    if param.kind == "adapter":
-        return max(base, 4)  # PEFT upcasts 16-bit adapters to fp32
+    if param.kind == "adapter":  # PEFT upcasts 16-bit adapters to fp32 unless told not to; 4-bit bases: always
+        upcast = OmegaConf.select(cfg, "recipe.adapter_dtype", default="float32") != "base"
+        return max(base, 4) if upcast or cfg.recipe.method == "qlora" else base
     return 4 if cfg.recipe.method == "qlora" else base  # prepare_model_for_kbit_training upcasts the rest
 
 
@@ -197,7 +201,8 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
     if fp.image_tokens and s <= fp.image_tokens:
         raise ValueError(
             f"data.max_length={s} leaves no room for text after the {fp.image_tokens} image tokens of "
-            f"{cfg.model.name}: the collator counts them in max_length and would drop every example"
+            f"{cfg.model.name}: the collator counts them in max_length and would drop every example; "
+            f"set data.max_length={-(-(fp.image_tokens + 384) // 256) * 256} (room for 384 text tokens)"
         )
     layer = s * b * h * (34 + 5 * a * s / h) * compute_bytes / 2
     checkpointed = cfg.gradient_checkpointing or cfg.recipe.method == "qlora"  # kbit preparation turns it on
@@ -244,7 +249,8 @@ def per_gpu(cfg: DictConfig, trainer: str, n_gpus: int, fp: Footprint | None = N
         dtypes = {DTYPE_NAMES[held[p.name]] for p in unit}
         if len(dtypes) > 1:
             fix = ("bitsandbytes' 4-bit storage would need the dtype of the rest" if "nf4" in dtypes else
-                   "model.dtype=float32 makes them one (FSDP still computes in 16-bit)")
+                   "recipe.adapter_dtype=base makes them one (16-bit adapters), or model.dtype=float32 "
+                   "(fp32 weights and adapters; FSDP still computes in 16-bit)")
             raise MixedDtypeUnit(f"FSDP unit {name.rstrip('.') or 'root'!r} holds {' and '.join(sorted(dtypes))} "
                                  f"parameters but FSDP flattens a unit into one dtype: {fix}")
     size = {name: sum(p.numel for p in unit) for name, unit in units.items()}
@@ -278,12 +284,12 @@ def markdown_table(cfg: DictConfig, trainers: Sequence[str], gpus: Sequence[int]
         for n in gpus:
             try:
                 b, label = per_gpu(cfg, trainer, n, fp), trainer
-            except MixedDtypeUnit as err:  # FSDP: try again with one dtype for every parameter
-                as_fp32 = copy.deepcopy(cfg)
-                as_fp32.model.dtype = "float32"
+            except MixedDtypeUnit as err:  # FSDP: try again with adapters in the base's dtype
+                as_base = copy.deepcopy(cfg)
+                as_base.recipe.adapter_dtype = "base"
                 notes[trainer] = f"¹ {trainer}: {err}"
                 try:
-                    b, label = per_gpu(as_fp32, trainer, n, fp), f"{trainer} ¹ (model.dtype=float32)"
+                    b, label = per_gpu(as_base, trainer, n, fp), f"{trainer} ¹ (recipe.adapter_dtype=base)"
                 except MixedDtypeUnit:
                     lines.append(f"| {trainer} ¹ | {n} | — | — | — | — | — | none |")
                     continue

@@ -21,6 +21,10 @@ class RecipeConf:
     train_delimiter_rows: bool = False
     # Full fine-tunes keep the vision tower frozen unless this is set (training a random-init tower from scratch).
     train_vision: bool = False
+    # LoRA: the dtype of the adapter weights. float32: PEFT's default, 16-bit bases get fp32 adapters (and fp32
+    # AdamW states). base: the dtype of the weights they adapt (bf16 on a GPU), which FSDP needs: it flattens
+    # each decoder layer into one tensor of one dtype (trainer=fsdp; or keep fp32 adapters with model.dtype=float32).
+    adapter_dtype: str = "float32"  # float32 | base
     lr: float = 1e-4
     projector_lr: float | None = None  # null: same as lr
     weight_decay: float = 0.0

@@ -12,6 +12,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 from mvqa.data.collators import model_inputs
 from mvqa.models.lora import optimizer_groups
 from mvqa.prompts import parse_answer
+from mvqa.train.strategies import check_fsdp_dtypes
 
 
 class VQAFineTuner(pl.LightningModule):
@@ -33,6 +34,22 @@ class VQAFineTuner(pl.LightningModule):
             if self.adapter_only:
                 self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
         self._val_correct = self._val_total = 0
+
+    def setup(self, stage: str) -> None:
+        # Before the strategy wraps the model: FSDP refuses a unit of mixed dtypes, and says so only then.
+        check_fsdp_dtypes(self.model, self.trainer.strategy)
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        # Lightning refuses norm clipping under FSDP (torch.nn.utils.clip_grad_norm_ would see one shard's grads
+        # only): the root FSDP module computes the norm over every rank's shards.
+        wrapped = self.trainer.model
+        if (isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_val
+                and (gradient_clip_algorithm or "norm") == "norm"):
+            wrapped.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_fit_start(self) -> None:
         self.model.train()  # from_pretrained returns eval mode
