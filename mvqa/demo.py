@@ -23,11 +23,11 @@ SIZES = {
     "full": {
         "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
         "bootstrap": [],
-        "curate": ["sampler.n=450", "scorer.fraction=0.3",
+        "curate": ["sampler.n=450", "scorer.fraction=0.5",
                    "pipeline.trace.max_new_tokens=128"],
         "finetune": [],
         # The base is judged as it is used (its own direct prompt, unforced); the fine-tune over budgets.
-        "evaluate": ["budget.max_thinking_tokens=[24,64]", "budget.num_waits=[0,1]", "eval.limit=200"],
+        "evaluate": ["budget.max_thinking_tokens=[32,64]", "budget.num_waits=[0,1]", "eval.limit=200"],
     },
     # The same chain in about a minute (CI's integration test): a small world, bootstraps cut to a few
     # hundred steps (enough to learn the output formats, not the world), a few fine-tune steps.

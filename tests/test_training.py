@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from mvqa.data.collators import IGNORE_INDEX, VQACollator, end_of_turn
@@ -103,6 +104,30 @@ def test_lora_run_with_wandb_offline_saves_adapter_config_and_metrics(compose, t
     blob = next(offline[0].glob("run-*.wandb")).read_bytes()
     assert b"lora_r8" in blob and b"tiny_llava" in blob and b"val/loss" in blob and b"val/acc" in blob
 
+
+@pytest.mark.slow
+def test_token_rows_train_beside_the_adapters(compose, tmp_path):
+    """recipe.train_target_rows: the embedding and LM-head rows of exactly the tokens the targets use train with
+    the LoRA adapters (and are saved with them); train_delimiter_rows alone: the four delimiters' rows."""
+    from mvqa.train.recipe import delimiter_ids, split_train_val, trainable_token_rows
+
+    cfg = compose("train", [*TINY, "trainer.max_steps=2", "logger=none", "recipe.train_target_rows=true",
+                            "recipe.train_delimiter_rows=true"], tmp_path / "run")
+    run_training(cfg, tmp_path / "run")
+    bundle = load_model(cfg.model)
+    items, _ = TraceFormatter(**{k: v for k, v in cfg.trace_format.items() if k != "_target_"})(
+        split_train_val(cfg)[0], bundle.special_tokens)
+    used = {i for it in items for i in bundle.tokenizer("".join(it.extra["target"].values()),
+                                                      add_special_tokens=False)["input_ids"]}
+    delimiters = set(delimiter_ids(bundle))
+    assert len(delimiters) == 4 and delimiters <= used and len(used) > 20
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert {k: sorted(v) for k, v in config["trainable_token_indices"].items()} == {
+        "embed_tokens": sorted(used), "lm_head": sorted(used)}
+    assert any("trainable_tokens" in k for k in _adapter(tmp_path / "run"))
+    assert trainable_token_rows(OmegaConf.merge(cfg.recipe, {"train_target_rows": False}), bundle, items) == sorted(delimiters)
+    assert trainable_token_rows(OmegaConf.merge(cfg.recipe, {"train_target_rows": False, "train_delimiter_rows": False}),
+                                bundle, items) is None
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted_training(compose, tmp_path):

@@ -19,6 +19,10 @@ class RecipeConf:
     # LoRA: also train the embedding and output rows of the think/answer delimiter tokens. A base that never
     # wrote </think> (a direct-answer model) cannot learn to close its thinking through attention adapters alone.
     train_delimiter_rows: bool = False
+    # LoRA: also train the embedding and LM-head rows of every token the training targets use. For a base whose
+    # language was never trained on such text (the demo's from-scratch tiny base never wrote a reasoning word):
+    # its rows for those words are random, and adapters on the projections cannot move them.
+    train_target_rows: bool = False
     # Full fine-tunes keep the vision tower frozen unless this is set (training a random-init tower from scratch).
     train_vision: bool = False
     # LoRA: the dtype of the adapter weights. float32: PEFT's default, 16-bit bases get fp32 adapters (and fp32

@@ -48,6 +48,16 @@ def delimiter_ids(bundle) -> list[int]:
     return [i for i in ids if i is not None and i != bundle.tokenizer.unk_token_id]
 
 
+def trainable_token_rows(recipe, bundle, train_items: list[VQAItem]) -> list[int] | None:
+    """Token ids whose embedding and LM-head rows train beside the adapters (recipe.train_delimiter_rows,
+    recipe.train_target_rows), or None."""
+    ids = set(delimiter_ids(bundle)) if recipe.train_delimiter_rows else set()
+    if recipe.train_target_rows:
+        texts = ["".join(it.extra["target"].values()) for it in train_items]
+        ids |= {i for row in bundle.tokenizer(texts, add_special_tokens=False)["input_ids"] for i in row}
+    return sorted(ids) or None
+
+
 def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -62,19 +72,19 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     pl.seed_everything(cfg.seed, workers=True)
     resolve_dataset(cfg)  # dataset=auto: the newest curation run of the synthetic world, else the world itself
 
-    # 1. The base model and what is trained on it (LoRA adapters or the full language model).
+    # 1. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
     bundle = load_model(cfg.model)
-    model = prepare_trainable(bundle.model, cfg.recipe, delimiter_ids(bundle) if cfg.recipe.train_delimiter_rows else None)
-    trainable, total = count_parameters(model)
-    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-
-    # 2. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
     train_items, val_items, load_stats = split_train_val(cfg)
     formatter = instantiate(cfg.trace_format)
     train_items, format_stats = formatter(train_items, bundle.special_tokens)
     val_items, val_format_stats = formatter(val_items, bundle.special_tokens)
     if not train_items:
         raise RuntimeError(f"no training items left after formatting: {format_stats.drop_reasons}")
+
+    # 2. What is trained on the base: LoRA adapters (plus any token rows) or the full language model.
+    model = prepare_trainable(bundle.model, cfg.recipe, trainable_token_rows(cfg.recipe, bundle, train_items))
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     collate = {"processor": bundle.processor, "prompt_template": cfg.data.prompt, "max_length": cfg.data.max_length}
     train_collator = VQACollator(mode="train", **collate)
     datamodule = VQADataModule(train_items, val_items, train_collator, VQACollator(mode="generate", **collate),
