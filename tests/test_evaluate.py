@@ -75,7 +75,7 @@ def test_base_as_it_is_used_is_the_reference_for_every_budget_point(compose, tmp
     assert [(c["budget_id"], c["base_budget_id"], c["n_paired"]) for c in metrics["comparisons"]] == [
         ("max6_min0_w0_Wait", "unforced", 4), ("max12_min0_w0_Wait", "unforced", 4)]
     bad = compose("evaluate", [*UNIT, *WORLD, "eval.base_budget=never", "logger=none"], tmp_path / "bad")
-    with pytest.raises(ValueError, match="eval.base_budget must be same or unforced, got 'never'"):
+    with pytest.raises(ValueError, match="eval.base_budget must be same, unforced or both, got .never."):
         run_evaluation(bad, tmp_path / "bad")
 
 @pytest.mark.slow
@@ -96,3 +96,20 @@ def test_curated_items_are_excluded_from_evaluation(compose, tmp_path, shared_da
         evaluation_items(cfg)
     cfg = compose("evaluate", ["dataset=mvqa1k_release", "eval.limit=7"])
     assert len(evaluation_items(cfg)) == 7
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("same", [("base", None, "grid", "direct_text")]),
+    ("unforced", [("base", None, "unforced", "direct_text")]),
+    ("both", [("base", None, "unforced", "direct_text"), ("base", None, "grid", "med_r1_seed")])])
+def test_base_budget_modes_decide_the_base_runs(compose, mode, expected):
+    from mvqa.eval.runner import evaluation_runs
+    from mvqa.generation.budget import budget_points
+
+    cfg = compose("evaluate", [f"eval.base_budget={mode}", "eval.base_prompt=direct_text", "budget=s1",
+                               "budget.max_thinking_tokens=[8]", "budget.num_waits=[0,1]"])
+    grid = budget_points(cfg.budget)
+    runs = evaluation_runs(cfg, [("base", None), ("tuned", "adapter0")], grid)
+    named = [(label, adapter, "unforced" if pts == [None] else "grid" if pts == grid else pts, prompt)
+             for label, adapter, pts, prompt in runs]
+    assert named == [*expected, ("tuned", "adapter0", "grid", "med_r1_seed")]

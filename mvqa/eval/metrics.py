@@ -63,14 +63,15 @@ def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int =
             for m in models for b in order if (m, b) in cells]
     scaling = {m: _scaling_metrics([r for r in runs if r["model"] == m], cells, m) for m in models}
     comparisons, warnings = [], []
-    # A base run once, unforced (as it is used), is the reference for every budget point of the other models.
-    base_only_unforced = [b for b in order if (base, b) in cells] == [UNFORCED]
+    # Each model is paired with the base at the same budget point (s1's protocol) and, when the base also ran
+    # unforced (as it is used), with that run at every budget point.
     for m in models[1:]:
-        shared = [b for b in order if (m, b) in cells and ((base, b) in cells or base_only_unforced)]
-        if not shared:
+        pairs = [(b, b) for b in order if (m, b) in cells and (base, b) in cells]
+        if (base, UNFORCED) in cells:
+            pairs += [(b, UNFORCED) for b in order if (m, b) in cells and b != UNFORCED]
+        if not pairs:
             warnings.append(f"model {m!r} shares no budget point with base {base!r}: no paired comparison")
-        comparisons += [_paired(base, m, b, b if (base, b) in cells else UNFORCED, cells, n_bootstrap, seed)
-                        for b in shared]
+        comparisons += [_paired(base, m, b, base_b, cells, n_bootstrap, seed) for b, base_b in pairs]
     return {"base_model": base, "models": models, "budget_ids": order, "n_predictions": len(preds),
             "n_bootstrap": n_bootstrap, "seed": seed, "runs": runs, "scaling": scaling,
             "comparisons": comparisons, "warnings": warnings}

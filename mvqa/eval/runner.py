@@ -136,6 +136,26 @@ def _active(model, adapter: str | None):
         yield
 
 
+def evaluation_runs(cfg: DictConfig, models: list[tuple[str, str | None]], points: list[BudgetPoint | None]
+                    ) -> list[tuple[str, str | None, list[BudgetPoint | None], str]]:
+    """(label, adapter, budget points, prompt) per predict loop. The bare base runs the grid with the shared
+    prompt (eval.base_budget same|both) and once unforced with its own prompt (unforced|both)."""
+    mode = cfg.eval.base_budget
+    if mode not in ("same", UNFORCED, "both"):
+        raise ValueError(f"eval.base_budget must be same, unforced or both, got {mode!r}")
+    runs = []
+    for label, adapter in models:
+        if adapter is not None:
+            runs.append((label, adapter, points, cfg.eval.prompt))
+            continue
+        if mode in (UNFORCED, "both"):
+            runs.append((label, None, [None], cfg.eval.base_prompt or cfg.eval.prompt))
+        if mode in ("same", "both"):
+            runs.append((label, None, points, cfg.eval.prompt if mode == "both" else
+                         cfg.eval.base_prompt or cfg.eval.prompt))
+    return runs
+
+
 def run_evaluation(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
     output_dir = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -145,13 +165,8 @@ def run_evaluation(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> 
     engine = instantiate(cfg.engine)
     loader = DataLoader(items, batch_size=cfg.eval.batch_size, collate_fn=list)
     predictions: list[dict[str, Any]] = []
-    if cfg.eval.base_budget not in ("same", UNFORCED):
-        raise ValueError(f"eval.base_budget must be same or unforced, got {cfg.eval.base_budget!r}")
-    for label, adapter in models:
-        bare = adapter is None
-        module = BudgetEvaluator(bundle, label, engine,
-                                 [None] if bare and cfg.eval.base_budget == UNFORCED else points, engine.params,
-                                 (cfg.eval.base_prompt or cfg.eval.prompt) if bare else cfg.eval.prompt)
+    for label, adapter, model_points, prompt in evaluation_runs(cfg, models, points):
+        module = BudgetEvaluator(bundle, label, engine, model_points, engine.params, prompt)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         with _active(bundle.model, adapter):
             predictions += _gathered([r for batch in trainer.predict(module, dataloaders=loader) for r in batch])
