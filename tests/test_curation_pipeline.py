@@ -222,3 +222,26 @@ def test_likelihood_continuations_match_how_the_scorer_was_taught_to_answer():
         ["<answer>A</answer>", "<answer>B</answer>"], ["CT", "MRI"], ["<answer>CT</answer>", "<answer>MRI</answer>"]]
     with pytest.raises(ValueError, match="scorer.continuation must be 'letter', 'text' or 'tagged_text', got 'txt'"):
         LikelihoodScorer(continuation="txt")
+
+
+def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
+    """Items of different prompt lengths share one right-padded batch; each choice still counts only itself."""
+    from types import SimpleNamespace
+
+    from mvqa.curate.likelihood import LikelihoodScorer
+    from mvqa.data.synthetic import read_synthetic
+    from mvqa.models.load import load_model
+    from mvqa.models.tiny import tiny_conf
+
+    bundle = load_model(tiny_conf("llava", size="unit", cache_dir=str(tmp_path / "models")))
+    items = read_synthetic(str(tmp_path / "world"), n_train=7, n_val=0, n_test=0, image_size=32)[0]
+    ctx = SimpleNamespace(model=lambda key: bundle)
+    scored = {b: LikelihoodScorer(continuation="tagged_text", batch_size=b, progress=False).score(items, ctx)[0]
+              for b in (1, 3, 7)}
+    assert len({len(it.question) for it in items}) > 1  # prompts of several lengths padded together
+    for it1, it3, it7 in zip(*scored.values()):
+        assert it1.extra["choice_logprobs"] == pytest.approx(it3.extra["choice_logprobs"], abs=1e-4)
+        assert it1.extra["choice_logprobs"] == pytest.approx(it7.extra["choice_logprobs"], abs=1e-4)
+        assert it1.extra["scorer_pred"] == it7.extra["scorer_pred"] and all(x < 0 for x in it1.extra["choice_logprobs"])
+    with pytest.raises(ValueError, match="scorer.batch_size=0"):
+        LikelihoodScorer(batch_size=0)

@@ -22,11 +22,14 @@ from mvqa.prompts import format_question
 class LikelihoodScorer:
     def __init__(self, model_key: str = "scorer_model", prompt: str = "direct", continuation: str = "letter",
                  fraction: float | None = 0.15, threshold: float | None = None, progress: bool = True,
-                 name: str = "likelihood") -> None:
+                 name: str = "likelihood", batch_size: int = 8) -> None:
         if continuation not in ("letter", "text", "tagged_text"):
             raise ValueError(f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
         self.model_key, self.prompt, self.continuation = model_key, prompt, continuation
         self.fraction, self.threshold, self.progress, self.name = fraction, threshold, progress, name
+        if batch_size < 1:
+            raise ValueError(f"scorer.batch_size={batch_size}, expected >= 1")
+        self.batch_size = batch_size
 
     def continuations(self, item: VQAItem, bundle: ModelBundle) -> list[str]:
         t = bundle.special_tokens
@@ -37,37 +40,52 @@ class LikelihoodScorer:
         return list(item.choices)
 
     @torch.inference_mode()
-    def choice_logprobs(self, item: VQAItem, bundle: ModelBundle) -> list[float]:
-        """Summed log-probability of each choice's continuation, one batch of len(choices) sequences."""
-        prompt = chat_prompt(bundle.processor, format_question(item, self.prompt))
-        image = load_image(item)
-        conts = self.continuations(item, bundle)
-        enc = bundle.processor(text=[prompt + c for c in conts], images=[image] * len(conts), padding=True,
-                               return_tensors="pt", add_special_tokens=False)
-        n_prompt = bundle.processor(text=[prompt], images=[image], return_tensors="pt",
-                                    add_special_tokens=False)["input_ids"].shape[1]
+    def choice_logprobs(self, items: list[VQAItem], bundle: ModelBundle) -> list[list[float]]:
+        """Summed log-probability of each item's choice continuations: one right-padded batch of every
+        (item, choice) sequence, each scored after its own prompt."""
+        texts, images, n_prompt, sizes = [], [], [], []
+        for item in items:
+            prompt = chat_prompt(bundle.processor, format_question(item, self.prompt))
+            image = load_image(item)
+            conts = self.continuations(item, bundle)
+            n = bundle.processor(text=[prompt], images=[image], add_special_tokens=False)["input_ids"][0]
+            texts += [prompt + c for c in conts]
+            images += [image] * len(conts)
+            n_prompt += [len(n)] * len(conts)
+            sizes.append(len(conts))
+        enc = bundle.processor(text=texts, images=images, padding=True, return_tensors="pt", add_special_tokens=False)
         enc = {k: v.to(bundle.model.device) for k, v in enc.items()}
-        logits = bundle.model(**enc).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        logp = torch.log_softmax(bundle.model(**enc).logits[:, :-1].float(), dim=-1)
         targets = enc["input_ids"][:, 1:]
         token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mask = enc["attention_mask"][:, 1:].clone()
-        # Right padding: the prompt occupies the first n_prompt positions of every row.
-        mask[:, : n_prompt - 1] = 0
-        return (token_logp * mask).sum(-1).tolist()
+        # Right padding: row r's prompt fills its first n_prompt[r] positions; only the continuation counts.
+        positions = torch.arange(targets.shape[1], device=targets.device)
+        mask = enc["attention_mask"][:, 1:] * (positions[None] >= torch.tensor(n_prompt, device=targets.device)[:, None] - 1)
+        sums = (token_logp * mask).sum(-1).tolist()
+        out, start = [], 0
+        for n in sizes:
+            out.append(sums[start:start + n])
+            start += n
+        return out
 
     def score(self, items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
         bundle = ctx.model(self.model_key)
         side, bundle.tokenizer.padding_side = bundle.tokenizer.padding_side, "right"
         out = []
         try:
-            for item in tqdm(items, desc="score", unit="item", disable=not self.progress, dynamic_ncols=True):
-                if item.is_open:
-                    raise ValueError(f"item {item.id!r} is open-ended: the likelihood scorer ranks choices")
-                lp = torch.tensor(self.choice_logprobs(item, bundle))
-                probs = torch.softmax(lp, 0)
-                out.append(item.with_extra(choice_logprobs=lp.tolist(), p_correct=float(probs[item.answer_index]),
-                                           scorer_pred=item.letters[int(lp.argmax())]))
+            with tqdm(total=len(items), desc="score", unit="item", disable=not self.progress,
+                      dynamic_ncols=True) as bar:
+                for start in range(0, len(items), self.batch_size):
+                    batch = items[start:start + self.batch_size]
+                    for item in batch:
+                        if item.is_open:
+                            raise ValueError(f"item {item.id!r} is open-ended: the likelihood scorer ranks choices")
+                    for item, logprobs in zip(batch, self.choice_logprobs(batch, bundle)):
+                        lp = torch.tensor(logprobs)
+                        out.append(item.with_extra(choice_logprobs=logprobs,
+                                                   p_correct=float(torch.softmax(lp, 0)[item.answer_index]),
+                                                   scorer_pred=item.letters[int(lp.argmax())]))
+                    bar.update(len(batch))
         finally:
             bundle.tokenizer.padding_side = side
         accuracy = sum(it.extra["scorer_pred"] == it.answer_label for it in out) / max(len(out), 1)

@@ -60,6 +60,7 @@ class LikelihoodScorerConf:
     fraction: float | None = 0.15
     threshold: float | None = None
     progress: bool = True
+    batch_size: int = 8  # items per forward pass (each brings one sequence per choice)
 
 
 SCHEMAS["schema_likelihood"] = LikelihoodScorerConf
