@@ -19,32 +19,28 @@ from pathlib import Path
 
 from mvqa.config import PROJECT_ROOT
 
+# 2,000 train / 200 val / 300 test items: what the bootstraps need to reach their held-out accuracy.
+WORLD = ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"]
 SIZES = {
     "full": {
-        "world": ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"],
-        "bootstrap": [],
-        "curate": ["sampler.n=450", "scorer.fraction=0.5",
-                   "pipeline.trace.max_new_tokens=128"],
+        "curate": ["sampler.n=450", "scorer.fraction=0.5", "pipeline.trace.max_new_tokens=128"],
         "finetune": [],
-        # The base is judged as it is used (its own direct prompt, unforced); the fine-tune over budgets.
-        "evaluate": ["budget.max_thinking_tokens=[32,64]", "budget.num_waits=[0,1]", "eval.limit=200"],
+        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=200"],
     },
-    # The same chain in about a minute (CI's integration test): a small world, bootstraps cut to a few
-    # hundred steps (enough to learn the output formats, not the world), a few fine-tune steps.
+    # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the rest
+    # of the chain on a slice: 200 items curated, a short fine-tune, 24 held-out items evaluated.
     "reduced": {
-        "world": ["dataset.n_train=240", "dataset.n_val=24", "dataset.n_test=48"],
-        "bootstrap": ["trainer.max_steps=60", "trainer.check_val_every_n_epoch=null", "data.val_max_new_tokens=64"],
-        "curate": ["sampler.n=12", "scorer.fraction=0.5",
-                   "pipeline.trace.max_new_tokens=96"],
-        "finetune": ["trainer.max_steps=6", "data.val_max_new_tokens=48"],
-        "evaluate": ["budget.max_thinking_tokens=[8,16]", "budget.num_waits=[0,1]", "eval.limit=12",
-                     "eval.n_bootstrap=100"],
+        "curate": ["dataset.limit=200", "sampler.n=40", "scorer.fraction=0.5", "pipeline.trace.max_new_tokens=128"],
+        "finetune": ["trainer.max_steps=40"],
+        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=24",
+                     "eval.n_bootstrap=200"],
     },
 }
-# The demo models answer with the option text: the base is scored, and judged, with the prompt and answer form it
-# was taught; the normalised filter maps the reasoner's text answers to letters.
+# The demo models answer with the option text: the base scores difficulty with the prompt and answer form it was
+# taught, and the normalised filter maps the reasoner's text answers to letters. The base is judged both ways:
+# over the budget grid like the fine-tune (s1's protocol) and once as it is used (its direct prompt, unforced).
 CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "pipeline.filter.mode=normalised"]
-EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=unforced"]
+EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=both"]
 
 
 def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
@@ -71,13 +67,12 @@ def main(argv: list[str] | None = None) -> Path:
     log = out / "demo.log"
     common = [f"logger={args.logger}", *([f"paths.cache={args.cache}"] if args.cache else [])]
     cache = Path(args.cache) if args.cache else PROJECT_ROOT / ".cache"
-    world = sizes["world"]
 
     print("== 1. the synthetic world")
     from mvqa.config import setup
 
     setup()
-    show_world(cache, world)
+    show_world(cache, WORLD)
 
     print("\n== 2. bootstrap the tiny base ('LLaVA-Med', answers directly) and reasoner ('Med-R1', thinks)")
     # Where model=demo_base and model@reasoner=demo_reasoner look by default.
@@ -86,23 +81,23 @@ def main(argv: list[str] | None = None) -> Path:
         if (path / "config.json").is_file():
             print(f"  reusing {path} (delete it to bootstrap again)")
         else:
-            run("train.py", [f"experiment=demo/{name}", *common, *world, *sizes["bootstrap"],
-                             f"export_dir={path}"], out / f"bootstrap_{name}", log)
+            run("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
+                out / f"bootstrap_{name}", log)
             print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
 
     print("\n== 3. curate: difficulty under the base, traces from the reasoner, correct only, diverse sample")
-    run("generate.py", [*common, *world, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
+    run("generate.py", [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
                         f"pipeline.cache_dir={out}/stages"], out / "curate", log)
     summary = json.loads((out / "curate" / "summary.json").read_text())
     print("  funnel: " + " -> ".join(f"{f['stage']} {f['n_out']}" for f in summary["funnel"]))
 
     print("\n== 4. LoRA fine-tune the base on the curated traces, formatted with Waits")
     run("train.py", [*common, "dataset=curated", f"dataset.path={out}/curate/final.csv", "model=demo_base",
-                     f"model.path={base}", "experiment=demo/finetune", *sizes["finetune"],
-                     *[w for w in world if "image_size" in w]], out / "finetune", log)
+                     f"model.path={base}", "experiment=demo/finetune", *sizes["finetune"]],
+        out / "finetune", log)
 
     print("\n== 5. evaluate base vs fine-tuned on held-out synthetic items across thinking budgets")
-    run("evaluate.py", [*common, *world, "model=demo_base", f"model.path={base}",
+    run("evaluate.py", [*common, *WORLD, "model=demo_base", f"model.path={base}",
                         f"adapters=[{out}/finetune/adapter]", f"eval.exclude={out}/curate/final.csv",
                         *EVALUATE, *sizes["evaluate"]], out / "evaluate", log)
     report = out / "evaluate" / "report.md"

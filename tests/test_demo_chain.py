@@ -1,0 +1,78 @@
+"""The whole chain as `make demo` runs it, reduced: the demo's own bootstraps reach their held-out accuracy, and
+the rest of the chain (on a slice) leaves artifacts that exist and agree with each other."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mvqa.config import PROJECT_ROOT
+from mvqa.prompts import parse_answer
+
+
+# What `train.py experiment=demo/base|reasoner` reach on this world (README: the demo, measured).
+BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.60}
+
+
+@pytest.mark.slow
+def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    done = subprocess.run([sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
+                           "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + (out / "demo.log").read_text()[-3000:]
+    assert "Accuracy by model and thinking budget" in done.stdout  # the report's table, printed
+    check_bootstraps(out, cache)
+    check_chain(out)
+
+
+def check_bootstraps(out, cache) -> None:
+    # 2. Bootstraps: loadable checkpoints where the demo models look for them, well above chance (0.25) on the
+    # 200 held-out val items.
+    for name, least in BOOTSTRAP_ACCURACY.items():
+        assert (cache / "demo" / name / "config.json").is_file()
+        assert json.loads((out / f"bootstrap_{name}" / "metrics.json").read_text())["val_acc"] >= least, name
+
+
+def check_chain(out) -> None:
+    # 3. Curation: the funnel chains stage to stage and ends in the exported rows.
+    summary = json.loads((out / "curate" / "summary.json").read_text())
+    funnel = summary["funnel"]
+    assert [f["stage"] for f in funnel] == ["load", "score", "hard", "trace", "filter", "sample", "export"]
+    for before, after in zip(funnel, funnel[1:]):
+        assert after["n_in"] == before["n_out"] >= after["n_out"] or after["stage"] == "export"
+    with open(out / "curate" / "final.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert 0 < len(rows) == funnel[-2]["n_out"] <= 40 and funnel[0]["n_out"] == 200
+    for r in rows:  # only traces that got it right
+        choices = [r[f"Choice {c}"] for c in "ABCD"]
+        assert parse_answer(r["raw_output"], n_choices=4, choices=choices).letter == r["Answer_label"]
+
+    # 4. Fine-tune: an adapter trained on exactly those rows.
+    train = json.loads((out / "finetune" / "metrics.json").read_text())
+    assert train["n_train"] + train["n_val"] == len(rows) and (out / "finetune" / "adapter" / "adapter_config.json").is_file()
+
+    # 5. Evaluation on 24 held-out items: the base once as it is used and at the 4 budget points, the fine-tune at
+    # the 4 points; each fine-tune point paired with the base at the same point and with the unforced base.
+    preds = [json.loads(line) for line in (out / "evaluate" / "predictions.jsonl").read_text().splitlines()]
+    base = [p for p in preds if p["model"] == "base"]
+    tuned = [p for p in preds if p["model"] != "base"]
+    assert len(base) == 24 * 5 and len(tuned) == 24 * 4
+    assert {p["budget_id"] for p in base} == {p["budget_id"] for p in tuned} | {"unforced"}
+    assert all("-test-" in p["item_id"] for p in preds)  # the world's held-out split, never the curated train rows
+    for p in tuned:
+        assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"] and p["waits_used"] <= p["budget"]["num_waits"]
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    points = sorted({p["budget_id"] for p in tuned})
+    assert sorted((c["budget_id"], c["base_budget_id"], c["n_paired"]) for c in metrics["comparisons"]) == sorted(
+        [(b, b, 24) for b in points] + [(b, "unforced", 24) for b in points])
+    accuracy = {(r["model"], r["budget_id"]): r["accuracy"] for r in metrics["runs"]}
+    for c in metrics["comparisons"]:
+        assert c["model_accuracy"] == accuracy[c["model"], c["budget_id"]]
+        assert c["base_accuracy"] == accuracy["base", c["base_budget_id"]]
+    report = (out / "evaluate" / "report.md").read_text()
+    assert "| base+finetune/adapter |" in report and "| base | unforced |" in report
+    assert (out / "evaluate" / "acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
