@@ -15,7 +15,14 @@ import pytest
 import torch
 from test_engine import PROMPTS, bundle_of, one_torch_thread, requests, tiny_llama, tiny_tokenizer  # noqa: F401
 
-from mvqa.generation import BudgetPoint, GenerationParams, GenerationRequest, HFEngine, VLLMEngine, budget_points
+from mvqa.generation import (
+    BudgetPoint,
+    GenerationParams,
+    GenerationRequest,
+    HFEngine,
+    VLLMEngine,
+    budget_points,
+)
 from mvqa.generation.budget import forcing_ids
 from mvqa.models.bundle import SpecialTokens
 

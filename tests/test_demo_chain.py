@@ -4,6 +4,7 @@ the rest of the chain (on a slice) leaves artifacts that exist and agree with ea
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -13,7 +14,6 @@ import pytest
 from mvqa.config import PROJECT_ROOT
 from mvqa.prompts import parse_answer
 
-
 # What `train.py experiment=demo/base|reasoner` reach on this world (README: the demo, measured).
 BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.60}
 
@@ -22,7 +22,7 @@ BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.60}
 def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
     done = subprocess.run([sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
-                           "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+                           "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + (out / "demo.log").read_text()[-3000:]
     assert "Accuracy by model and thinking budget" in done.stdout  # the report's table, printed
     check_bootstraps(out, cache)
@@ -42,8 +42,8 @@ def check_chain(out) -> None:
     summary = json.loads((out / "curate" / "summary.json").read_text())
     funnel = summary["funnel"]
     assert [f["stage"] for f in funnel] == ["load", "score", "hard", "trace", "filter", "sample", "export"]
-    for before, after in zip(funnel, funnel[1:]):
-        assert after["n_in"] == before["n_out"] >= after["n_out"] or after["stage"] == "export"
+    for before, after in itertools.pairwise(funnel):
+        assert after["n_in"] == before["n_out"] >= after["n_out"]
     with open(out / "curate" / "final.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert 0 < len(rows) == funnel[-2]["n_out"] <= 40 and funnel[0]["n_out"] == 200
