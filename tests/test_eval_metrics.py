@@ -192,9 +192,12 @@ def test_an_unforced_base_is_the_reference_for_every_budget_point(small, tmp_pat
     assert "| tuned | max32_min0_w2_Wait | unforced | +0.500 [" in write_report(m, tmp_path, plots=False).read_text()
     # eval.base_budget=both: the base also ran the grid, so each point pairs with the same point and with unforced.
     both = compute_metrics(small + base, n_bootstrap=200)
+    m_grid_only = compute_metrics(small, n_bootstrap=200)
     assert [(c["budget_id"], c["base_budget_id"], c["accuracy_diff"]) for c in both["comparisons"]] == [
         ("max16_min0_w2_Wait", "max16_min0_w2_Wait", 0.25), ("max32_min0_w2_Wait", "max32_min0_w2_Wait", 0.25),
         ("max16_min0_w2_Wait", "unforced", 0.25), ("max32_min0_w2_Wait", "unforced", 0.5)]
+    assert both["scaling"]["base"] == m_grid_only["scaling"]["base"]  # the unforced run is no budget point
+    assert m["scaling"]["base"]["best_budget_id"] == "unforced" and m["scaling"]["base"]["n_budget_points"] == 1
 
 
 def test_write_report_outputs(small, tmp_path):

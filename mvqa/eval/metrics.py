@@ -61,7 +61,9 @@ def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int =
     order = sorted(budgets, key=lambda b: budget_sort_key(budgets[b]))
     runs = [_cell_metrics(m, b, budgets[b], cells[m, b], n_bootstrap, seed)
             for m in models for b in order if (m, b) in cells]
-    scaling = {m: _scaling_metrics([r for r in runs if r["model"] == m], cells, m) for m in models}
+    # s1's metrics describe the budget curve: a model's unforced run is no point on it (unless it is all it has).
+    scaling = {m: _scaling_metrics([r for r in runs if r["model"] == m and r["budget_id"] != UNFORCED]
+                                   or [r for r in runs if r["model"] == m], cells, m) for m in models}
     comparisons, warnings = [], []
     # Each model is paired with the base at the same budget point (s1's protocol) and, when the base also ran
     # unforced (as it is used), with that run at every budget point.
