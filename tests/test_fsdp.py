@@ -122,11 +122,12 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
 
 
 def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache):
-    bundle = bf16_base(cache)  # built once, before the ranks fork
-    with mp.get_context("fork").Manager() as manager:
+    bundle = bf16_base(cache)  # built once: the ranks load it from the cache
+    # Spawned, not forked: forked after earlier tests ran OpenMP-parallel ops, the ranks hung in their collectives.
+    with mp.get_context("spawn").Manager() as manager:
         shared = manager.dict()
         mp.start_processes(_rank, args=(2, tempfile.mktemp(prefix="fsdp-init-"), cache, batch(bundle), shared),
-                           nprocs=2, start_method="fork")
+                           nprocs=2, start_method="spawn")
         out = dict(shared)
     assert torch.isfinite(torch.tensor(out["loss"])) and out["norm"] > 1e-3
     assert out["clipped"] == pytest.approx(1e-3, rel=0.05)  # clipped over both ranks' shards
