@@ -14,9 +14,10 @@ import pytest
 from mvqa.config import PROJECT_ROOT
 from mvqa.prompts import parse_answer
 
-# What `train.py experiment=demo/base|reasoner` reach on this world (README: the demo, measured): the base 0.725
-# in every run so far; the reasoner 0.675 to 0.82 between runs that differ only in torch's thread count.
-BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.60}
+# The target for both bootstraps; measured (README: the demo, measured) 0.725 for the base and 0.73 for
+# the reasoner, each the same in two runs on 2 threads (the reasoner's 4-epoch recipe gave 0.675 to 0.82 by
+# thread count, so the margin is thin).
+BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.70}
 
 
 @pytest.mark.slow
