@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
     parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
-    parser.add_argument("--reduced", action="store_true", help="a small, fast version of the chain (CI)")
+    parser.add_argument("--reduced", action="store_true", help="CI: the same world and bootstraps, the rest of the chain on a slice")
     args = parser.parse_args(argv)
     sizes = SIZES["reduced" if args.reduced else "full"]
     out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
