@@ -4,12 +4,14 @@ synthetic world -> bootstrap the tiny base and reasoner -> curate -> LoRA fine-t
 traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> print the report.
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
-`outputs/demo/<time>/`; bootstrapped checkpoints are kept in the cache and reused by later demos.
+`outputs/demo/<time>/`; bootstrapped checkpoints are kept in the cache and reused by later demos while their
+stamp (world and tiny-build versions, world size, experiment config) still matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import subprocess
@@ -78,12 +80,16 @@ def main(argv: list[str] | None = None) -> Path:
     # Where model=demo_base and model@reasoner=demo_reasoner look by default.
     base, reasoner = cache / "demo" / "base", cache / "demo" / "reasoner"
     for name, path in (("base", base), ("reasoner", reasoner)):
-        if (path / "config.json").is_file():
+        stamp = bootstrap_stamp(name)
+        if (path / "config.json").is_file() and read_stamp(path) == stamp:
             print(f"  reusing {path} (delete it to bootstrap again)")
-        else:
-            run("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
-                out / f"bootstrap_{name}", log)
-            print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
+            continue
+        if (path / "config.json").is_file():
+            print(f"  {path} was bootstrapped for another world, tiny-model build or recipe: bootstrapping again")
+        run("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
+            out / f"bootstrap_{name}", log)
+        (path / STAMP).write_text(json.dumps(stamp, indent=2))
+        print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
 
     print("\n== 3. curate: difficulty under the base, traces from the reasoner, correct only, diverse sample")
     run("generate.py", [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
@@ -120,6 +126,28 @@ def show_world(cache: Path, world: list[str]) -> None:
         print(f"  {split}: {len(items)} items; " + "; ".join(f"{k}: {v}" for k, v in meta.items()
                                                           if isinstance(v, dict)))
     print(f"  world dir: {stats.metrics.get('synthetic_world')}")
+
+
+STAMP = "demo_bootstrap.json"
+
+
+def bootstrap_stamp(name: str) -> dict:
+    """What a reusable bootstrap must have been made from: the world and tiny-build versions, the world's size
+    and the experiment's config text."""
+    from mvqa.config import CONFIG_DIR
+    from mvqa.data.synthetic import VERSION
+    from mvqa.models.tiny import BUILD_VERSION
+
+    recipe = (CONFIG_DIR / "experiment" / "demo" / f"{name}.yaml").read_text()
+    return {"synthetic_version": VERSION, "tiny_build_version": BUILD_VERSION, "world": WORLD,
+            "experiment_sha256": hashlib.sha256(recipe.encode()).hexdigest()}
+
+
+def read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads((path / STAMP).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def read_metric(run_dir: Path, key: str) -> str:

@@ -34,9 +34,26 @@ def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
 def check_bootstraps(out, cache) -> None:
     # 2. Bootstraps: loadable checkpoints where the demo models look for them, well above chance (0.25) on the
     # 200 held-out val items.
+    from mvqa.demo import STAMP, bootstrap_stamp, read_stamp
+
     for name, least in BOOTSTRAP_ACCURACY.items():
         assert (cache / "demo" / name / "config.json").is_file()
+        assert read_stamp(cache / "demo" / name) == json.loads(json.dumps(bootstrap_stamp(name)))  # reusable
+        assert (cache / "demo" / name / STAMP).is_file()
         assert json.loads((out / f"bootstrap_{name}" / "metrics.json").read_text())["val_acc"] >= least, name
+
+
+def test_a_bootstrap_is_reused_only_while_its_stamp_matches(tmp_path):
+    from mvqa.demo import STAMP, bootstrap_stamp, read_stamp
+
+    assert read_stamp(tmp_path) is None  # none yet: bootstrap
+    (tmp_path / STAMP).write_text("{not json")
+    assert read_stamp(tmp_path) is None
+    stamp = bootstrap_stamp("base")
+    (tmp_path / STAMP).write_text(json.dumps(stamp))
+    assert read_stamp(tmp_path) == json.loads(json.dumps(stamp))
+    assert bootstrap_stamp("reasoner")["experiment_sha256"] != stamp["experiment_sha256"]
+    assert {"synthetic_version", "tiny_build_version", "world"} <= stamp.keys()
 
 
 def check_chain(out) -> None:
