@@ -41,7 +41,8 @@ SIZES = {
 # The demo models answer with the option text: the base scores difficulty with the prompt and answer form it was
 # taught, and the normalised filter maps the reasoner's text answers to letters. The base is judged both ways:
 # over the budget grid like the fine-tune (s1's protocol) and once as it is used (its direct prompt, unforced).
-CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "pipeline.filter.mode=normalised"]
+CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "scorer.stratify_by=content_type",
+           "pipeline.filter.mode=normalised"]
 EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=both"]
 
 

@@ -135,6 +135,25 @@ def test_keep_hardest_fraction_threshold_and_ties():
         keep_hardest(items, fraction=0)
 
 
+def test_keep_hardest_stratified_keeps_every_question_type():
+    """Overall, the easy type vanishes; stratified, each type keeps its own hardest fraction."""
+    from dataclasses import replace
+
+    easy = [replace(item(i, p_correct=0.9 + i / 100), content_type="modality") for i in range(4)]
+    hard = [replace(item(i, p_correct=0.1 + i / 100), content_type="size") for i in range(4, 12)]
+    kept, _ = keep_hardest(easy + hard, fraction=0.25)
+    assert {it.content_type for it in kept} == {"size"} and len(kept) == 3
+    kept, stats = keep_hardest(easy + hard, fraction=0.25, stratify_by="content_type")
+    assert [it.id for it in kept] == ["q0", "q4", "q5"]  # ceil(0.25 * 4) = 1 modality, ceil(0.25 * 8) = 2 size
+    assert stats.metrics["strata"] == {"modality": 1, "size": 2} and stats.drop_reasons == {"not_hardest": 9}
+    with pytest.raises(ValueError, match="stratify_by='content'.*content_type"):
+        keep_hardest(hard, fraction=0.5, stratify_by="content")
+    from mvqa.curate.likelihood import LikelihoodScorer
+
+    with pytest.raises(ValueError, match="scorer.stratify_by='qtype'"):
+        LikelihoodScorer(stratify_by="qtype")
+
+
 @pytest.mark.slow
 def test_minilm_offline_reproduces_the_seeds_similarities(monkeypatch, shared_data, predictions_path):
     """Recomputing with the packaged MiniLM (hub offline) gives the seed's stored similarities on real rows,

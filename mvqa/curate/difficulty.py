@@ -217,9 +217,14 @@ def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool =
 
 # ------------------------------------------------------------------------------------------------ score-based
 def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold: float | None = None,
-                 key: str = "p_correct") -> tuple[list[VQAItem], StageStats]:
+                 key: str = "p_correct", stratify_by: str | None = None) -> tuple[list[VQAItem], StageStats]:
     """Keep the hardest items by extra[key] (lower = harder): those <= threshold when given, else the lowest
-    `fraction` (rounded up). Ties break by item id, so the result is deterministic; input order is kept."""
+    `fraction` (rounded up). Ties break by item id, so the result is deterministic; input order is kept.
+
+    `stratify_by` (an item field such as content_type or modality) takes the fraction within each of its values
+    instead of overall: a question type the scorer finds easy throughout would otherwise vanish from the curated
+    set, and a model fine-tuned on it forgets how to answer that type (s1 samples across domains for the same
+    reason). The threshold is absolute, so it ignores strata."""
     stats = StageStats("hard", n_in=len(items))
     values = {}
     for it in items:
@@ -230,8 +235,14 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     if threshold is not None:
         keep = {i for i, v in values.items() if v <= threshold}
     elif fraction is not None and 0 < fraction <= 1:
-        ranked = sorted(values, key=lambda i: (values[i], i))
-        keep = set(ranked[:math.ceil(fraction * len(ranked))])
+        strata: dict[str, list[str]] = {}
+        for it in items:
+            strata.setdefault(stratum(it, stratify_by), []).append(it.id)
+        keep = set()
+        for ids in strata.values():
+            keep.update(sorted(ids, key=lambda i: (values[i], i))[:math.ceil(fraction * len(ids))])
+        if stratify_by:
+            stats.metrics["strata"] = {s: sum(i in keep for i in ids) for s, ids in sorted(strata.items())}
     else:
         raise ValueError(f"keep_hardest: give a threshold or a fraction in (0, 1], got fraction={fraction!r}")
     kept = [it for it in items if it.id in keep]
@@ -239,8 +250,20 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
         if it.id not in keep:
             stats.drop(it.id, "not_hardest", **{key: values[it.id]})
     stats.n_out = len(kept)
-    stats.metrics.update(key=key, fraction=fraction, threshold=threshold)
+    stats.metrics.update(key=key, fraction=fraction, threshold=threshold, stratify_by=stratify_by)
     return kept, stats
+
+
+STRATA_FIELDS = ("content_type", "modality", "answer_label", "source", "split")
+
+
+def stratum(item: VQAItem, field: str | None) -> str:
+    """The item's value of `field` ("" for all items when field is None)."""
+    if not field:
+        return ""
+    if field not in STRATA_FIELDS:
+        raise ValueError(f"stratify_by={field!r}: expected one of {', '.join(STRATA_FIELDS)}")
+    return str(getattr(item, field) or "")
 
 
 # ------------------------------------------------------------------------------------------------ scorers

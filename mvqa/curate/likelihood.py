@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mvqa.curate.difficulty import keep_hardest
+from mvqa.curate.difficulty import STRATA_FIELDS, keep_hardest
 from mvqa.data.collators import chat_prompt
 from mvqa.data.images import load_image
 from mvqa.data.records import VQAItem
@@ -22,7 +22,7 @@ from mvqa.prompts import format_question
 class LikelihoodScorer:
     def __init__(self, model_key: str = "scorer_model", prompt: str = "direct", continuation: str = "letter",
                  fraction: float | None = 0.15, threshold: float | None = None, progress: bool = True,
-                 name: str = "likelihood", batch_size: int = 8) -> None:
+                 name: str = "likelihood", batch_size: int = 8, stratify_by: str | None = None) -> None:
         if continuation not in ("letter", "text", "tagged_text"):
             raise ValueError(f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
         self.model_key, self.prompt, self.continuation = model_key, prompt, continuation
@@ -30,6 +30,9 @@ class LikelihoodScorer:
         if batch_size < 1:
             raise ValueError(f"scorer.batch_size={batch_size}, expected >= 1")
         self.batch_size = batch_size
+        if stratify_by and stratify_by not in STRATA_FIELDS:  # before hours of scoring, not after
+            raise ValueError(f"scorer.stratify_by={stratify_by!r}: expected one of {', '.join(STRATA_FIELDS)}")
+        self.stratify_by = stratify_by
 
     def continuations(self, item: VQAItem, bundle: ModelBundle) -> list[str]:
         t = bundle.special_tokens
@@ -93,4 +96,5 @@ class LikelihoodScorer:
                                metrics={"scorer": self.name, "scorer_accuracy": accuracy, "model": bundle.name})
 
     def hard(self, items: list[VQAItem]) -> tuple[list[VQAItem], StageStats]:
-        return keep_hardest(items, fraction=self.fraction, threshold=self.threshold, key="p_correct")
+        return keep_hardest(items, fraction=self.fraction, threshold=self.threshold, key="p_correct",
+                            stratify_by=self.stratify_by)

@@ -59,6 +59,9 @@ class LikelihoodScorerConf:
     # Keep the hardest fraction by p_correct, or every item with p_correct <= threshold when set.
     fraction: float | None = 0.15
     threshold: float | None = None
+    # Take the fraction within each value of an item field (content_type, modality, answer_label, source,
+    # split) so no question type drops out of the curated set; null: over all items.
+    stratify_by: str | None = None
     progress: bool = True
     batch_size: int = 8  # items per forward pass (each brings one sequence per choice)
 
