@@ -8,7 +8,16 @@ import pytest
 
 from mvqa.models.load import build_empty
 from mvqa.models.lora import count_parameters, prepare_trainable
-from mvqa.models.memory import NF4_BYTES, MixedDtypeUnit, count_params, main, per_gpu
+from mvqa.models.memory import (
+    GIB,
+    NF4_BYTES,
+    MixedDtypeUnit,
+    activation_bytes,
+    count_params,
+    logits_bytes,
+    main,
+    per_gpu,
+)
 
 # 576 image tokens + 448 text tokens: the collator counts both in max_length (the README's 7B commands).
 LLAVA = ["model=llava_med", "data.max_length=1024", "data.batch_size=1", "gradient_checkpointing=true"]
@@ -72,6 +81,47 @@ def test_deepspeed_shards_the_optimizer_not_the_weights(compose):
     assert all(a.optimizer > b.optimizer for a, b in pairwise(zero2))
     assert zero2[0].optimizer == 12 * fp.trainable  # fp32 master + AdamW's two fp32 states
     assert len({b.weights for b in zero2}) == 1
+
+
+def test_activations_pin_the_bench_configs(compose):
+    """bench/gpu_memory.py's two configs (batch 1 x 1024 tokens, checkpointing, one GPU): what the estimator gives,
+    against the H200's step peaks in bench/results/gpu_memory.json (14.94 and 6.11 GiB)."""
+    llava = compose("train", [*LLAVA, "recipe=lora_r8"])
+    qwen = compose("train", ["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
+    for cfg, vocab, acts, total in ((llava, 32064, 0.617, 14.838), (qwen, 151936, 1.821, 5.976)):
+        fp = count_params(cfg)
+        text = cfg.model.architecture.text_config
+        assert text.vocab_size == vocab
+        b = per_gpu(cfg, "ddp", 1, fp)
+        # Checkpointed inputs of every layer, then the loss's three fp32 logits copies (larger than a recomputed
+        # layer in both): the Korthikanti layer does not add to them.
+        checkpoints = text.num_hidden_layers * 1024 * text.hidden_size * 2
+        assert b.activations == checkpoints + 12 * 1024 * vocab
+        assert (round(b.activations / GIB, 3), round(b.total / GIB, 3)) == (acts, total)
+
+
+def test_logits_term_scales_with_vocab_times_tokens(compose):
+    assert logits_bytes(1024, 151936) == 3 * 4 * 1024 * 151936  # fp32 log-softmax, its gradient, the logits' gradient
+    assert logits_bytes(2048, 151936) == 2 * logits_bytes(1024, 151936) == logits_bytes(1024, 2 * 151936)
+    cfg = compose("train", ["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
+    fp = count_params(cfg)
+    text = fp.model.config.get_text_config()
+    for checkpointing in (True, False):
+        cfg.gradient_checkpointing = checkpointing
+        base = {}
+        for vocab in (151936, 2 * 151936):
+            text.vocab_size = vocab  # only the size activation_bytes reads (the meta model is not run)
+            for b, s in ((1, 1024), (2, 1024), (1, 2048)):
+                cfg.data.batch_size, cfg.data.max_length = b, s
+                rest = activation_bytes(cfg, fp, 2) - logits_bytes(b * s, vocab)
+                # What is not the logits term does not depend on the vocabulary
+                assert base.setdefault((b, s), rest) == rest
+        text.vocab_size = 151936
+    # A small vocabulary: the recomputed layer, not the logits, sets the checkpointed peak.
+    cfg.gradient_checkpointing, cfg.data.batch_size, cfg.data.max_length = True, 1, 1024
+    text.vocab_size = 1000
+    layer = 1024 * text.hidden_size * (34 + 5 * text.num_attention_heads * 1024 / text.hidden_size)
+    assert activation_bytes(cfg, fp, 2) == text.num_hidden_layers * 1024 * text.hidden_size * 2 + layer
 
 
 def test_gradient_checkpointing_lowers_activations(compose):

@@ -20,7 +20,8 @@ What one of N GPUs holds, per strategy of `conf/trainer/`:
                     AdamW states sharded by N: 2Ψ + (2 + 12)T/N (Rajbhandari et al. 2020), plus its reduce
                     buckets (Lightning's defaults)
 
-Not counted: the CUDA context, kernel workspaces, allocator fragmentation, a validation batch: leave headroom.
+Not counted: the CUDA context, kernel workspaces (cuBLAS's: 0.07 GiB on an H200), allocator fragmentation, a
+validation batch: leave headroom.
 """
 
 from __future__ import annotations
@@ -194,7 +195,8 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
     Per decoder layer, Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes in 16-bit, for a GPT layer keeping
     what full training keeps: an upper bound for LoRA (frozen linears save no input) and for sdpa/flash attention
     (no a*s^2 scores kept). Checkpointed, each layer keeps its 16-bit input and one layer is recomputed at a time.
-    Plus the logits upcast to fp32 for the loss. The frozen vision tower runs without autograd: nothing saved.
+    Plus the loss's logits: three fp32 copies of b*s*vocab at the start of backward (`logits_bytes`), alive with
+    every saved activation but never with a recomputed layer. The frozen vision tower runs without autograd.
     """
     text = fp.model.config.get_text_config()
     b, s, h, a = cfg.data.batch_size, cfg.data.max_length, text.hidden_size, text.num_attention_heads
@@ -205,9 +207,34 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
             f"set data.max_length={-(-(fp.image_tokens + 384) // 256) * 256} (room for 384 text tokens)"
         )
     layer = s * b * h * (34 + 5 * a * s / h) * compute_bytes / 2
+    logits = logits_bytes(b * s, text.vocab_size)
     checkpointed = cfg.gradient_checkpointing or cfg.recipe.method == "qlora"  # kbit preparation turns it on
-    layers = text.num_hidden_layers * (s * b * h * compute_bytes if checkpointed else layer)
-    return layers + (layer if checkpointed else 0) + b * s * text.vocab_size * 4
+    if checkpointed:
+        # The logits' tensors are gone (LM head's backward) before backward reaches the last decoder layer and
+        # recomputes it: the peak is the larger of the two, over the layers' checkpointed inputs.
+        return text.num_hidden_layers * s * b * h * compute_bytes + max(layer, logits)
+    return text.num_hidden_layers * layer + logits  # every layer's saved activations are alive at backward start
+
+
+def logits_bytes(tokens: int, vocab_size: int) -> int:
+    """Peak bytes of the loss's logits-sized tensors: 12 per logit (b*s*vocab of them), in either precision.
+
+    Training takes `model(**batch).loss`: the LM head computes logits at every position (`logits_to_keep=0`; the
+    masked labels do not shorten them) and transformers' ForCausalLMLoss (loss_type ForCausalLM, and
+    ForConditionalGeneration for LLaVA and Qwen2-VL) calls cross_entropy on `logits.float()`: log_softmax, then
+    nll_loss. Autograd saves only log_softmax's fp32 output (NllLossBackward and LogSoftmaxBackward share it); the
+    16-bit logits and their fp32 upcast are saved by nothing and die with the forward (the model's output is
+    dropped once `.loss` is read). So:
+      forward, at log_softmax: 16-bit logits + fp32 upcast + fp32 log-softmax = 2 + 4 + 4 bytes (fp32 compute:
+        `.float()` is the logits themselves, 4 + 4)
+      backward, at LogSoftmaxBackward: its saved fp32 output + nll_loss's fp32 gradient (zeros_like, scattered)
+        + the fp32 logits' gradient it returns = 4 + 4 + 4 bytes, the peak
+    after which ToCopyBackward's 16-bit gradient and the LM head's backward free them all. Measured on an H200
+    (bench/gpu_memory.py, bf16-mixed): backward peaks 8 bytes a logit above what the forward leaves it, the forward
+    about 10 bytes a logit above the rest, in Qwen2-VL-2B (152k vocabulary, where this is most of the activations) and in
+    LLaVA-Med 7B alike.
+    """
+    return 3 * 4 * tokens * vocab_size
 
 
 def fsdp_units(fp: Footprint, wrap_class_names: list[str]) -> dict[str, list[Param]]:
