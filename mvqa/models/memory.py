@@ -231,8 +231,7 @@ def logits_bytes(tokens: int, vocab_size: int) -> int:
         + the fp32 logits' gradient it returns = 4 + 4 + 4 bytes, the peak
     after which ToCopyBackward's 16-bit gradient and the LM head's backward free them all. Measured on an H200
     (bench/gpu_memory.py, bf16-mixed): backward peaks 8 bytes a logit above what the forward leaves it, the forward
-    about 10 bytes a logit above the rest, in Qwen2-VL-2B (152k vocabulary, where this is most of the activations) and in
-    LLaVA-Med 7B alike.
+    about 10 above the rest, in Qwen2-VL-2B (152k vocabulary: most of its activations) and LLaVA-Med 7B alike.
     """
     return 3 * 4 * tokens * vocab_size
 
