@@ -8,6 +8,9 @@ the Trainer that `trainer=gpu` composes (bf16-mixed) with gradient checkpointing
 exactly `data.max_length` tokens (the image's tokens included), loss on its last 40%. `torch.cuda.max_memory_allocated`
 over the build and the steps is compared with `per_gpu(cfg, "ddp", 1)` (the README table's 1-GPU row) as
 measured / predicted; `single_gpu` figures leave out the DDP bucket copy of the gradients that `trainer=gpu` has not.
+Each step's peak is split at `on_before_backward`: the forward's peak, what it leaves for backward, and the peak of
+backward + optimizer; and what the last step starts with beyond the weights, gradients and AdamW states (cuBLAS's
+workspaces) is recorded, what the estimator leaves out.
 
     python bench/gpu_memory.py [--models qwen2_vl_2b,llava_med] [--recipe lora_r8] [--max-length 1024] [--steps 2]
     python bench/gpu_memory.py --dry-run   # any machine: scaled-down architectures through the same code, no result
@@ -117,21 +120,41 @@ def train_batch(model, length: int) -> tuple[dict, int]:
 
 
 class StepMemory(pl.Callback):
-    """Peak allocated bytes and seconds of each training step (forward, backward, clipping, optimizer)."""
+    """Allocated bytes and seconds of each training step: at its start, the forward's peak, at the start of
+    backward (what the forward left for it), the peak of backward + clipping + optimizer, and the step's peak."""
 
-    def __init__(self):
-        self.peaks, self.seconds = [], []
+    def __init__(self, track: bool):
+        self.track = track
+        self.peaks, self.seconds, self.starts, self.forward_peaks, self.backward_starts, self.backward_peaks = (
+            [], [], [], [], [], [])
+        self.reserved = 0
+        self.grads_and_states = None  # bytes of .grad and AdamW states at the last step's start
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if torch.cuda.is_available():
+        if self.track:
             torch.cuda.synchronize()
+            self.starts.append(torch.cuda.memory_allocated())
+            tensors = [p.grad for p in module.parameters() if p.grad is not None]
+            tensors += [t for opt in trainer.optimizers for s in opt.state.values() for t in s.values()
+                        if torch.is_tensor(t) and t.is_cuda]
+            self.grads_and_states = sum(t.numel() * t.element_size() for t in tensors)
             torch.cuda.reset_peak_memory_stats()
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if torch.cuda.is_available():
+    def on_before_backward(self, trainer, module, loss):
+        if self.track:
             torch.cuda.synchronize()
-            self.peaks.append(torch.cuda.max_memory_allocated())
+            self.forward_peaks.append(torch.cuda.max_memory_allocated())
+            self.backward_starts.append(torch.cuda.memory_allocated())
+            self.reserved = max(self.reserved, torch.cuda.max_memory_reserved())
+            torch.cuda.reset_peak_memory_stats()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if self.track:
+            torch.cuda.synchronize()
+            self.backward_peaks.append(torch.cuda.max_memory_allocated())
+            self.peaks.append(max(self.forward_peaks[-1], self.backward_peaks[-1]))
+            self.reserved = max(self.reserved, torch.cuda.max_memory_reserved())
         self.seconds.append(time.perf_counter() - self._start)
 
 
@@ -155,7 +178,7 @@ def measure(name: str, args, dry: bool) -> dict:
     build_peak = torch.cuda.max_memory_allocated() if not dry else None
 
     module = VQAFineTuner(model, None, cfg.recipe, gradient_checkpointing=cfg.gradient_checkpointing)
-    steps = StepMemory()
+    steps = StepMemory(track=not dry)
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[steps], max_steps=args.steps,
                                       enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False)
     trainer.fit(module, DataLoader([batch] * args.steps, batch_size=None))
@@ -172,8 +195,15 @@ def measure(name: str, args, dry: bool) -> dict:
          "predicted_single_gpu_gib": (predicted.total - predicted.grads / 2) / GIB}
     if not dry:
         peak = max(build_peak, *steps.peaks)
-        r.update({"measured_weights_gib": weights / GIB, "measured_step_peaks_gib": [round(p / GIB, 3) for p in steps.peaks],
-                  "measured_peak_gib": peak / GIB, "measured_peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB,
+        gib = lambda xs: [round(x / GIB, 3) for x in xs]
+        r.update({"measured_weights_gib": weights / GIB, "measured_step_peaks_gib": gib(steps.peaks),
+                  "measured_forward_peaks_gib": gib(steps.forward_peaks),
+                  "measured_backward_starts_gib": gib(steps.backward_starts),
+                  "measured_backward_peaks_gib": gib(steps.backward_peaks),
+                  # allocated at the last step's start that is neither weights nor .grad nor AdamW states: cuBLAS
+                  # workspaces (allocated by the first matmuls) and the batch
+                  "measured_other_at_step_start_gib": (steps.starts[-1] - weights - steps.grads_and_states) / GIB,
+                  "measured_peak_gib": peak / GIB, "measured_peak_reserved_gib": steps.reserved / GIB,
                   "measured_above_weights_gib": (peak - weights) / GIB,
                   "predicted_above_weights_gib": (predicted.total - predicted.weights) / GIB,
                   "ratio_measured_vs_predicted": peak / predicted.total,
@@ -215,7 +245,11 @@ def main() -> dict | None:
         if not args.dry_run:
             line += (f"\n  measured: weights {r['measured_weights_gib']:.2f} GiB, peak {r['measured_peak_gib']:.2f} GiB "
                      f"(steps {', '.join(f'{p:.2f}' for p in r['measured_step_peaks_gib'])}; reserved "
-                     f"{r['measured_peak_reserved_gib']:.2f}); above the weights {r['measured_above_weights_gib']:.2f} "
+                     f"{r['measured_peak_reserved_gib']:.2f}); per step: forward peak "
+                     f"{r['measured_forward_peaks_gib']}, at backward start {r['measured_backward_starts_gib']}, "
+                     f"backward peak {r['measured_backward_peaks_gib']}; neither weights, grads nor AdamW states at "
+                     f"the last step's start {r['measured_other_at_step_start_gib']:.3f}\n"
+                     f"  above the weights {r['measured_above_weights_gib']:.2f} "
                      f"vs {r['predicted_above_weights_gib']:.2f} predicted\n  measured / predicted: "
                      f"{r['ratio_measured_vs_predicted']:.3f}")
         print(line, flush=True)
