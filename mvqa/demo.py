@@ -4,15 +4,17 @@ synthetic world -> bootstrap the tiny base and reasoner -> curate -> LoRA fine-t
 traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> print the report.
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
-`outputs/demo/<time>/`; bootstrapped checkpoints are kept in the cache and reused by later demos while their
+`outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept in the cache and reused by later demos while their
 stamp (world and tiny-build versions, world size, experiment config) still matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -46,15 +48,42 @@ CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "score
 EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=both"]
 
 
-def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
-    cmd = [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
+def command(entry: str, overrides: list[str], run_dir: Path) -> list[str]:
     print(f"\n$ python {entry} {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
+    return [sys.executable, str(PROJECT_ROOT / entry), *overrides, f"hydra.run.dir={run_dir}"]
+
+
+def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
     start = time.perf_counter()
     with open(log, "a") as f:
-        done = subprocess.run(cmd, check=False, cwd=PROJECT_ROOT, stdout=f, stderr=subprocess.STDOUT)
+        done = subprocess.run(command(entry, overrides, run_dir), check=False, cwd=PROJECT_ROOT, stdout=f,
+                              stderr=subprocess.STDOUT)
     if done.returncode:
         sys.exit(f"{entry} failed (exit {done.returncode}); its output is in {log}")
     print(f"  done in {time.perf_counter() - start:.0f} s -> {run_dir}", flush=True)
+
+
+def run_parallel(jobs: dict[str, tuple[str, list[str], Path]], out: Path) -> None:
+    """Run independent entries side by side, one torch thread each, each logging to out/<name>.log.
+
+    On the demo's 2 cores two one-thread trainings finish sooner than the same two in turn on two threads each
+    (small matrices gain little from a second thread), and one thread per run makes their numbers the same on
+    any machine: the bootstraps' accuracy moved with torch's thread count."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start, failed = time.perf_counter(), []
+    with contextlib.ExitStack() as stack:
+        procs = {}
+        for name, (entry, overrides, run_dir) in jobs.items():
+            log = stack.enter_context(open(out / f"{name}.log", "a"))
+            procs[name] = subprocess.Popen(command(entry, overrides, run_dir), cwd=PROJECT_ROOT, stdout=log,
+                                           stderr=subprocess.STDOUT, env=env), log.name, run_dir
+        for name, (proc, log_name, run_dir) in procs.items():
+            if code := proc.wait():
+                failed.append(f"{name} (exit {code}; its output is in {log_name})")
+            else:
+                print(f"  {name} done in {time.perf_counter() - start:.0f} s -> {run_dir}", flush=True)
+    if failed:
+        sys.exit("failed: " + "; ".join(failed))
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -80,17 +109,20 @@ def main(argv: list[str] | None = None) -> Path:
     print("\n== 2. bootstrap the tiny base ('LLaVA-Med', answers directly) and reasoner ('Med-R1', thinks)")
     # Where model=demo_base and model@reasoner=demo_reasoner look by default.
     base, reasoner = cache / "demo" / "base", cache / "demo" / "reasoner"
+    jobs = {}
     for name, path in (("base", base), ("reasoner", reasoner)):
-        stamp = bootstrap_stamp(name)
-        if (path / "config.json").is_file() and read_stamp(path) == stamp:
+        if (path / "config.json").is_file() and read_stamp(path) == bootstrap_stamp(name):
             print(f"  reusing {path} (delete it to bootstrap again)")
-            continue
-        if (path / "config.json").is_file():
-            print(f"  {path} was bootstrapped for another world, tiny-model build or recipe: bootstrapping again")
-        run("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
-            out / f"bootstrap_{name}", log)
-        (path / STAMP).write_text(json.dumps(stamp, indent=2))
-        print(f"  {name}: held-out accuracy {read_metric(out / f'bootstrap_{name}', 'val_acc')}")
+        else:
+            if (path / "config.json").is_file():
+                print(f"  {path} was bootstrapped for another world, tiny-model build or recipe: bootstrapping again")
+            jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
+                                         out / f"bootstrap_{name}")
+    run_parallel(jobs, out)
+    for job in jobs:
+        name = job.removeprefix("bootstrap_")
+        (cache / "demo" / name / STAMP).write_text(json.dumps(bootstrap_stamp(name), indent=2))
+        print(f"  {name}: held-out accuracy {read_metric(out / job, 'val_acc')}")
 
     print("\n== 3. curate: difficulty under the base, traces from the reasoner, correct only, diverse sample")
     run("generate.py", [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
