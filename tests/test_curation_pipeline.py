@@ -245,3 +245,16 @@ def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
         assert it1.extra["scorer_pred"] == it7.extra["scorer_pred"] and all(x < 0 for x in it1.extra["choice_logprobs"])
     with pytest.raises(ValueError, match="scorer.batch_size=0"):
         LikelihoodScorer(batch_size=0)
+
+
+def test_stage_keys_follow_the_models_they_run(compose, tmp_path):
+    """A new scorer or reasoner checkpoint (same config otherwise) must not reuse cached scores or traces."""
+    from mvqa.curate.pipeline import _stages, stage_key
+
+    deps = {name: keys for name, (_, keys) in _stages().items()}
+    keys = []
+    for path in ("/ckpt/base-a", "/ckpt/base-b"):
+        cfg = compose("generate", [*TINY, f"scorer_model.path={path}", f"reasoner.path={path}-r"], tmp_path / "run")
+        keys.append({s: stage_key(s, cfg, deps[s], "items") for s in ("score", "hard", "trace", "filter")})
+    assert keys[0]["score"] != keys[1]["score"] and keys[0]["trace"] != keys[1]["trace"]
+    assert keys[0]["hard"] == keys[1]["hard"] and keys[0]["filter"] == keys[1]["filter"]  # same input: reused

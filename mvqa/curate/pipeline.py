@@ -57,7 +57,7 @@ def _stages() -> dict[str, tuple[Stage, list[str]]]:
     from mvqa.curate import correctness, difficulty, export, sample, trace
 
     return {
-        "score": (difficulty.score_stage, ["scorer", "seed"]),
+        "score": (difficulty.score_stage, ["scorer", "scorer_model", "seed"]),  # the model too: a new base rescores
         "hard": (difficulty.hard_stage, ["scorer"]),
         "trace": (trace.trace_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
         "merge": (trace.merge_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
