@@ -56,6 +56,27 @@ def test_a_bootstrap_is_reused_only_while_its_stamp_matches(tmp_path):
     assert {"synthetic_version", "tiny_build_version", "world"} <= stamp.keys()
 
 
+def test_parallel_jobs_run_one_thread_each_and_chain_on_success(tmp_path, capsys):
+    """run_parallel: jobs side by side with OMP_NUM_THREADS=1, `then` starts only after its job succeeded, and a
+    failure names its log after the others finished."""
+    from mvqa.demo import run_parallel
+
+    script = tmp_path / "job.py"
+    script.write_text("import os, sys, time\n"
+                      "time.sleep(float(sys.argv[2]))\n"
+                      "open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'] + ' ' + str(time.time()))\n"
+                      "sys.exit(int(sys.argv[3]))\n")
+    job = lambda name, delay, code=0: (str(script), [str(tmp_path / name), str(delay), str(code)], tmp_path / name)
+    run_parallel({"slow": job("slow", 1.0), "first": job("first", 0.2)}, tmp_path, then={"first": ("next", job("next", 0))})
+    done = {n: (tmp_path / n).read_text().split() for n in ("slow", "first", "next")}
+    assert {threads for threads, _ in done.values()} == {"1"}
+    assert float(done["first"][1]) <= float(done["next"][1]) < float(done["slow"][1])  # next ran beside slow
+    assert "first done" in capsys.readouterr().out and (tmp_path / "next.log").is_file()
+    with pytest.raises(SystemExit, match=r"bad \(exit 3; its output is in .*bad.log\)"):
+        run_parallel({"bad": job("bad", 0, 3), "ok": job("ok", 0.5)}, tmp_path, then={"bad": ("never", job("never", 0))})
+    assert (tmp_path / "ok").is_file() and not (tmp_path / "never").exists()
+
+
 def check_chain(out) -> None:
     # 3. Curation: the funnel chains stage to stage and ends in the exported rows.
     summary = json.loads((out / "curate" / "summary.json").read_text())
