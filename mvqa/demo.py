@@ -4,8 +4,9 @@ synthetic world -> bootstrap the tiny base and reasoner -> curate -> LoRA fine-t
 traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> print the report.
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
-`outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept in the cache and reused by later demos while their
-stamp (world and tiny-build versions, world size, experiment config) still matches.
+`outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept in
+the cache and reused by later demos while their stamp (world and tiny-build versions, world size, experiment
+config) still matches.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
     parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
-    parser.add_argument("--reduced", action="store_true", help="CI: the same world and bootstraps, the rest of the chain on a slice")
+    parser.add_argument("--reduced", action="store_true",
+                        help="CI: the same world and bootstraps, the rest of the chain on a slice")
     args = parser.parse_args(argv)
     sizes = SIZES["reduced" if args.reduced else "full"]
     out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()

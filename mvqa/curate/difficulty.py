@@ -225,6 +225,7 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     instead of overall: a question type the scorer finds easy throughout would otherwise vanish from the curated
     set, and a model fine-tuned on it forgets how to answer that type (s1 samples across domains for the same
     reason). The threshold is absolute, so it ignores strata."""
+    check_stratify_by(stratify_by)
     stats = StageStats("hard", n_in=len(items))
     values = {}
     for it in items:
@@ -257,13 +258,14 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
 STRATA_FIELDS = ("content_type", "modality", "answer_label", "source", "split")
 
 
+def check_stratify_by(field: str | None, key: str = "stratify_by") -> None:
+    if field and field not in STRATA_FIELDS:
+        raise ValueError(f"{key}={field!r}: expected one of {', '.join(STRATA_FIELDS)}")
+
+
 def stratum(item: VQAItem, field: str | None) -> str:
     """The item's value of `field` ("" for all items when field is None)."""
-    if not field:
-        return ""
-    if field not in STRATA_FIELDS:
-        raise ValueError(f"stratify_by={field!r}: expected one of {', '.join(STRATA_FIELDS)}")
-    return str(getattr(item, field) or "")
+    return str(getattr(item, field) or "") if field else ""
 
 
 # ------------------------------------------------------------------------------------------------ scorers

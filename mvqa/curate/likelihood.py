@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from mvqa.curate.difficulty import STRATA_FIELDS, keep_hardest
+from mvqa.curate.difficulty import check_stratify_by, keep_hardest
 from mvqa.data.collators import chat_prompt
 from mvqa.data.images import load_image
 from mvqa.data.records import VQAItem
@@ -30,8 +30,7 @@ class LikelihoodScorer:
         if batch_size < 1:
             raise ValueError(f"scorer.batch_size={batch_size}, expected >= 1")
         self.batch_size = batch_size
-        if stratify_by and stratify_by not in STRATA_FIELDS:  # before hours of scoring, not after
-            raise ValueError(f"scorer.stratify_by={stratify_by!r}: expected one of {', '.join(STRATA_FIELDS)}")
+        check_stratify_by(stratify_by, "scorer.stratify_by")  # before hours of scoring, not after
         self.stratify_by = stratify_by
 
     def continuations(self, item: VQAItem, bundle: ModelBundle) -> list[str]:
