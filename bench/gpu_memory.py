@@ -1,4 +1,4 @@
-"""GPU memory of a LoRA training step on the real architectures: measured, against `mvqa.models.memory`'s prediction.
+"""GPU memory of a LoRA training step on the real architectures: measured, against `mvqa.train.memory`'s prediction.
 
 On a CUDA device, for Med-R1's Qwen2-VL-2B (`model=qwen2_vl_2b`) and LLaVA-Med 7B (`model=llava_med`): the real
 architecture is built from the config's `model.architecture` (what the estimator builds on the meta device) with
@@ -42,7 +42,7 @@ from budget import record
 from mvqa.data.collators import IGNORE_INDEX
 from mvqa.models.load import as_model_conf, family_of
 from mvqa.models.lora import count_parameters, prepare_trainable
-from mvqa.models.memory import GIB, compose_train, count_params, per_gpu
+from mvqa.train.memory import GIB, compose_train, count_params, per_gpu
 from mvqa.train.module import VQAFineTuner
 
 # Shrunk dims for --dry-run: same families, image sizes, vocabularies and code paths, a few M parameters a layer.

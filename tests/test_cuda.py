@@ -4,7 +4,7 @@
   (bf16-mixed), on a bf16 base with fp32 or bf16 adapters: the loss falls, the adapter is saved and reloads.
 - Budget forcing on CUDA in bf16: the CPU suite's rule tests (tests/test_budget_forcing.py) rerun against the
   same closing Llama moved to the GPU, and batched == one by one == the multi-pass reference.
-- What only a GPU decides: `model.dtype=auto` is bf16 (what `mvqa.models.memory` assumes), inputs follow the
+- What only a GPU decides: `model.dtype=auto` is bf16 (what `mvqa.train.memory` assumes), inputs follow the
   model onto the device in its dtype, QLoRA and vLLM name only what is missing besides the GPU.
 
 bf16 runs of the same rows in different batches can differ in the last bit of a logit (other kernels, other
@@ -38,7 +38,8 @@ from test_budget_forcing import closing_llama, count_runs, forced, summary
 from test_engine import requests, tiny_llava, tiny_tokenizer
 from test_training import TINY
 
-from mvqa.data.collators import VQACollator, chat_prompt, model_inputs
+from mvqa.data.collators import VQACollator, model_inputs
+from mvqa.data.prompts import chat_prompt
 from mvqa.generation import BudgetPoint, GenerationParams, GenerationRequest, HFEngine
 from mvqa.generation.engine import prompt_text
 from mvqa.models.load import load_model, resolve_dtype
@@ -107,7 +108,7 @@ def assert_same_up_to_bf16_ties(bundle, reqs, params, got, want, what: str) -> N
 
 
 def test_auto_dtype_is_bf16_on_the_gpu_as_the_memory_estimator_assumes(compose, tmp_path):
-    from mvqa.models.memory import Param, stored_bytes
+    from mvqa.train.memory import Param, stored_bytes
 
     assert resolve_dtype("auto") == torch.bfloat16
     cfg = compose("train", [*TINY, *GPU_TRAINER, "model.device_map=cuda"])

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from mvqa.config import PROJECT_ROOT
-from mvqa.prompts import parse_answer
+from mvqa.data.prompts import parse_answer
 
 # The target for both bootstraps; measured (README: the demo, measured) 0.735 for each, the same in two
 # runs. The demo trains them on one thread each, so the numbers no longer move with the machine's thread count

@@ -8,7 +8,7 @@ import pytest
 
 from mvqa.models.load import build_empty
 from mvqa.models.lora import count_parameters, prepare_trainable
-from mvqa.models.memory import (
+from mvqa.train.memory import (
     GIB,
     NF4_BYTES,
     MixedDtypeUnit,

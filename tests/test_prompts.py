@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from mvqa.data.readers import RELEASE_TRACE_COLUMNS, read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
-from mvqa.prompts import (
+from mvqa.data.prompts import (
     NO_ANSWER,
     OK,
     PROMPTS,

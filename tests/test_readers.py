@@ -119,7 +119,7 @@ def test_slake_closed_questions(slake_test):
     assert by_id["slake:12651"].answer == "T2 weighted" and by_id["slake:12651"].extra["source_answer"] == "T2"
     # "Which is bigger in this image, kidney or spleen?" -> "Liver": the answer is not an option, kept open.
     (kept,) = stats.metrics["closed_kept_open_ids"]
-    assert by_id[kept].is_open and by_id[kept].answer not in ("kidney", "spleen")
+    assert by_id[kept].is_free_text and by_id[kept].answer not in ("kidney", "spleen")
 
 
 @pytest.mark.parametrize("question, options", [
@@ -163,7 +163,7 @@ def test_slake_open_distractors_deterministic_and_same_content_type(slake_test, 
 def test_slake_open_ended_flag_and_bad_split(shared_data):
     items, stats = read_slake(shared_data / "slake", split="validate", open_ended=True)
     opened = [it for it in items if it.extra["answer_type"] == "OPEN"]
-    assert opened and all(it.is_open and it.answer_label is None for it in opened)
+    assert opened and all(it.is_free_text and it.answer_label is None for it in opened)
     assert stats.metrics["open_kept_open"] == len(opened) and stats.metrics["open_to_mcq"] == 0
     with pytest.raises(ValueError, match="SLAKE split 'val'"):
         read_slake(shared_data / "slake", split="val")
@@ -250,7 +250,7 @@ def test_csv_reader_maps_columns_and_finds_label_from_answer(tmp_path):
     cols = {"image": "IMG", "question": "q", "answer": "a", "choices": ["o1", "o2", "o3"]}
     items, _ = read_csv_dataset(path, cols, name="any", image_root=str(tmp_path))
     assert items[0].choices == ["Heart", "Liver", "Lung"] and items[0].answer_label == "B"
-    assert items[1].is_open and items[1].answer == "a mass"
+    assert items[1].is_free_text and items[1].answer == "a mass"
     with pytest.raises(ValueError, match=r"any\.csv: the column mapping needs \['question'\]"):
         read_csv_dataset(path, {"image": "img", "answer": "a"})
     with pytest.raises(ValueError, match=r"unknown column mapping keys \['imgae'\]"):

@@ -13,7 +13,7 @@ from PIL import Image
 from mvqa.data import synthetic
 from mvqa.data.loading import load_dataset
 from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
-from mvqa.prompts import parse_answer
+from mvqa.data.prompts import parse_answer
 
 TINY = {"n_train": 48, "n_val": 12, "n_test": 24, "image_size": 64}
 
@@ -104,7 +104,7 @@ def test_describe_items_caption_every_train_image(tmp_path):
 
     items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
     both, stats = read_synthetic(str(tmp_path), **TINY, split="train", describe=True)
-    described = [it for it in both if it.is_open]
+    described = [it for it in both if it.is_free_text]
     assert both[:48] == items and len(described) == 48 and stats.metrics["describe_items"] == 48
     for mcq, it in zip(items, described):
         assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image, synthetic.DESCRIBE_QUESTION)
@@ -118,7 +118,7 @@ def test_describe_items_caption_every_train_image(tmp_path):
     _, rejected = TraceFormatter(style="med_r1")(described[:2], SpecialTokens())
     assert rejected.drop_reasons == {"open_ended": 2}  # no trace to think with: still rejected, and counted
     val, _ = read_synthetic(str(tmp_path), **TINY, split="val", describe=True)
-    assert val and not any(it.is_open for it in val)  # held-out splits stay multiple choice
+    assert val and not any(it.is_free_text for it in val)  # held-out splits stay multiple choice
 
 
 def test_combined_question_options_do_not_give_the_answer_away(tmp_path):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.prompts import parse_answer
+from mvqa.data.prompts import parse_answer
 
 
 def answer_letter(item: VQAItem, mode: str) -> str | None:

@@ -37,7 +37,7 @@ _LABEL_PREFIX = re.compile(r"^\s*([A-E])\s*:\s*")
 
 def similarity_question(item: VQAItem) -> str:
     """The user text of the seed's MiniGPT-Med prompt; other models get it through their own chat template."""
-    if item.is_open:
+    if item.is_free_text:
         raise ValueError(f"item {item.id!r}: the similarity scorer needs choices; it is open-ended")
     lines = "".join(f"\n{letter}. {choice} " for letter, choice in zip(item.letters, item.choices))
     return f"Question: {item.question}\nChoices: {lines}\n Repeat full answer"
@@ -83,7 +83,7 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
     if missing:
         raise ValueError(f"{len(missing)} items have no free-text extra[{OUTPUT!r}] to embed "
                          f"(first: {missing[:3]}); run the scorer VLM with similarity_prompt first")
-    open_ended = [it.id for it in items if it.is_open]
+    open_ended = [it.id for it in items if it.is_free_text]
     if open_ended:
         raise ValueError(f"the similarity scorer needs choices; open-ended items: {open_ended[:3]}")
     choice_texts = [[choice_text(ltr, c, label_choices) for ltr, c in zip(it.letters, it.choices)] for it in items]
@@ -292,7 +292,7 @@ class SimilarityScorer:
 
         from hydra.utils import instantiate
 
-        from mvqa.data.collators import chat_prompt
+        from mvqa.data.prompts import chat_prompt
         from mvqa.data.images import load_image
         from mvqa.generation.engine import GenerationRequest
 

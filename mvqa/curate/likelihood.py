@@ -11,12 +11,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mvqa.curate.difficulty import check_stratify_by, keep_hardest
-from mvqa.data.collators import chat_prompt
+from mvqa.data.prompts import chat_prompt
 from mvqa.data.images import load_image
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import ModelBundle
-from mvqa.prompts import format_question
+from mvqa.data.prompts import format_question
 
 
 class LikelihoodScorer:
@@ -80,7 +80,7 @@ class LikelihoodScorer:
                 for start in range(0, len(items), self.batch_size):
                     batch = items[start:start + self.batch_size]
                     for item in batch:
-                        if item.is_open:
+                        if item.is_free_text:
                             raise ValueError(f"item {item.id!r} is open-ended: the likelihood scorer ranks choices")
                     for item, logprobs in zip(batch, self.choice_logprobs(batch, bundle)):
                         lp = torch.tensor(logprobs)

@@ -16,30 +16,12 @@ from typing import Any
 import torch
 
 from mvqa.data.images import load_image
+from mvqa.data.prompts import chat_prompt, end_of_turn, format_question as default_format_question
 from mvqa.data.records import VQAItem
 
 IGNORE_INDEX = -100
 # Processor outputs with one value per prompt token (Qwen2-VL marks its image tokens this way).
 PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
-_PROBE = "\x00MVQA-TARGET\x00"
-
-
-def user_message(text: str, with_image: bool = True) -> dict[str, Any]:
-    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
-    return {"role": "user", "content": content}
-
-
-def chat_prompt(processor, text: str, with_image: bool = True) -> str:
-    """One user turn through the model's chat template, ready for the assistant's reply."""
-    return processor.apply_chat_template([user_message(text, with_image)], tokenize=False, add_generation_prompt=True)
-
-
-def end_of_turn(processor) -> str:
-    """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for Qwen)."""
-    rendered = processor.apply_chat_template(
-        [user_message("q"), {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}], tokenize=False
-    )
-    return rendered.split(_PROBE, 1)[1]
 
 
 def image_token_id(processor) -> int | None:
@@ -79,8 +61,7 @@ class VQACollator:
                  format_question=None) -> None:
         if mode not in ("train", "generate"):
             raise ValueError(f"collator mode must be 'train' or 'generate', got {mode!r}")
-        if format_question is None:
-            from mvqa.prompts import format_question
+        format_question = format_question or default_format_question
         self.processor, self.prompt_template, self.max_length, self.mode = processor, prompt_template, max_length, mode
         self.format_question = format_question
         self.tokenizer = getattr(processor, "tokenizer", processor)

@@ -1,4 +1,4 @@
-"""The one multiple-choice VQA item record that flows through every stage.
+"""The one VQA item record that flows through every stage: multiple choice, closed (yes/no) or open.
 
 Readers produce lists of `VQAItem`; every stage maps items to items (plus stats). Stage-specific payloads
 (scores, traces, parsed answers) live in the open `extra` map so the record itself stays fixed.
@@ -14,8 +14,16 @@ from typing import Any
 
 import pandas as pd
 
+from mvqa.data.answers import is_yes_no
+
 LETTERS = "ABCDE"
 MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
+
+# Question kinds. mcq: has choices, scored by letter. closed: a closed-set free-text answer (yes/no above all;
+# SLAKE's CLOSED also holds "left"/"right"-style answers), scored by accuracy. open: a free-text answer, scored by
+# normalised exact match, token recall (LLaVA-Med's open-set recall) and token F1.
+MCQ, CLOSED, OPEN = "mcq", "closed", "open"
+KINDS = (MCQ, CLOSED, OPEN)
 
 
 def letter_index(letter: str) -> int:
@@ -29,9 +37,10 @@ def letter_index(letter: str) -> int:
 class VQAItem:
     """One VQA question about one image.
 
-    Multiple choice when `choices` holds 2-5 options labelled A, B, ...; `answer_label` is then the correct
-    letter and `answer` its text. An open-ended item (kept open by a reader flag, or whose options cannot be
-    read) has no choices and `answer_label=None`.
+    `kind` is one of KINDS. An `mcq` item holds 2-5 `choices` labelled A, B, ...; `answer_label` is then the
+    correct letter and `answer` its text. `closed` and `open` items have no choices, `answer_label=None` and
+    a free-text `answer` (empty only for an unlabelled item: stages that need the gold answer refuse those). A reader that knows the kind (an answer-type column) sets it; otherwise
+    it is inferred: choices make an mcq, a yes/no answer a closed item, anything else an open one.
 
     `image` is the path as the source writes it (e.g. PMC-VQA's figure_path); `image_root` is where it is
     resolved, so exports can write the source's own path back unchanged.
@@ -48,9 +57,12 @@ class VQAItem:
     content_type: str = ""
     split: str = ""
     source: str = ""
+    kind: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not self.kind:
+            self.kind = infer_kind(self.choices, self.answer)
         self.validate()
 
     def validate(self) -> None:
@@ -59,7 +71,11 @@ class VQAItem:
             raise ValueError("item with an empty id")
         if not self.question or not self.question.strip():
             raise ValueError(f"{where}: empty question")
-        if self.is_open:
+        if self.kind not in KINDS:
+            raise ValueError(f"{where}: kind {self.kind!r} is not one of {list(KINDS)}")
+        if self.kind != MCQ:
+            if self.choices:
+                raise ValueError(f"{where}: a {self.kind} item has no choices, got {len(self.choices)}")
             if self.answer_label is not None:
                 raise ValueError(f"{where}: answer_label {self.answer_label!r} given but there are no choices")
             return
@@ -70,8 +86,13 @@ class VQAItem:
             raise ValueError(f"{where}: answer_label {self.answer_label!r} is not one of {list(LETTERS[:n])}")
 
     @property
-    def is_open(self) -> bool:
-        return not self.choices
+    def is_mcq(self) -> bool:
+        return self.kind == MCQ
+
+    @property
+    def is_free_text(self) -> bool:
+        """Closed or open: answered in words, not by a choice letter."""
+        return self.kind != MCQ
 
     @property
     def letters(self) -> str:
@@ -98,10 +119,28 @@ class VQAItem:
         return cls(**{**row, "choices": list(row.get("choices") or []), "extra": dict(row.get("extra") or {})})
 
     def replace(self, **changes: Any) -> VQAItem:
+        """A copy with `changes`; new choices or a new answer re-infer the kind unless `kind` is given too."""
+        if ("choices" in changes or "answer" in changes) and "kind" not in changes:
+            changes["kind"] = ""
         return dataclasses.replace(self, **changes)
 
     def with_extra(self, **values: Any) -> VQAItem:
         return dataclasses.replace(self, extra={**self.extra, **values})
+
+
+def infer_kind(choices: list[str], answer: str) -> str:
+    """The kind of an item whose source does not say: choices make an mcq, a yes/no answer a closed item."""
+    if choices:
+        return MCQ
+    return CLOSED if is_yes_no(answer) else OPEN
+
+
+def kind_counts(items: Iterable[VQAItem]) -> dict[str, int]:
+    """Items per kind, every kind listed (zeros included) so a console line always reads the same."""
+    counts = dict.fromkeys(KINDS, 0)
+    for it in items:
+        counts[it.kind] += 1
+    return counts
 
 
 def items_to_frame(items: Iterable[VQAItem]) -> pd.DataFrame:

@@ -29,6 +29,7 @@ from PIL import Image
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, format_question
 
 VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
@@ -319,9 +320,9 @@ def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int
     # The CSV round trip gives strings; difficulty is a number downstream (hard-item analyses).
     items = [it.with_extra(difficulty=float(it.extra["difficulty"])) for it in items]
     if describe and split == "train":
-        items += [dataclasses.replace(it, id=f"{it.id}-describe", question=DESCRIBE_QUESTION, choices=[],
-                                      answer_label=None, answer=it.extra["caption"], content_type="describe",
-                                      extra={"difficulty": it.extra["difficulty"]}) for it in items]
+        items += [it.replace(id=f"{it.id}-describe", question=DESCRIBE_QUESTION, choices=[],
+                      answer_label=None, answer=it.extra["caption"], content_type="describe",
+                      extra={"difficulty": it.extra["difficulty"]}) for it in items]
         stats.metrics["describe_items"] = len(items) // 2
     stats.metrics["synthetic_world"] = str(world)
     stats.metrics["synthetic_split"] = json.loads((world / "world.json").read_text())["stats"][split]
@@ -334,7 +335,7 @@ def synthetic_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
     Per item: the question, choices, answer and trace, and the item's prompt under one of the PROMPTS
     templates (in turn), wrapped in a CONVERSATIONS style (in turn), so the prompt wording is covered too.
     """
-    from mvqa.prompts import CONVERSATIONS, PROMPTS, format_conversation, format_question
+
 
     params = WorldParams(n_train=n_items, n_val=0, n_test=0, seed=seed)
     templates, styles = sorted(PROMPTS), sorted(CONVERSATIONS)

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from mvqa.data.collators import chat_prompt
+from mvqa.data.prompts import chat_prompt
 from mvqa.data.images import load_image, resolve_image_path
 from mvqa.data.loading import load_dataset, split_for
 from mvqa.data.records import VQAItem
@@ -26,7 +26,7 @@ from mvqa.eval.metrics import UNFORCED
 from mvqa.generation.budget import BudgetPoint, budget_points
 from mvqa.generation.engine import GenerationParams, GenerationRequest
 from mvqa.models.bundle import ModelBundle
-from mvqa.prompts import format_question, parse_answer
+from mvqa.data.prompts import format_question, parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def evaluation_items(cfg: DictConfig) -> list[VQAItem]:
         before = len(items)
         items = [it for it in items if (it.image, it.question) not in excluded]
         log.info("excluded %d items that appear in %s", before - len(items), cfg.eval.exclude)
-    items = [it for it in items if not it.is_open]
+    items = [it for it in items if not it.is_free_text]
     if cfg.eval.limit:
         items = items[: cfg.eval.limit]
     if not items:

@@ -14,7 +14,7 @@ class EvalConf:
     # A curated set (final.csv or items.jsonl) whose questions must not be evaluated on (held-out only).
     exclude: str | None = None
     limit: int | None = None
-    prompt: str = "med_r1_seed"  # a key of mvqa.prompts.PROMPTS
+    prompt: str = "med_r1_seed"  # a key of mvqa.data.prompts.PROMPTS
     # How the bare base is asked. same: over the budget grid like every model (s1's protocol), with base_prompt.
     # A base never taught to think (LLaVA-Med) is also worth judging as it is used: unforced runs it once with
     # its own prompt (base_prompt; null: `prompt`), paired with every budget point of the other models; both

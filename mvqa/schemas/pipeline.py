@@ -11,7 +11,7 @@ ALL_STAGES = ["score", "hard", "trace", "filter", "sample", "export"]
 
 @dataclass
 class TraceConf:
-    # A key of mvqa.prompts.PROMPTS: the seed's Med-R1 prompt by default.
+    # A key of mvqa.data.prompts.PROMPTS: the seed's Med-R1 prompt by default.
     prompt: str = "med_r1_seed"
     max_new_tokens: int = 256
     batch_size: int = 16

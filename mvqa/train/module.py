@@ -11,7 +11,7 @@ from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_wi
 
 from mvqa.data.collators import model_inputs
 from mvqa.models.lora import optimizer_groups
-from mvqa.prompts import parse_answer
+from mvqa.data.prompts import parse_answer
 from mvqa.train.strategies import check_fsdp_dtypes
 
 

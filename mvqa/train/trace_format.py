@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import SpecialTokens
-from mvqa.prompts import parse_answer
+from mvqa.data.prompts import parse_answer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -81,7 +81,7 @@ class TraceFormatter:
                 continue
             thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
             waits += n
-            if item.is_open:  # an open item (direct style only) answers with its text
+            if item.is_free_text:  # an open item (direct style only) answers with its text
                 answer = item.answer
             else:
                 answer = item.choices[item.letters.index(letter)] if self.answer_format == "text" else letter
@@ -100,7 +100,7 @@ class TraceFormatter:
 
     def _reasoning_and_answer(self, item: VQAItem) -> tuple[str, str | None, str | None]:
         """(reasoning, answer letter, drop reason or None)."""
-        if item.is_open:  # only a direct answer can be taught without choices: the answer text itself
+        if item.is_free_text:  # only a direct answer can be taught without choices: the answer text itself
             ok = self.style == "direct" and item.answer.strip()
             return "", None, None if ok else "open_ended"
         field = next((f for f in self.trace_fields if item.extra.get(f)), None)

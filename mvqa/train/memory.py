@@ -1,6 +1,6 @@
 """Per-GPU training memory of a composed `train` config under each multi-GPU trainer: computed, not guessed.
 
-    python -m mvqa.models.memory model=llava_med recipe=lora_r8 data.max_length=1024 gradient_checkpointing=true
+    python -m mvqa.train.memory model=llava_med recipe=lora_r8 data.max_length=1024 gradient_checkpointing=true
 
 Parameters are counted on the real architecture (`model.architecture`) built on the meta device and prepared
 by `prepare_trainable`, as training prepares it. Bytes per parameter follow the dtypes training gives them:
@@ -40,6 +40,7 @@ from torch import nn
 from mvqa.config import CONFIG_DIR, setup
 from mvqa.models.load import as_model_conf, build_empty, family_of, resolve_dtype
 from mvqa.models.lora import count_parameters, is_projector, is_vision, prepare_trainable
+from mvqa.train.strategies import decoder_layer_classes
 
 GIB = 2**30
 GPU_SIZES_GIB = (24, 40, 80)
@@ -238,7 +239,7 @@ def logits_bytes(tokens: int, vocab_size: int) -> int:
 
 def fsdp_units(fp: Footprint, wrap_class_names: list[str]) -> dict[str, list[Param]]:
     """Parameters per FSDP unit: one per decoder layer (the auto-wrap classes), the root ("") for the rest."""
-    from mvqa.train.strategies import decoder_layer_classes
+
 
     classes = tuple(decoder_layer_classes(wrap_class_names))
     prefixes = [f"{n}." for n, m in fp.model.named_modules() if isinstance(m, classes)]
@@ -336,7 +337,7 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mvqa.models.memory", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mvqa.train.memory", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model=llava_med")
     parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts, comma-separated")
     parser.add_argument("--strategies", default=",".join(gpu_trainers()), help="trainer options, comma-separated")

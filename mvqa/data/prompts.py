@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from mvqa.data.records import LETTERS, VQAItem
 
@@ -71,7 +72,7 @@ def format_question(item: VQAItem, template: str) -> str:
     if "{question}" not in text:
         raise ValueError(f"prompt template {template!r} is neither a key of PROMPTS {sorted(PROMPTS)} nor a "
                          "template containing {question}")
-    is_mcq = not item.is_open
+    is_mcq = item.is_mcq
     text = _OPTIONAL.sub(lambda m: m.group(1) if is_mcq else (m.group(2) or ""), text)
     pairs = [(letter, _clean_choice(letter, c)) for letter, c in zip(item.letters, item.choices)]
     fields = {
@@ -94,6 +95,28 @@ def format_conversation(prompt: str, response: str | None = None, conversation: 
     style = CONVERSATIONS[conversation]
     text = style["user"].format(prompt=prompt)
     return text if response is None else text + style["assistant"].format(response=response)
+
+
+# ------------------------------------------------------------------------------------------- chat turns
+_PROBE = "\x00MVQA-TARGET\x00"
+
+
+def user_message(text: str, with_image: bool = True) -> dict[str, Any]:
+    content = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": text}]
+    return {"role": "user", "content": content}
+
+
+def chat_prompt(processor, text: str, with_image: bool = True) -> str:
+    """One user turn through the model's chat template, ready for the assistant's reply."""
+    return processor.apply_chat_template([user_message(text, with_image)], tokenize=False, add_generation_prompt=True)
+
+
+def end_of_turn(processor) -> str:
+    """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for Qwen)."""
+    rendered = processor.apply_chat_template(
+        [user_message("q"), {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}], tokenize=False
+    )
+    return rendered.split(_PROBE, 1)[1]
 
 
 # ---------------------------------------------------------------------------------------------- parsing
