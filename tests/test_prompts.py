@@ -6,8 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mvqa.data.readers import RELEASE_TRACE_COLUMNS, read_pmc_vqa
-from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.prompts import (
     NO_ANSWER,
     OK,
@@ -17,6 +15,8 @@ from mvqa.data.prompts import (
     format_question,
     parse_answer,
 )
+from mvqa.data.readers import RELEASE_TRACE_COLUMNS, read_pmc_vqa
+from mvqa.data.records import LETTERS, VQAItem
 
 SEED_PROMPT = (  # the text of the seed's Med-R1 prompt, for four choices
     "{question} A) {A}, B) {B}, C) {C}, D) {D}. Please reason through the image and question carefully. "

@@ -12,8 +12,8 @@ from PIL import Image
 
 from mvqa.data import synthetic
 from mvqa.data.loading import load_dataset
-from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
 from mvqa.data.prompts import parse_answer
+from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
 
 TINY = {"n_train": 48, "n_val": 12, "n_test": 24, "image_size": 64}
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from mvqa.data.prompts import parse_answer
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.models.bundle import SpecialTokens
-from mvqa.data.prompts import parse_answer
 from mvqa.train.trace_format import TraceFormatter, split_segments
 
 TOKENS = SpecialTokens()

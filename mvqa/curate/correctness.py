@@ -7,9 +7,9 @@ they stay in the trace stage's output, which export writes as the partial traces
 
 from __future__ import annotations
 
+from mvqa.data.prompts import parse_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.data.prompts import parse_answer
 
 
 def answer_letter(item: VQAItem, mode: str) -> str | None:

@@ -292,8 +292,8 @@ class SimilarityScorer:
 
         from hydra.utils import instantiate
 
-        from mvqa.data.prompts import chat_prompt
         from mvqa.data.images import load_image
+        from mvqa.data.prompts import chat_prompt
         from mvqa.generation.engine import GenerationRequest
 
         bundle = ctx.model(self.model_key)

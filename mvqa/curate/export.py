@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mvqa.data.prompts import PROMPTS, format_question
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, write_json
-from mvqa.data.prompts import PROMPTS, format_question
 
 SEED_COLUMNS = ["figure_path", "question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
                 "Answer_label", "generated_reasoning", "generated_answer", "raw_output"]

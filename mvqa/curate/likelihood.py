@@ -11,12 +11,11 @@ import torch
 from tqdm.auto import tqdm
 
 from mvqa.curate.difficulty import check_stratify_by, keep_hardest
-from mvqa.data.prompts import chat_prompt
 from mvqa.data.images import load_image
+from mvqa.data.prompts import chat_prompt, format_question
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import ModelBundle
-from mvqa.data.prompts import format_question
 
 
 class LikelihoodScorer:

@@ -15,13 +15,12 @@ from pathlib import Path
 from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
-from mvqa.data.prompts import chat_prompt
 from mvqa.data.images import load_image
+from mvqa.data.prompts import chat_prompt, format_question, parse_answer
 from mvqa.data.records import VQAItem, item_to_json
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import read_items_jsonl, write_items_jsonl
 from mvqa.generation.engine import GenerationParams, GenerationRequest
-from mvqa.data.prompts import format_question, parse_answer
 
 
 def shard_items(items: list[VQAItem], shard: int, num_shards: int) -> list[VQAItem]:

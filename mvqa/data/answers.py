@@ -22,8 +22,7 @@ YES, NO = "yes", "no"
 YES_SYNONYMS = frozenset({"yes", "y", "yeah", "yep", "true", "correct", "affirmative", "present", "positive"})
 NO_SYNONYMS = frozenset({"no", "n", "nope", "false", "incorrect", "negative", "absent", "not present", "none"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-    "seventeen eighteen nineteen twenty".split())}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
 ARTICLES = frozenset({"a", "an", "the"})
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 

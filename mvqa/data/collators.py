@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from mvqa.data.images import load_image
-from mvqa.data.prompts import chat_prompt, end_of_turn, format_question as default_format_question
+from mvqa.data.prompts import chat_prompt, end_of_turn
+from mvqa.data.prompts import format_question as default_format_question
 from mvqa.data.records import VQAItem
 
 IGNORE_INDEX = -100

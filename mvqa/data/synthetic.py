@@ -14,7 +14,6 @@ items (`hard_fraction`) gets a high per-item difficulty: more noise, fainter and
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,10 +25,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, format_question
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, format_question
 
 VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")

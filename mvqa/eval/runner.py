@@ -16,9 +16,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from mvqa.data.prompts import chat_prompt
 from mvqa.data.images import load_image, resolve_image_path
 from mvqa.data.loading import load_dataset, split_for
+from mvqa.data.prompts import chat_prompt, format_question, parse_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.storage import atomic_path, read_items_jsonl
 from mvqa.eval import compute_metrics, format_table, write_report
@@ -26,7 +26,6 @@ from mvqa.eval.metrics import UNFORCED
 from mvqa.generation.budget import BudgetPoint, budget_points
 from mvqa.generation.engine import GenerationParams, GenerationRequest
 from mvqa.models.bundle import ModelBundle
-from mvqa.data.prompts import format_question, parse_answer
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import torch
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from mvqa.data.collators import model_inputs
-from mvqa.models.lora import optimizer_groups
 from mvqa.data.prompts import parse_answer
+from mvqa.models.lora import optimizer_groups
 from mvqa.train.strategies import check_fsdp_dtypes
 
 

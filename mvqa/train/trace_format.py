@@ -12,10 +12,10 @@ import random
 import re
 from dataclasses import dataclass
 
+from mvqa.data.prompts import parse_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import SpecialTokens
-from mvqa.data.prompts import parse_answer
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
