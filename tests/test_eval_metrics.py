@@ -55,10 +55,16 @@ def test_hand_computed_cell_metrics(small):
     b16 = m["runs"][0]
     assert (b16["model"], b16["budget_id"], b16["n"], b16["n_correct"]) == ("base", "max16_min0_w2_Wait", 4, 2)
     assert b16["accuracy"] == 0.5
-    assert b16["by_modality"] == {"CT": {"n": 2, "accuracy": 0.5}, "MRI": {"n": 2, "accuracy": 0.5}}
-    assert b16["by_answer_label"] == {"A": {"n": 2, "accuracy": 0.5}, "B": {"n": 1, "accuracy": 1.0},
-                                      "C": {"n": 1, "accuracy": 0.0}}
-    assert b16["by_content_type"] == {"closed": {"n": 4, "accuracy": 0.5}}
+    def n_acc(split):
+        return {k: {"n": v["n"], "accuracy": v["accuracy"]} for k, v in split.items()}
+
+    assert n_acc(b16["by_modality"]) == {"CT": {"n": 2, "accuracy": 0.5}, "MRI": {"n": 2, "accuracy": 0.5}}
+    assert n_acc(b16["by_answer_label"]) == {"A": {"n": 2, "accuracy": 0.5}, "B": {"n": 1, "accuracy": 1.0},
+                                             "C": {"n": 1, "accuracy": 0.0}}
+    assert n_acc(b16["by_content_type"]) == {"closed": {"n": 4, "accuracy": 0.5}}
+    assert n_acc(b16["by_kind"]) == {"mcq": {"n": 4, "accuracy": 0.5}}
+    # Two items, one right: every resample has 0, 1 or 2 right, so the interval spans those means.
+    assert set(b16["by_modality"]["CT"]["ci95"]) <= {0.0, 0.5, 1.0} and "open" not in b16["by_kind"]["mcq"]
     assert (b16["n_unparseable"], b16["parse_failure_rate"]) == (1, 0.25)
     assert (b16["mean_thinking_tokens"], b16["mean_waits_used"], b16["forced_share"]) == (13.0, 0.0, 0.25)
     b32 = m["runs"][1]

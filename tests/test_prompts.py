@@ -78,8 +78,13 @@ def test_open_items_get_no_options_or_letters():
         assert "A)" not in text and "(A" not in text and "[[" not in text
         assert text.startswith("Which organ is enlarged?")
     assert "Justify your reasoning" in format_question(open_item, "med_r1_seed")
-    assert "provide the final answer inside <answer>" in format_question(open_item, "med_r1")
+    assert "provide the final answer in a few words inside <answer>" in format_question(open_item, "med_r1")
     assert format_question(open_item, "direct").endswith("single word or phrase.")
+    closed_item = open_item.replace(question="Is the liver enlarged?", answer="Yes")
+    assert closed_item.kind == "closed"
+    assert format_question(closed_item, "direct").endswith("Answer yes or no.")
+    assert "final answer (yes or no) in <answer>" in format_question(closed_item, "med_r1_seed")
+    assert "provide yes or no inside <answer>" in format_question(closed_item, "med_r1")
 
 
 def test_bad_templates_are_named():

@@ -6,6 +6,11 @@
 - `predictions`: the same rules on a precomputed scorer CSV in the seed's `filtered_difficult_cases.csv`
   layout, joined to the dataset on (figure_path, question).
 - `keep_hardest`: for score-based scorers (likelihood): the lowest `p_correct` fraction, or a threshold.
+
+Closed and open items have no choices, so the seed's rule is applied to the free-text output alone: it is solved
+when its embedding is within `max_sim_to_answer` of the answer's (or it matches the answer after normalisation:
+for a yes/no answer, its leading yes/no), garbled when below `gibberish`, hard otherwise; the rules that compare
+with choices (`answer_is_closest`, `far_from_choices`) have nothing to compare with and do not apply.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mvqa.data.answers import closed_correct, exact_match
 from mvqa.data.readers import clean_text
-from mvqa.data.records import VQAItem
+from mvqa.data.records import VQAItem, kind_counts
 from mvqa.data.stats import StageStats
 
 # Keys the scorers write into item.extra.
@@ -36,9 +42,10 @@ _LABEL_PREFIX = re.compile(r"^\s*([A-E])\s*:\s*")
 
 
 def similarity_question(item: VQAItem) -> str:
-    """The user text of the seed's MiniGPT-Med prompt; other models get it through their own chat template."""
+    """The user text of the seed's MiniGPT-Med prompt; other models get it through their own chat template.
+    A closed or open item has no choices to list: it is asked to answer (yes or no, or briefly)."""
     if item.is_free_text:
-        raise ValueError(f"item {item.id!r}: the similarity scorer needs choices; it is open-ended")
+        return f"Question: {item.question}\n " + ("Answer yes or no" if item.kind == "closed" else "Answer briefly")
     lines = "".join(f"\n{letter}. {choice} " for letter, choice in zip(item.letters, item.choices))
     return f"Question: {item.question}\nChoices: {lines}\n Repeat full answer"
 
@@ -83,9 +90,9 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
     if missing:
         raise ValueError(f"{len(missing)} items have no free-text extra[{OUTPUT!r}] to embed "
                          f"(first: {missing[:3]}); run the scorer VLM with similarity_prompt first")
-    open_ended = [it.id for it in items if it.is_free_text]
-    if open_ended:
-        raise ValueError(f"the similarity scorer needs choices; open-ended items: {open_ended[:3]}")
+    unlabelled = [it.id for it in items if it.is_free_text and not it.answer.strip()]
+    if unlabelled:
+        raise ValueError(f"the similarity scorer compares with the gold answer; items without one: {unlabelled[:3]}")
     choice_texts = [[choice_text(ltr, c, label_choices) for ltr, c in zip(it.letters, it.choices)] for it in items]
     texts = [it.extra[OUTPUT] for it in items] + [it.answer for it in items] + list(itertools.chain(*choice_texts))
     emb = minilm_embed(texts, batch_size, device)
@@ -96,7 +103,7 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
         choices = emb[offset:offset + len(cts)]
         offset += len(cts)
         scored.append(it.with_extra(**{SIM_ANSWER: float(out[i] @ answers[i]),
-                                       SIM_CHOICES: float((choices @ out[i]).max())}))
+                                       SIM_CHOICES: float((choices @ out[i]).max()) if cts else None}))
     return scored
 
 
@@ -111,14 +118,18 @@ class SimilarityRules:
     min_choice_sim: float = 0.75  # gunky: the output is close to no choice
     max_colons: int = 2  # two or more colons: the output lists several options
 
-    def failed(self, output: Any, sim_answer: float, max_choice: float) -> str | None:
-        """The first rule (in the seed's order) that drops this row, or None when it is hard."""
+    def failed(self, output: Any, sim_answer: float, max_choice: float | None, item: VQAItem | None = None
+               ) -> str | None:
+        """The first rule (in the seed's order) that drops this row, or None when it is hard. `max_choice` is
+        None for a closed or open item (no choices): the free-text rules in the module docstring apply."""
         if isinstance(output, str):  # the seed only screened string outputs
             low = output.lower()
             if ("a:" in low and "b:" in low) or ("c:" in low and "d:" in low):
                 return "lists_options"
             if output.count(":") >= self.max_colons:
                 return "too_many_colons"
+        if max_choice is None:
+            return self._failed_free_text(output, sim_answer, item)
         if sim_answer > self.max_sim_to_answer:
             return "close_to_answer"
         if sim_answer >= max_choice - self.margin:
@@ -129,6 +140,18 @@ class SimilarityRules:
             return "far_from_choices"
         return None
 
+    def _failed_free_text(self, output: Any, sim_answer: float, item: VQAItem | None) -> str | None:
+        if item is not None and isinstance(output, str):
+            solved = (closed_correct(output, item.answer) if item.kind == "closed"
+                      else exact_match(output, item.answer))
+            if solved:
+                return "matches_answer"
+        if sim_answer > self.max_sim_to_answer:
+            return "close_to_answer"
+        if sim_answer < self.gibberish:
+            return "gibberish"
+        return None
+
 
 def apply_similarity_rules(items: list[VQAItem], rules: SimilarityRules = SimilarityRules(),
                            stage: str = "hard") -> tuple[list[VQAItem], StageStats]:
@@ -137,17 +160,21 @@ def apply_similarity_rules(items: list[VQAItem], rules: SimilarityRules = Simila
     kept = []
     for it in items:
         try:
-            sims = float(it.extra[SIM_ANSWER]), float(it.extra[SIM_CHOICES])
+            # A choice similarity recorded for an item without choices (a predictions file scored against choices
+            # the dataset does not carry) still gets the seed's full rules.
+            choice_sim = it.extra[SIM_CHOICES] if it.is_mcq else it.extra.get(SIM_CHOICES)
+            sims = float(it.extra[SIM_ANSWER]), (None if choice_sim is None else float(choice_sim))
         except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"item {it.id!r}: needs numeric extra[{SIM_ANSWER!r}] and extra[{SIM_CHOICES!r}] "
-                             f"(run the score stage first); got {err!r}") from err
-        rule = rules.failed(it.extra.get(OUTPUT), *sims)
+            raise ValueError(f"item {it.id!r}: needs numeric extra[{SIM_ANSWER!r}] and, with choices, "
+                             f"extra[{SIM_CHOICES!r}] (run the score stage first); got {err!r}") from err
+        rule = rules.failed(it.extra.get(OUTPUT), *sims, item=it)
         if rule:
             stats.drop(it.id, rule, sim_to_answer=sims[0], max_choice_sim=sims[1])
         else:
             kept.append(it)
     stats.n_out = len(kept)
     stats.metrics["rules"] = asdict(rules)
+    stats.metrics["by_kind"] = {k: {"in": n, "hard": kind_counts(kept)[k]} for k, n in kind_counts(items).items() if n}
     return kept, stats
 
 
@@ -169,7 +196,9 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         raise ValueError(f"{path}: missing columns {missing}; expected {PREDICTION_COLUMNS}")
     for col in ("similarity_to_answer", "max_similarity_to_choices"):
         values = pd.to_numeric(frame[col], errors="coerce")
-        bad = values.isna()
+        # A closed or open question has no choices: its max_similarity_to_choices may be left blank.
+        blank = frame[col].astype(str).str.strip().isin(["", "nan"]) if col == "max_similarity_to_choices" else False
+        bad = values.isna() & ~blank
         if bad.any():
             row = int(bad.idxmax())
             raise ValueError(f"{path}: row {row + 2} column {col!r}: expected a number, got {frame[col][row]!r}")
@@ -200,8 +229,12 @@ def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool =
             continue
         used.add(i)
         r = rows[i]
+        choice_sim = float(r["max_similarity_to_choices"])
+        if it.is_mcq and math.isnan(choice_sim):
+            raise ValueError(f"{path}: row {i + 2} (figure_path={r['figure_path']!r}) has no "
+                             f"max_similarity_to_choices, but item {it.id!r} has choices")
         matched.append(it.with_extra(**{OUTPUT: r["model_output"], SIM_ANSWER: float(r["similarity_to_answer"]),
-                                        SIM_CHOICES: float(r["max_similarity_to_choices"])}))
+                                        SIM_CHOICES: None if math.isnan(choice_sim) else choice_sim}))
     unmatched = len(rows) - len(used)
     if unmatched:
         first = rows[next(i for i in range(len(rows)) if i not in used)]
@@ -217,14 +250,16 @@ def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool =
 
 # ------------------------------------------------------------------------------------------------ score-based
 def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold: float | None = None,
-                 key: str = "p_correct", stratify_by: str | None = None) -> tuple[list[VQAItem], StageStats]:
+                 key: str = "p_correct", stratify_by: str | None = None,
+                 within_kind: bool = False) -> tuple[list[VQAItem], StageStats]:
     """Keep the hardest items by extra[key] (lower = harder): those <= threshold when given, else the lowest
     `fraction` (rounded up). Ties break by item id, so the result is deterministic; input order is kept.
 
     `stratify_by` (an item field such as content_type or modality) takes the fraction within each of its values
     instead of overall: a question type the scorer finds easy throughout would otherwise vanish from the curated
     set, and a model fine-tuned on it forgets how to answer that type (s1 samples across domains for the same
-    reason). The threshold is absolute, so it ignores strata."""
+    reason). `within_kind` also takes it within each question kind, for scores whose scale differs by kind
+    (the likelihood scorer's). The threshold is absolute, so it ignores strata."""
     check_stratify_by(stratify_by)
     stats = StageStats("hard", n_in=len(items))
     values = {}
@@ -238,11 +273,12 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     elif fraction is not None and 0 < fraction <= 1:
         strata: dict[str, list[str]] = {}
         for it in items:
-            strata.setdefault(stratum(it, stratify_by), []).append(it.id)
+            key_of = (f"{it.kind}/" if within_kind else "") + stratum(it, stratify_by)
+            strata.setdefault(key_of, []).append(it.id)
         keep = set()
         for ids in strata.values():
             keep.update(sorted(ids, key=lambda i: (values[i], i))[:math.ceil(fraction * len(ids))])
-        if stratify_by:
+        if stratify_by or len(strata) > 1:
             stats.metrics["strata"] = {s: sum(i in keep for i in ids) for s, ids in sorted(strata.items())}
     else:
         raise ValueError(f"keep_hardest: give a threshold or a fraction in (0, 1], got fraction={fraction!r}")
@@ -255,7 +291,7 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     return kept, stats
 
 
-STRATA_FIELDS = ("content_type", "modality", "answer_label", "source", "split")
+STRATA_FIELDS = ("content_type", "modality", "kind", "answer_label", "source", "split")
 
 
 def check_stratify_by(field: str | None, key: str = "stratify_by") -> None:

@@ -20,27 +20,42 @@ from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, 
 
 SEED_COLUMNS = ["figure_path", "question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
                 "Answer_label", "generated_reasoning", "generated_answer", "raw_output"]
+# After the seed's columns (its readers ignore it): mcq, closed or open, so a re-read keeps each item's kind.
+KIND_COLUMN = "question_kind"
 
 
 def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
-    """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column)."""
+    """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column), plus each item's kind.
+    A closed or open item leaves the choices and Answer_label empty; its answer text is in `Answer`."""
     width = max((len(it.choices) for it in items), default=4)
-    columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:]
+    columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:] + [KIND_COLUMN]
     rows = []
     for it in items:
         row = {"figure_path": it.image, "question": it.question, "Answer": it.answer,
-               "Answer_label": it.answer_label or ""}
+               "Answer_label": it.answer_label or "", KIND_COLUMN: it.kind}
         row.update({f"Choice {c}": text for c, text in it.choice_map().items()})
         row.update({k: it.extra.get(k, "") for k in ("generated_reasoning", "generated_answer", "raw_output")})
         rows.append(row)
     return pd.DataFrame(rows, columns=columns).fillna("")
 
 
+def assistant_turn(item: VQAItem) -> str:
+    """What the model is taught to say: the trace when there is one, else the answer (its text for a closed or
+    open item, the letter for a multiple-choice one). Never empty: that would teach the model to say nothing."""
+    text = str(item.extra.get("raw_output") or "").strip()
+    if not text:
+        text = (item.answer_label or "") if item.is_mcq else item.answer.strip()
+    if not text:
+        raise ValueError(f"export: item {item.id!r} ({item.kind}) has neither a trace (extra.raw_output) nor an "
+                         "answer to write as its assistant turn")
+    return text
+
+
 def llava_conversations(items: list[VQAItem], prompt: str) -> list[dict]:
     """The JSON that LLaVA / LLaVA-Med training scripts read."""
     return [{"id": it.id, "image": it.image,
              "conversations": [{"from": "human", "value": "<image>\n" + format_question(it, prompt)},
-                               {"from": "gpt", "value": it.extra.get("raw_output", "")}]}
+                               {"from": "gpt", "value": assistant_turn(it)}]}
             for it in items]
 
 

@@ -1,8 +1,13 @@
-"""The `likelihood` difficulty scorer: rank each item's choices by their log-likelihood under a model.
+"""The `likelihood` difficulty scorer: how likely the model finds the right answer, for every question kind.
 
-Each choice's continuation (the answer tag with its letter, the choice text, or the tag with the text) is scored after the
-chat-templated question with the image; a softmax over the choices' summed log-probabilities gives the
-probability of the correct one, `extra["p_correct"]` (lower = harder), which `hard` ranks.
+- mcq: each choice's continuation (the answer tag with its letter, the choice text, or the tag with the text)
+  is scored after the chat-templated question with the image; a softmax over the choices' summed
+  log-probabilities gives the probability of the correct one.
+- closed with a yes/no answer: "yes" and "no" are ranked the same way (tagged unless `continuation=text`).
+- open (and closed answers other than yes/no): the gold answer's mean per-token log-likelihood, as the
+  per-token probability exp(mean log p).
+That number is `extra["p_correct"]` (lower = harder), which `hard` ranks. The scales differ by kind, so `hard`
+takes its fraction within each kind (and within `stratify_by`'s values).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mvqa.curate.difficulty import check_stratify_by, keep_hardest
+from mvqa.data.answers import NO, YES, normalise_answer
 from mvqa.data.images import load_image
 from mvqa.data.prompts import chat_prompt, format_question
 from mvqa.data.records import VQAItem
@@ -33,17 +39,32 @@ class LikelihoodScorer:
         self.stratify_by = stratify_by
 
     def continuations(self, item: VQAItem, bundle: ModelBundle) -> list[str]:
+        """The candidates scored for an item; several are ranked, a single one (the gold answer) is scored alone."""
         t = bundle.special_tokens
+        if not item.is_mcq:
+            answers = [YES, NO] if self.ranks_yes_no(item) else [item.answer.strip()]
+            if self.continuation == "text":
+                return answers
+            return [f"{t.answer_start}{a}{t.answer_end}" for a in answers]
         if self.continuation == "letter":
             return [f"{t.answer_start}{letter}{t.answer_end}" for letter in item.letters]
         if self.continuation == "tagged_text":  # a model taught to answer <answer>option text</answer>
             return [f"{t.answer_start}{choice}{t.answer_end}" for choice in item.choices]
         return list(item.choices)
 
+    @staticmethod
+    def ranks_yes_no(item: VQAItem) -> bool:
+        return item.kind == "closed" and normalise_answer(item.answer) in (YES, NO)
+
+    def gold_index(self, item: VQAItem) -> int:
+        if item.is_mcq:
+            return item.answer_index
+        return [YES, NO].index(normalise_answer(item.answer)) if self.ranks_yes_no(item) else 0
+
     @torch.inference_mode()
-    def choice_logprobs(self, items: list[VQAItem], bundle: ModelBundle) -> list[list[float]]:
-        """Summed log-probability of each item's choice continuations: one right-padded batch of every
-        (item, choice) sequence, each scored after its own prompt."""
+    def choice_logprobs(self, items: list[VQAItem], bundle: ModelBundle) -> list[list[tuple[float, int]]]:
+        """(summed log-probability, token count) of each item's continuations: one right-padded batch of every
+        (item, continuation) sequence, each scored after its own prompt."""
         texts, images, n_prompt, sizes = [], [], [], []
         for item in items:
             prompt = chat_prompt(bundle.processor, format_question(item, self.prompt))
@@ -62,10 +83,10 @@ class LikelihoodScorer:
         # Right padding: row r's prompt fills its first n_prompt[r] positions; only the continuation counts.
         positions = torch.arange(targets.shape[1], device=targets.device)
         mask = enc["attention_mask"][:, 1:] * (positions[None] >= torch.tensor(n_prompt, device=targets.device)[:, None] - 1)
-        sums = (token_logp * mask).sum(-1).tolist()
+        sums, counts = (token_logp * mask).sum(-1).tolist(), mask.sum(-1).tolist()
         out, start = [], 0
         for n in sizes:
-            out.append(sums[start:start + n])
+            out.append(list(zip(sums[start:start + n], (int(c) for c in counts[start:start + n]))))
             start += n
         return out
 
@@ -78,21 +99,33 @@ class LikelihoodScorer:
                       dynamic_ncols=True) as bar:
                 for start in range(0, len(items), self.batch_size):
                     batch = items[start:start + self.batch_size]
-                    for item in batch:
-                        if item.is_free_text:
-                            raise ValueError(f"item {item.id!r} is open-ended: the likelihood scorer ranks choices")
-                    for item, logprobs in zip(batch, self.choice_logprobs(batch, bundle)):
-                        lp = torch.tensor(logprobs)
-                        out.append(item.with_extra(choice_logprobs=logprobs,
-                                                   p_correct=float(torch.softmax(lp, 0)[item.answer_index]),
-                                                   scorer_pred=item.letters[int(lp.argmax())]))
+                    unlabelled = [it.id for it in batch if not it.is_mcq and not it.answer.strip()]
+                    if unlabelled:
+                        raise ValueError(f"items {unlabelled[:3]} have no gold answer: the likelihood scorer "
+                                         "scores the gold answer's likelihood")
+                    for item, scored in zip(batch, self.choice_logprobs(batch, bundle)):
+                        out.append(self.scored_item(item, scored))
                     bar.update(len(batch))
         finally:
             bundle.tokenizer.padding_side = side
-        accuracy = sum(it.extra["scorer_pred"] == it.answer_label for it in out) / max(len(out), 1)
+        ranked = [it for it in out if it.extra["scorer_pred"] is not None]
+        accuracy = sum(it.extra["scorer_pred_correct"] for it in ranked) / len(ranked) if ranked else None
         return out, StageStats("score", n_in=len(items), n_out=len(out),
-                               metrics={"scorer": self.name, "scorer_accuracy": accuracy, "model": bundle.name})
+                               metrics={"scorer": self.name, "scorer_accuracy": accuracy, "ranked": len(ranked),
+                                        "gold_likelihood_only": len(out) - len(ranked), "model": bundle.name})
+
+    def scored_item(self, item: VQAItem, scored: list[tuple[float, int]]) -> VQAItem:
+        logprobs = [lp for lp, _ in scored]
+        if len(scored) == 1:  # the gold answer alone: its per-token probability
+            lp, n = scored[0]
+            return item.with_extra(choice_logprobs=logprobs, p_correct=float(torch.tensor(lp / max(n, 1)).exp()),
+                                   scorer_pred=None, scorer_pred_correct=None)
+        lp = torch.tensor(logprobs)
+        gold, best = self.gold_index(item), int(lp.argmax())
+        pred = item.letters[best] if item.is_mcq else [YES, NO][best]
+        return item.with_extra(choice_logprobs=logprobs, p_correct=float(torch.softmax(lp, 0)[gold]),
+                               scorer_pred=pred, scorer_pred_correct=best == gold)
 
     def hard(self, items: list[VQAItem]) -> tuple[list[VQAItem], StageStats]:
         return keep_hardest(items, fraction=self.fraction, threshold=self.threshold, key="p_correct",
-                            stratify_by=self.stratify_by)
+                            stratify_by=self.stratify_by, within_kind=True)

@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 
-STRATA_FIELDS = ("modality", "answer_label", "content_type", "source", "split")
+STRATA_FIELDS = ("modality", "kind", "answer_label", "content_type", "source", "split")
 
 
 def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None,

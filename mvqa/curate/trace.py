@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from tqdm.auto import tqdm
 
 from mvqa.data.images import load_image
-from mvqa.data.prompts import chat_prompt, format_question, parse_answer
+from mvqa.data.prompts import chat_prompt, format_question, parse_item_answer
 from mvqa.data.records import VQAItem, item_to_json
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import read_items_jsonl, write_items_jsonl
@@ -34,7 +34,7 @@ def shard_file(stage_dir: Path, shard: int, num_shards: int, partial: bool = Fal
 
 def traced_item(item: VQAItem, text: str, sample: int, num_samples: int, model: str) -> VQAItem:
     """The item with the seed's trace columns (raw_output, generated_reasoning, generated_answer) in extra."""
-    parsed = parse_answer(text, n_choices=len(item.choices), choices=item.choices)
+    parsed = parse_item_answer(item, text)
     out = item.with_extra(raw_output=text, generated_reasoning=parsed.thinking or "",
                           generated_answer=parsed.answer_text or "", parse_status=parsed.status,
                           trace_model=model, source_id=item.id)
@@ -86,6 +86,9 @@ def trace_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     traced = _in_input_order(read_items_jsonl(partial), mine)
     stats.n_out = len(traced)
     stats.metrics["parse_status"] = dict(collections.Counter(it.extra["parse_status"] for it in traced))
+    stats.metrics["parse_status_by_kind"] = {
+        kind: dict(collections.Counter(it.extra["parse_status"] for it in traced if it.kind == kind))
+        for kind in dict.fromkeys(it.kind for it in traced)}
     return traced, stats
 
 

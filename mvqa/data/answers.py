@@ -63,15 +63,21 @@ def exact_match(prediction: str, gold: str) -> bool:
 
 
 def token_recall(prediction: str, gold: str) -> float:
-    """Share of the gold answer's distinct tokens present in the prediction (LLaVA-Med's open-set recall)."""
-    gold_tokens = set(tokens(normalise_answer(gold)))
+    """Share of the gold answer's distinct tokens present in the prediction (LLaVA-Med's open-set recall).
+    Tokens are compared as normalised words; a whole-answer match ("yeah" for "yes") counts in full."""
+    if exact_match(prediction, gold):
+        return 1.0
+    gold_tokens = set(tokens(gold))
     if not gold_tokens:
         return 0.0
-    return len(gold_tokens & set(tokens(normalise_answer(prediction)))) / len(gold_tokens)
+    return len(gold_tokens & set(tokens(prediction))) / len(gold_tokens)
 
 
 def token_f1(prediction: str, gold: str) -> float:
-    pred, ref = tokens(normalise_answer(prediction)), tokens(normalise_answer(gold))
+    """SQuAD's token F1 (counts with multiplicity); a whole-answer match counts in full."""
+    if exact_match(prediction, gold):
+        return 1.0
+    pred, ref = tokens(prediction), tokens(gold)
     common = sum((Counter(pred) & Counter(ref)).values())
     if common == 0:
         return 0.0

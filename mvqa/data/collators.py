@@ -162,6 +162,7 @@ class VQACollator:
                 batch[key] = torch.tensor(rows)
             else:  # image tensors (LLaVA: [1, 3, H, W] per image; Qwen2-VL: patches, grid_thw) stack on dim 0
                 batch[key] = torch.cat([e[key] for e in examples])
+        batch["items"] = list(items)  # validation grades each output against its item (mvqa.data.grading)
         batch["item_ids"] = [it.id for it in items]
         batch["answer_labels"] = [it.answer_label for it in items]
         batch["choices"] = [it.choices for it in items]

@@ -4,7 +4,12 @@ test-time-scaling metrics and paired comparisons of each model against the base 
 A prediction record is one item x model x budget point (a plain dict, written by the evaluation runner):
 model, budget_id, budget {max_thinking_tokens, min_thinking_tokens, num_waits, wait_string}, item_id, modality,
 content_type, answer_label, raw_output, thinking, parsed_answer, parse_status ("ok" | "unparseable"), correct,
-thinking_tokens, waits_used, forced_end.
+thinking_tokens, waits_used, forced_end; and per question kind (mvqa.data.grading) kind ("mcq" | "closed" |
+"open"), exact_match, recall and f1 (a record without them is an mcq one: recall = f1 = correct).
+
+Per kind, the field's metrics: mcq and closed accuracy; open normalised exact match (its `accuracy`), token
+recall (LLaVA-Med's open-set recall) and token F1. Each has a bootstrap interval, in every cell (model x budget
+point) and split by kind, content type and modality; each paired comparison carries the same splits.
 
 The result of `compute_metrics` is plain JSON (it is written as `metrics.json`): undefined values are None.
 """
@@ -22,7 +27,10 @@ from scipy.stats import binomtest
 REQUIRED_KEYS = ("model", "budget_id", "budget", "item_id", "parse_status", "correct", "thinking_tokens",
                  "waits_used", "forced_end")
 PARSE_STATUSES = ("ok", "unparseable")
-BREAKDOWNS = {"by_modality": "modality", "by_content_type": "content_type", "by_answer_label": "answer_label"}
+BREAKDOWNS = {"by_kind": "kind", "by_modality": "modality", "by_content_type": "content_type",
+              "by_answer_label": "answer_label"}
+PAIRED_BREAKDOWNS = {"by_kind": "kind", "by_modality": "modality", "by_content_type": "content_type"}
+KIND_ORDER = ("mcq", "closed", "open")
 UNKNOWN = "unknown"  # the breakdown key for a record without modality / content type / label
 
 
@@ -147,7 +155,17 @@ def _checked(p: Mapping[str, Any], index: int) -> dict[str, Any]:
     for k in ("thinking_tokens", "waits_used"):
         if not isinstance(p[k], (int, np.integer)) or isinstance(p[k], bool) or p[k] < 0:
             raise ValueError(f"{where}: {k} must be a non-negative int, got {p[k]!r}")
-    return dict(p)
+    out = dict(p)
+    out.setdefault("kind", "mcq")
+    if out["kind"] not in KIND_ORDER:
+        raise ValueError(f"{where}: kind {out['kind']!r}, expected one of {KIND_ORDER}")
+    for k in ("recall", "f1"):
+        value = float(out.get(k, float(bool(out["correct"]))))
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{where}: {k} must be within [0, 1], got {value!r}")
+        out[k] = value
+    out.setdefault("exact_match", bool(out["correct"]))
+    return out
 
 
 def _budgets(preds: list[dict]) -> dict[str, dict]:
@@ -167,12 +185,41 @@ def _within_budget(p: dict) -> bool:
     return floor <= p["thinking_tokens"] and (cap is None or p["thinking_tokens"] <= cap)
 
 
-def _accuracy_by(rows: list[dict], field: str) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[bool]] = {}
+def _groups(rows: list[dict], field: str) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
     for p in rows:
         value = p.get(field)
-        groups.setdefault(UNKNOWN if value in (None, "") else str(value), []).append(bool(p["correct"]))
-    return {k: {"n": len(v), "accuracy": float(np.mean(v))} for k, v in sorted(groups.items())}
+        groups.setdefault(UNKNOWN if value in (None, "") else str(value), []).append(p)
+    order = list(KIND_ORDER) if field == "kind" else []
+    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+
+
+def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> tuple[float, float]:
+    """Percentile 95% interval of the mean of values in [0, 1] (recall, F1) by resampling items."""
+    draws = rng.integers(0, len(values), size=(n_bootstrap, len(values)))
+    lo, hi = np.percentile(values[draws].mean(axis=1), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _group_metrics(rows: list[dict], n_bootstrap: int, rng: np.random.Generator) -> dict[str, Any]:
+    """n and accuracy with its interval; where open items are present, exact match, recall and F1 over them."""
+    correct = np.array([bool(p["correct"]) for p in rows])
+    out: dict[str, Any] = {"n": len(rows), "accuracy": float(correct.mean()),
+                           "ci95": list(bootstrap_accuracy_ci(correct, n_bootstrap, rng))}
+    open_rows = [p for p in rows if p["kind"] == "open"]
+    if open_rows:
+        em = np.array([bool(p["exact_match"]) for p in open_rows])
+        out["open"] = {"n": len(open_rows), "exact_match": float(em.mean()),
+                       "exact_match_ci95": list(bootstrap_accuracy_ci(em, n_bootstrap, rng))}
+        for key in ("recall", "f1"):
+            values = np.array([p[key] for p in open_rows])
+            out["open"][key] = float(values.mean())
+            out["open"][f"{key}_ci95"] = list(bootstrap_mean_ci(values, n_bootstrap, rng))
+    return out
+
+
+def _accuracy_by(rows: list[dict], field: str, n_bootstrap: int, rng: np.random.Generator) -> dict[str, dict]:
+    return {k: _group_metrics(v, n_bootstrap, rng) for k, v in _groups(rows, field).items()}
 
 
 def _cell_metrics(model: str, budget_id: str, budget: dict, rows: list[dict], n_bootstrap: int,
@@ -183,7 +230,8 @@ def _cell_metrics(model: str, budget_id: str, budget: dict, rows: list[dict], n_
     return {
         "model": model, "budget_id": budget_id, "budget": budget, "n": len(rows),
         "n_correct": int(correct.sum()), "accuracy": float(correct.mean()), "ci95": [lo, hi],
-        **{name: _accuracy_by(rows, field) for name, field in BREAKDOWNS.items()},
+        **{name: _accuracy_by(rows, field, n_bootstrap, _rng(seed, name, model, budget_id))
+           for name, field in BREAKDOWNS.items()},
         "n_unparseable": int(unparseable), "parse_failure_rate": unparseable / len(rows),
         "mean_thinking_tokens": float(np.mean([p["thinking_tokens"] for p in rows])),
         "mean_waits_used": float(np.mean([p["waits_used"] for p in rows])),
@@ -225,12 +273,47 @@ def _paired(base: str, model: str, budget_id: str, base_budget_id: str, cells: d
     if not items:
         return {**out, "accuracy_diff": None, "ci95": None, "mcnemar_p": None, "right_to_wrong": 0,
                 "wrong_to_right": 0, "both_right": 0, "both_wrong": 0}
-    a = np.array([base_by_item[i] for i in items])
-    b = np.array([by_item[i] for i in items])
+    rng = _rng(seed, "paired", base, model, budget_id)
+    overall = _paired_accuracy(items, base_by_item, by_item, n_bootstrap, rng)
+    base_rows_by_item = {str(p["item_id"]): p for p in base_rows}
+    rows_by_item = {str(p["item_id"]): p for p in rows}
+    splits = {}
+    for name, field in PAIRED_BREAKDOWNS.items():
+        groups = _groups([rows_by_item[i] for i in items], field)
+        splits[name] = {}
+        for key, group in groups.items():
+            ids = [str(p["item_id"]) for p in group]
+            cell = _paired_accuracy(ids, base_by_item, by_item, n_bootstrap, rng)
+            if key == "open" or (field != "kind" and any(p["kind"] == "open" for p in group)):
+                open_ids = [str(p["item_id"]) for p in group if p["kind"] == "open"]
+                cell["open_recall"] = _paired_mean(
+                    np.array([base_rows_by_item[i]["recall"] for i in open_ids]),
+                    np.array([rows_by_item[i]["recall"] for i in open_ids]), n_bootstrap, rng)
+            splits[name][key] = cell
+    return {**out, **overall, **splits}
+
+
+def _paired_accuracy(ids: list[str], base_by_item: dict[str, bool], by_item: dict[str, bool], n_bootstrap: int,
+                     rng: np.random.Generator) -> dict[str, Any]:
+    a = np.array([base_by_item[i] for i in ids])
+    b = np.array([by_item[i] for i in ids])
     right_to_wrong, wrong_to_right = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    lo, hi = paired_bootstrap_diff_ci(a, b, n_bootstrap, _rng(seed, "paired", base, model, budget_id))
-    return {**out, "base_accuracy": float(a.mean()), "model_accuracy": float(b.mean()),
+    lo, hi = paired_bootstrap_diff_ci(a, b, n_bootstrap, rng)
+    return {"n": len(ids), "base_accuracy": float(a.mean()), "model_accuracy": float(b.mean()),
             "accuracy_diff": float(b.mean() - a.mean()), "ci95": [lo, hi],
             "mcnemar_p": mcnemar_exact_p(right_to_wrong, wrong_to_right),
             "right_to_wrong": right_to_wrong, "wrong_to_right": wrong_to_right,
             "both_right": int(np.sum(a & b)), "both_wrong": int(np.sum(~a & ~b))}
+
+
+def _paired_mean(base: np.ndarray, other: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> dict[str, Any]:
+    """A continuous per-item score (open recall) paired: its mean difference, bootstrap interval and the
+    two-sided Wilcoxon signed-rank p (1.0 when every pair is tied)."""
+    from scipy.stats import wilcoxon
+
+    diff = other - base
+    draws = rng.integers(0, len(diff), size=(n_bootstrap, len(diff)))
+    lo, hi = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
+    p = 1.0 if not np.any(diff) else float(wilcoxon(other, base).pvalue)
+    return {"n": len(diff), "base": float(base.mean()), "model": float(other.mean()),
+            "diff": float(diff.mean()), "ci95": [float(lo), float(hi)], "wilcoxon_p": p}

@@ -44,10 +44,18 @@ def report_markdown(metrics: Mapping[str, Any], plot_names: list[str] = ()) -> s
          "per wait setting (the thinking cap swept with the Waits fixed). Performance: best accuracy."),
         _markdown(*scaling_rows(metrics)),
     ]
+    if _kinds(metrics) != ["mcq"]:
+        parts += [("## By question kind\n\nClosed: accuracy (a yes/no answer matched by its leading yes/no). "
+                   "Open: normalised exact match, token recall (LLaVA-Med's open-set recall) and token F1. "
+                   "MCQ: accuracy."), _markdown(*kind_rows(metrics))]
     if metrics["comparisons"]:
         parts += [(f"## Against `{metrics['base_model']}` on the same items\n\nPaired bootstrap interval of the "
                    "accuracy difference, exact McNemar p, and flips (m1: Waits can turn right answers wrong)."),
                   _markdown(*comparison_rows(metrics))]
+        for name, title in (("by_kind", "question kind"), ("by_content_type", "content type"),
+                            ("by_modality", "modality")):
+            if any(name in c for c in metrics["comparisons"]):
+                parts += [f"### Paired, by {title}", _markdown(*split_comparison_rows(metrics, name))]
     if plot_names:
         parts += ["## Plots", "\n".join(f"![{name}]({name})" for name in plot_names)]
     if metrics.get("warnings"):
@@ -61,9 +69,61 @@ def format_table(metrics: Mapping[str, Any], width: int = 140) -> str:
     console = Console(file=buf, width=width, color_system=None, force_terminal=False)
     console.print(_rich(*accuracy_rows(metrics), "Accuracy by model and thinking budget"))
     console.print(_rich(*scaling_rows(metrics), "Test-time scaling (s1)"))
+    if _kinds(metrics) != ["mcq"]:
+        console.print(_rich(*kind_rows(metrics), "By question kind (closed: accuracy; open: EM, recall, F1)"))
     if metrics["comparisons"]:
         console.print(_rich(*comparison_rows(metrics), f"Against {metrics['base_model']} on the same items"))
+        if any("by_kind" in c for c in metrics["comparisons"]) and _kinds(metrics) != ["mcq"]:
+            console.print(_rich(*split_comparison_rows(metrics, "by_kind"), "Paired, by question kind"))
     return buf.getvalue()
+
+
+def _kinds(metrics: Mapping[str, Any]) -> list[str]:
+    return list(dict.fromkeys(k for r in metrics["runs"] for k in r.get("by_kind", {"mcq": None})))
+
+
+def kind_rows(metrics: Mapping[str, Any]) -> Rows:
+    """Per model and budget point: each kind's n and headline metric with its interval."""
+    kinds = _kinds(metrics)
+    header = ["model", "budget"]
+    for kind in kinds:
+        header += [f"{kind} accuracy [95% CI]" if kind != "open" else "open exact match [95% CI]"]
+        if kind == "open":
+            header += ["open recall [95% CI]", "open F1 [95% CI]"]
+    rows = []
+    for r in metrics["runs"]:
+        row = [r["model"], r["budget_id"]]
+        for kind in kinds:
+            cell = r.get("by_kind", {}).get(kind)
+            if cell is None:
+                row += ["–"] * (3 if kind == "open" else 1)
+            elif kind == "open":
+                o = cell["open"]
+                row += [f"{fmt_acc(o['exact_match'], o['exact_match_ci95'])} (n={o['n']})",
+                        fmt_acc(o["recall"], o["recall_ci95"]), fmt_acc(o["f1"], o["f1_ci95"])]
+            else:
+                row.append(f"{fmt_acc(cell['accuracy'], cell['ci95'])} (n={cell['n']})")
+        rows.append(row)
+    return header, rows
+
+
+def split_comparison_rows(metrics: Mapping[str, Any], name: str) -> Rows:
+    """Paired comparisons split by kind, content type or modality: Δ accuracy (and Δ open recall) per group."""
+    header = ["model", "budget", "base budget", name.removeprefix("by_").replace("_", " "), "n",
+              "Δ accuracy [95% CI]", "McNemar p", "Δ open recall [95% CI]", "Wilcoxon p"]
+    rows = []
+    for c in metrics["comparisons"]:
+        for key, cell in c.get(name, {}).items():
+            recall = cell.get("open_recall")
+            rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), key, str(cell["n"]),
+                         fmt_diff(cell["accuracy_diff"], cell["ci95"]), f"{cell['mcnemar_p']:.3g}",
+                         fmt_diff(recall["diff"], recall["ci95"]) if recall else "–",
+                         f"{recall['wilcoxon_p']:.3g}" if recall else "–"])
+    return header, rows
+
+
+def fmt_diff(diff: float | None, ci: list[float] | None) -> str:
+    return "n/a" if diff is None else f"{diff:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 def accuracy_rows(metrics: Mapping[str, Any]) -> Rows:
@@ -91,8 +151,7 @@ def comparison_rows(metrics: Mapping[str, Any]) -> Rows:
               "n paired"]
     rows = []
     for c in metrics["comparisons"]:
-        diff = "n/a" if c["accuracy_diff"] is None else (
-            f"{c['accuracy_diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]")
+        diff = fmt_diff(c["accuracy_diff"], c["ci95"])
         p = "n/a" if c["mcnemar_p"] is None else f"{c['mcnemar_p']:.3g}"
         rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), diff, p, str(c["right_to_wrong"]), str(c["wrong_to_right"]),
                      str(c["n_paired"])])

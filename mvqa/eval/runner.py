@@ -16,10 +16,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
+from mvqa.data.grading import grade_answer
 from mvqa.data.images import load_image, resolve_image_path
 from mvqa.data.loading import load_dataset, split_for
-from mvqa.data.prompts import chat_prompt, format_question, parse_answer
-from mvqa.data.records import VQAItem
+from mvqa.data.prompts import chat_prompt, format_question, parse_item_answer
+from mvqa.data.records import VQAItem, kind_counts
 from mvqa.data.storage import atomic_path, read_items_jsonl
 from mvqa.eval import compute_metrics, format_table, write_report
 from mvqa.eval.metrics import UNFORCED
@@ -61,16 +62,18 @@ class BudgetEvaluator(pl.LightningModule):
         return records
 
     def record(self, item: VQAItem, gen, point: BudgetPoint | None) -> dict[str, Any]:
-        parsed = parse_answer(gen.text, n_choices=len(item.choices), choices=item.choices)
+        parsed = parse_item_answer(item, gen.text)
+        grade = grade_answer(item, parsed)
         thinking = gen.thinking if gen.thinking is not None else (parsed.thinking or "")
         thinking_tokens = gen.thinking_tokens if gen.thinking_tokens is not None else len(
             self.bundle.tokenizer(thinking, add_special_tokens=False)["input_ids"])
         return {
             "model": self.label, "budget_id": budget_id(point), "budget": budget_dict(point), "item_id": item.id,
-            "modality": item.modality, "content_type": item.content_type, "answer_label": item.answer_label,
-            "raw_output": gen.text, "thinking": thinking, "parsed_answer": parsed.letter,
-            "parse_status": "ok" if parsed.letter else "unparseable",
-            "correct": parsed.letter is not None and parsed.letter == item.answer_label,
+            "modality": item.modality, "content_type": item.content_type, "kind": item.kind,
+            "answer_label": item.answer_label if item.is_mcq else item.answer,
+            "raw_output": gen.text, "thinking": thinking, "parsed_answer": grade.answer,
+            "parse_status": "ok" if grade.answer else "unparseable", "correct": grade.correct,
+            "exact_match": grade.exact_match, "recall": grade.recall, "f1": grade.f1,
             "thinking_tokens": thinking_tokens, "waits_used": gen.waits_used or 0,
             "forced_end": bool(gen.forced_end),
         }
@@ -78,17 +81,33 @@ class BudgetEvaluator(pl.LightningModule):
 
 def evaluation_items(cfg: DictConfig) -> list[VQAItem]:
     """The dataset's test split when it has one, minus every item of `eval.exclude` (a curated set)."""
-    items, _ = load_dataset(cfg.dataset, split=cfg.eval.split or split_for(cfg.dataset, "test"))
+    split = cfg.eval.split or split_for(cfg.dataset, "test")
+    items, _ = load_dataset(cfg.dataset, split=split)
+    n_read, notes = len(items), []
     if cfg.eval.exclude:
         excluded = _item_keys(Path(cfg.eval.exclude))
-        before = len(items)
         items = [it for it in items if (it.image, it.question) not in excluded]
-        log.info("excluded %d items that appear in %s", before - len(items), cfg.eval.exclude)
-    items = [it for it in items if not it.is_free_text]
-    if cfg.eval.limit:
+        notes.append(f"{n_read - len(items)} excluded as in {cfg.eval.exclude}")
+    unlabelled = [it.id for it in items if not it.is_mcq and not it.answer.strip()]
+    if unlabelled:
+        items = [it for it in items if it.is_mcq or it.answer.strip()]
+        notes.append(f"{len(unlabelled)} without a gold answer (e.g. {unlabelled[:3]})")
+    if cfg.eval.kinds:
+        unknown = sorted(set(cfg.eval.kinds) - {"mcq", "closed", "open"})
+        if unknown:
+            raise ValueError(f"eval.kinds: unknown kind(s) {unknown}; expected some of mcq, closed, open")
+        before = len(items)
+        items = [it for it in items if it.kind in cfg.eval.kinds]
+        notes.append(f"{before - len(items)} not of eval.kinds={list(cfg.eval.kinds)}")
+    if cfg.eval.limit and len(items) > cfg.eval.limit:
+        notes.append(f"{len(items) - cfg.eval.limit} past eval.limit={cfg.eval.limit}")
         items = items[: cfg.eval.limit]
+    counts = ", ".join(f"{k} {n}" for k, n in kind_counts(items).items())
+    print(f"evaluate: {cfg.dataset.name}[{split}] {n_read} -> {len(items)} items ({counts})"
+          + (f"; left out: {'; '.join(notes)}" if notes else ""))
     if not items:
-        raise ValueError(f"no multiple-choice items to evaluate in dataset {cfg.dataset.name!r}")
+        raise ValueError(f"no items to evaluate in dataset {cfg.dataset.name!r} split {split!r}: "
+                         + ("; ".join(notes) or "it is empty"))
     return items
 
 
@@ -209,11 +228,11 @@ def log_evaluation(run, metrics: dict, predictions: list[dict], items: list[VQAI
         run.log({f"{r['model']}/thinking_tokens": r["mean_thinking_tokens"], f"{r['model']}/accuracy": r["accuracy"],
                  f"{r['model']}/waits": r["mean_waits_used"], f"{r['model']}/budget": r["budget_id"]})
     by_id = {it.id: it for it in items}
-    table = wandb.Table(columns=["model", "budget", "image", "question", "choices", "thinking", "answer", "label",
-                                 "correct"])
+    table = wandb.Table(columns=["model", "budget", "image", "question", "kind", "choices", "thinking", "answer",
+                                 "label", "correct"])
     for p in predictions[:table_rows]:
         it = by_id[p["item_id"]]
-        table.add_data(p["model"], p["budget_id"], wandb.Image(str(resolve_image_path(it))), it.question,
+        table.add_data(p["model"], p["budget_id"], wandb.Image(str(resolve_image_path(it))), it.question, it.kind,
                        " | ".join(f"{k}: {v}" for k, v in it.choice_map().items()), p["thinking"],
                        p["parsed_answer"], p["answer_label"], p["correct"])
     run.log({"predictions": table, "report": wandb.Html(f"<pre>{report.read_text()}</pre>")})

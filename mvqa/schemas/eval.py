@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 GROUP = "eval"
 
@@ -14,6 +14,8 @@ class EvalConf:
     # A curated set (final.csv or items.jsonl) whose questions must not be evaluated on (held-out only).
     exclude: str | None = None
     limit: int | None = None
+    # Question kinds to evaluate (mcq, closed, open); empty: every kind the dataset has, each scored its way.
+    kinds: list[str] = field(default_factory=list)
     prompt: str = "med_r1_seed"  # a key of mvqa.data.prompts.PROMPTS
     # How the bare base is asked. same: over the budget grid like every model (s1's protocol), with base_prompt.
     # A base never taught to think (LLaVA-Med) is also worth judging as it is used: unforced runs it once with

@@ -10,13 +10,16 @@ import torch
 from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
 
 from mvqa.data.collators import model_inputs
-from mvqa.data.prompts import parse_answer
+from mvqa.data.grading import grade_output
+from mvqa.data.records import KINDS
 from mvqa.models.lora import optimizer_groups
 from mvqa.train.strategies import check_fsdp_dtypes
 
 
 class VQAFineTuner(pl.LightningModule):
-    """Loss on assistant tokens only (the collator masks the rest); validation loss and generated accuracy.
+    """Loss on assistant tokens only (the collator masks the rest); validation loss and generated accuracy,
+    overall (`val/acc`) and per question kind (`val/acc_mcq`, `val/acc_closed`, `val/acc_open`: closed accuracy,
+    open normalised exact match; mvqa.data.grading) for the kinds the validation set has.
 
     For LoRA runs checkpoints hold only the trainable parameters (the adapter, and the projector when it is
     trained), so resuming loads them over the frozen base that the recipe rebuilt.
@@ -33,7 +36,11 @@ class VQAFineTuner(pl.LightningModule):
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.adapter_only:
                 self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
-        self._val_correct = self._val_total = 0
+        self._reset_val_counts()
+
+    def _reset_val_counts(self) -> None:
+        # Per kind, in KINDS order: summed across ranks at the epoch's end, so every rank logs the same keys.
+        self._val_correct, self._val_total = torch.zeros(len(KINDS)), torch.zeros(len(KINDS))
 
     def setup(self, stage: str) -> None:
         # Before the strategy wraps the model: FSDP refuses a unit of mixed dtypes, and says so only then.
@@ -63,21 +70,27 @@ class VQAFineTuner(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_correct = self._val_total = 0
+        self._reset_val_counts()
 
     def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
         n = len(batch["item_ids"])
         if dataloader_idx == 0:
             self.log("val/loss", self(batch).loss, prog_bar=True, batch_size=n, add_dataloader_idx=False)
             return
-        for text, label, choices in zip(self.generate(batch), batch["answer_labels"], batch["choices"]):
-            self._val_correct += int(parse_answer(text, n_choices=len(choices), choices=choices).letter == label)
-            self._val_total += 1
+        for text, item in zip(self.generate(batch), batch["items"]):
+            k = KINDS.index(item.kind)
+            self._val_correct[k] += float(grade_output(item, text).correct)
+            self._val_total[k] += 1
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_total:
-            acc = torch.tensor(self._val_correct / self._val_total)
-            self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+        correct = self.trainer.strategy.reduce(self._val_correct.to(self.device), reduce_op="sum")
+        total = self.trainer.strategy.reduce(self._val_total.to(self.device), reduce_op="sum")
+        if total.sum() == 0:
+            return
+        self.log("val/acc", correct.sum() / total.sum(), prog_bar=True)
+        for k, kind in enumerate(KINDS):
+            if total[k] > 0:
+                self.log(f"val/acc_{kind}", correct[k] / total[k])
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any]) -> list[str]:

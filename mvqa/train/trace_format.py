@@ -12,7 +12,8 @@ import random
 import re
 from dataclasses import dataclass
 
-from mvqa.data.prompts import parse_answer
+from mvqa.data.grading import grade_answer
+from mvqa.data.prompts import OK, ParsedAnswer, parse_item_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import SpecialTokens
@@ -81,8 +82,8 @@ class TraceFormatter:
                 continue
             thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
             waits += n
-            if item.is_free_text:  # an open item (direct style only) answers with its text
-                answer = item.answer
+            if item.is_free_text:  # a closed or open item is taught its gold answer text
+                answer = item.answer.strip()
             else:
                 answer = item.choices[item.letters.index(letter)] if self.answer_format == "text" else letter
             out.append(item.with_extra(target=vars(self.target(thinking, answer, tokens))))
@@ -99,24 +100,26 @@ class TraceFormatter:
         return Target(tokens.think_start, thinking, f"{tokens.think_end}Answer: {answer}")
 
     def _reasoning_and_answer(self, item: VQAItem) -> tuple[str, str | None, str | None]:
-        """(reasoning, answer letter, drop reason or None)."""
-        if item.is_free_text:  # only a direct answer can be taught without choices: the answer text itself
-            ok = self.style == "direct" and item.answer.strip()
-            return "", None, None if ok else "open_ended"
+        """(reasoning, answer letter or free-text answer, drop reason or None)."""
+        if item.is_free_text and not item.answer.strip():
+            return "", None, "no_gold_answer"
         field = next((f for f in self.trace_fields if item.extra.get(f)), None)
         if field is None and self.style != "direct":
             return "", None, "no_trace"
-        if field is None:  # direct answers need only the label
-            return "", item.answer_label, None
+        if field is None:  # direct answers need only the label (or the answer text)
+            return "", item.answer_label if item.is_mcq else item.answer, None
         text = str(item.extra[field])
         if field == "generated_reasoning":  # the release's pre-parsed columns
-            reasoning, letter = text, str(item.extra.get("generated_answer", "")).strip() or None
+            given = str(item.extra.get("generated_answer", "")).strip()
+            parsed = ParsedAnswer(text, given or None, None, OK if given else "no_answer")
+            if item.is_mcq and given:  # the release writes bare letters; "C) MRI" is read as C too
+                parsed = ParsedAnswer(text, given, parse_item_answer(item, f"<answer>{given}</answer>").letter, OK)
         else:
-            parsed = parse_answer(text, n_choices=len(item.choices), choices=item.choices)
-            reasoning, letter = parsed.thinking or "", parsed.letter
+            parsed = parse_item_answer(item, text)
+        reasoning, letter = parsed.thinking or "", parsed.answer
         if letter is None:
             return "", None, "unparseable_answer"
-        if self.require_label_match and letter != item.answer_label:
+        if self.require_label_match and not grade_answer(item, parsed).correct:
             return "", None, "answer_disagrees_with_label"
         if self.style != "direct" and not reasoning.strip():
             return "", None, "empty_reasoning"
