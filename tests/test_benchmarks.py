@@ -25,7 +25,7 @@ from mvqa.data.benchmarks import (
 )
 from mvqa.data.images import load_image, resolve_image_path, store_image_bytes
 from mvqa.data.loading import load_dataset
-from mvqa.data.readers import read_csv_dataset
+from mvqa.data.readers import read_csv_dataset, read_slake
 from mvqa.data.records import kind_counts
 
 
@@ -144,6 +144,8 @@ def test_hub_id_offline_and_failing_give_clear_messages(monkeypatch, cache):
                                          r"\(ConnectionError: Couldn't reach"):
         read_path_vqa("someone/path-vqa", image_cache=cache)
     assert not benchmarks.is_hub_id("./someone/x") and not benchmarks.is_hub_id("/abs/x")
+    with pytest.raises(ValueError, match=r"SLAKE: .*'BoKelvin/SLAKE' is no local folder.*<path>/imgs/"):
+        read_slake("BoKelvin/SLAKE")
 
 
 # ------------------------------------------------------------------------------------------------- PathVQA

@@ -345,6 +345,11 @@ def read_slake(
     check_on_bad_image(on_bad_image)
     if split not in SLAKE_SPLITS:
         raise ValueError(f"SLAKE split {split!r}: expected one of {list(SLAKE_SPLITS)}")
+    from mvqa.data.benchmarks import is_hub_id
+
+    if is_hub_id(str(path)):
+        raise ValueError(f"SLAKE: dataset.path {str(path)!r} is no local folder; the Hub's SLAKE ships its images "
+                         f"as a zip, so download and extract it. {SLAKE_LAYOUT}")
     root = Path(path)
     path = root / f"{split}.json"
     if not path.is_file():
