@@ -298,7 +298,7 @@ def test_store_image_bytes_refuses_non_images(tmp_path):
 
 # --------------------------------------------------------------------------- csv: a mapped answer-type column
 
-def test_csv_answer_type_column_mapping(tmp_path):
+def test_csv_answer_type_column_mapping(tmp_path, compose, capsys):
     rows = [{"img": "a.png", "q": "Is it normal?", "a": "no", "t": "CLOSED"},
             {"img": "a.png", "q": "Which side?", "a": "left", "t": "closed"},
             {"img": "a.png", "q": "Is it yes?", "a": "yes", "t": "OPEN"},
@@ -311,6 +311,14 @@ def test_csv_answer_type_column_mapping(tmp_path):
     assert [it.kind for it in items] == ["closed", "closed", "open", "closed", "open"]
     unmapped, _ = read_csv_dataset(path, {k: v for k, v in cols.items() if k != "answer_type"})
     assert [it.kind for it in unmapped] == ["closed", "open", "closed", "closed", "open"]
+    # The user: the answer type sits in a column named content_type, mapped through the entry's config.
+    pd.DataFrame(rows).rename(columns={"t": "content_type"}).to_csv(path, index=False)
+    cfg = compose("generate", ["dataset=csv", f"dataset.path={path}", "dataset.columns.image=img",
+                               "dataset.columns.question=q", "dataset.columns.answer=a",
+                               "dataset.columns.answer_type=content_type"])
+    items, _ = load_dataset(cfg.dataset)
+    assert [it.kind for it in items] == ["closed", "closed", "open", "closed", "open"]
+    assert "load csv: 5 items — mcq 0, closed 3, open 2\n" in capsys.readouterr().out
     pd.DataFrame([{**rows[0], "t": "YESNO"}]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"mine\.csv: row 0: column 't': answer type 'YESNO', expected CLOSED"):
         read_csv_dataset(path, cols)
