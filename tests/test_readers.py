@@ -85,7 +85,8 @@ def test_release_extra_carries_traces(release):
 
 @pytest.fixture(scope="module")
 def slake_test(shared_data):
-    return read_slake(shared_data / "slake", split="test", seed=0)
+    """The test split made multiple choice (`open_to_mcq`): the reader's former default, now asked for."""
+    return read_slake(shared_data / "slake", split="test", seed=0, open_to_mcq=True)
 
 
 def test_slake_test_split_counts_and_images(slake_test, shared_data):
@@ -94,10 +95,11 @@ def test_slake_test_split_counts_and_images(slake_test, shared_data):
     types = collections.Counter(it.extra["answer_type"] for it in items)
     assert types == {"CLOSED": 416, "OPEN": 645}
     m = stats.metrics
-    assert m["closed_yes_no"] + m["closed_parsed_options"] + m["closed_kept_open"] == 416
-    assert (m["closed_yes_no"], m["closed_parsed_options"], m["closed_kept_open"]) == (355, 60, 1)
+    assert m["closed_yes_no"] + m["closed_parsed_options"] + m["closed_not_mcq"] == 416
+    assert (m["closed_yes_no"], m["closed_parsed_options"], m["closed_not_mcq"]) == (355, 60, 1)
     assert m["open_to_mcq"] == 645 and m["open_kept_open"] == 0
-    assert sum(m["n_choices"].values()) == 1061 - m["closed_kept_open"]
+    assert m["conversions"] == {"closed_yes_no->mcq": 355, "closed_parsed_options->mcq": 60, "open->mcq": 645}
+    assert sum(m["n_choices"].values()) == 1061 - m["closed_not_mcq"]
     assert m["open_fewer_choices"] == sum(1 for it in items if it.extra["answer_type"] == "OPEN"
                                           and len(it.choices) < 4) > 0
     assert all(resolve_image_path(it).is_file() for it in items)
@@ -117,9 +119,9 @@ def test_slake_closed_questions(slake_test):
     assert by_id["slake:12878"].choices == ["left", "top", "upper left"] and by_id["slake:12878"].answer == "top"
     assert by_id["slake:12651"].choices == ["T1 weighted", "T2 weighted"]
     assert by_id["slake:12651"].answer == "T2 weighted" and by_id["slake:12651"].extra["source_answer"] == "T2"
-    # "Which is bigger in this image, kidney or spleen?" -> "Liver": the answer is not an option, kept open.
-    (kept,) = stats.metrics["closed_kept_open_ids"]
-    assert by_id[kept].is_free_text and by_id[kept].answer not in ("kidney", "spleen")
+    # "Which is bigger in this image, kidney or spleen?" -> "Liver": the answer is not an option, kept closed.
+    (kept,) = stats.metrics["closed_not_mcq_ids"]
+    assert by_id[kept].kind == "closed" and by_id[kept].answer not in ("kidney", "spleen")
 
 
 @pytest.mark.parametrize("question, options", [
@@ -151,20 +153,21 @@ def test_slake_open_distractors_deterministic_and_same_content_type(slake_test, 
         assert set(it.choices) <= pool[it.content_type] and len(set(it.choices)) == len(it.choices)
     assert len({it.answer_label for it in open_items}) == 4  # the answer's position is shuffled too
 
-    again, _ = read_slake(shared_data / "slake", split="test", seed=0)
+    again, _ = read_slake(shared_data / "slake", split="test", seed=0, open_to_mcq=True)
     assert [it.choices for it in again] == [it.choices for it in items]
-    limited, _ = read_slake(shared_data / "slake", split="test", seed=0, limit=50)
+    limited, _ = read_slake(shared_data / "slake", split="test", seed=0, limit=50, open_to_mcq=True)
     assert [it.choices for it in limited] == [it.choices for it in items[:50]]
-    other, _ = read_slake(shared_data / "slake", split="test", seed=1)
+    other, _ = read_slake(shared_data / "slake", split="test", seed=1, open_to_mcq=True)
     changed = sum(a.choices != b.choices for a, b in zip(items, other) if a.extra["answer_type"] == "OPEN")
     assert changed > len(open_items) // 2
 
 
-def test_slake_open_ended_flag_and_bad_split(shared_data):
-    items, stats = read_slake(shared_data / "slake", split="validate", open_ended=True)
+def test_slake_default_keeps_open_open_and_bad_split(shared_data):
+    items, stats = read_slake(shared_data / "slake", split="validate")
     opened = [it for it in items if it.extra["answer_type"] == "OPEN"]
-    assert opened and all(it.is_free_text and it.answer_label is None for it in opened)
+    assert opened and all(it.kind == "open" and it.answer_label is None and not it.choices for it in opened)
     assert stats.metrics["open_kept_open"] == len(opened) and stats.metrics["open_to_mcq"] == 0
+    assert stats.metrics["conversions"] == {}
     with pytest.raises(ValueError, match="SLAKE split 'val'"):
         read_slake(shared_data / "slake", split="val")
 

@@ -89,3 +89,35 @@ def verify_images(items: list[VQAItem], on_bad_image: str = "error", stats: Stag
         else:
             stats.drop(item.id, err.reason, path=str(path))
     return kept
+
+
+IMAGE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+
+
+def store_image_bytes(data: bytes, cache_dir: Path | str, where: str) -> str:
+    """Write an embedded image (Hub parquet bytes, a TSV's base64) once under `cache_dir`, named by its content.
+
+    Returns the path relative to `cache_dir` (`ab/abcdef....png`), so items keep `image_root=cache_dir` and later
+    stages open the file like any other. The same bytes always land in the same file: a second load of the
+    benchmark, or a second question on the same image, writes nothing. Undecodable bytes raise naming `where`.
+    """
+    import hashlib
+    import io
+    import os
+
+    if not data:
+        raise ValueError(f"{where}: empty image bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            suffix = IMAGE_SUFFIX.get(img.format or "", ".img")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{where}: the embedded image cannot be decoded: {err}") from None
+    digest = hashlib.sha256(data).hexdigest()[:32]
+    relative = f"{digest[:2]}/{digest}{suffix}"
+    target = Path(cache_dir) / relative
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # concurrent loaders never see half a file
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    return relative

@@ -2,7 +2,12 @@
 
 - `read_pmc_vqa`: PMC-VQA-format CSVs (PMC-VQA itself, the MVQA1k release, a curation run's final.csv).
 - `read_csv_dataset`: any CSV whose columns are mapped in config, so a new dataset needs no code.
-- `read_slake`: SLAKE 1.0 JSON, English questions, closed and open questions made multiple choice.
+- `read_slake`: SLAKE 1.0 JSON, English questions, CLOSED -> closed and OPEN -> open (`open_to_mcq` makes
+  multiple choice of them instead).
+
+Other benchmarks (VQA-RAD, PathVQA, PMC-VQA's test split, OmniMedVQA, MMMU) are in `mvqa.data.benchmarks`.
+A question's kind: choices make an mcq; a mapped answer-type column (CLOSED/OPEN, any case) makes a closed or
+open item; without one a yes/no answer makes a closed item and any other answer an open one.
 
 Row numbers in messages count data rows from 0 (header excluded), as in the default ids `<name>:<row>`.
 """
@@ -20,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from mvqa.data.images import check_image_path, check_on_bad_image, verify_images
-from mvqa.data.records import LETTERS, MAX_CHOICES, VQAItem
+from mvqa.data.records import CLOSED, LETTERS, MAX_CHOICES, OPEN, VQAItem
 from mvqa.data.stats import StageStats
 
 LOAD_STAGE = "load"
@@ -33,13 +38,24 @@ PMC_VQA_COLUMNS: dict[str, Any] = {
 }
 # Record fields filled from a column of the same name when the CSV has one (the synthetic world writes them).
 RECORD_COLUMNS = ("id", "modality", "content_type", "split")
-COLUMN_KEYS = ("image", "question", "answer", "choices", "answer_label", *RECORD_COLUMNS)
+# answer_type (CLOSED/OPEN) says the kind of a row without choices; also read from a column of that name.
+COLUMN_KEYS = ("image", "question", "answer", "choices", "answer_label", "answer_type", *RECORD_COLUMNS)
 RELEASE_TRACE_COLUMNS = ("generated_reasoning", "generated_answer", "raw_output")
 
 _CHOICE_PREFIX = {letter: re.compile(rf"^\s*'?{letter}\s*:\s*") for letter in LETTERS}
 # PMC-VQA has rows cut out of a stringified list: " 'A: Mild stenosis ...' '", "MRI Scan'" (real release rows).
 _PAIRED_QUOTE_TAIL = re.compile(r"\s*'\s*'\s*$")
 _LONE_QUOTE_TAIL = re.compile(r"(?<=[^\d\s'])\s*'\s*$")  # not after a digit: 5' and 3' are primes
+
+
+def kind_from_answer_type(value, where: str) -> str:
+    """An answer-type cell ("CLOSED"/"OPEN", any case) -> the kind; empty -> "" (inferred from the answer)."""
+    text = "" if value is None else str(value).strip().upper()
+    if not text:
+        return ""
+    if text in ("CLOSED", "OPEN"):
+        return CLOSED if text == "CLOSED" else OPEN
+    raise ValueError(f"{where}: answer type {value!r}, expected CLOSED or OPEN (any case) or empty")
 
 
 def clean_text(text: str) -> str:
@@ -142,13 +158,14 @@ def _match_columns(path: Path, present: list[str], mapping: dict[str, Any], extr
         if key in by_key:
             raise ValueError(f"{path}: columns {by_key[key]!r} and {col!r} differ only in case or spaces")
         by_key[key] = col
-    wanted = [mapping[k] for k in ("image", "question", "answer", "answer_label", *RECORD_COLUMNS) if k in mapping]
+    wanted = [mapping[k] for k in ("image", "question", "answer", "answer_label", "answer_type", *RECORD_COLUMNS)
+              if k in mapping]
     missing = [w for w in [*wanted, *mapping.get("choices", []), *extra] if w.strip().lower() not in by_key]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; columns present: {present}")
     found = {k: by_key[v.strip().lower()] for k, v in mapping.items() if k != "choices"}
     found["choices"] = [by_key[c.strip().lower()] for c in mapping.get("choices", [])]
-    for field in RECORD_COLUMNS:  # not mapped but present under the field's own name
+    for field in (*RECORD_COLUMNS, "answer_type"):  # not mapped but present under the field's own name
         if field not in found and field in by_key:
             found[field] = by_key[field]
     found["extra"] = {e: by_key[e.strip().lower()] for e in extra}
@@ -180,6 +197,7 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
     clean = strip_choice_prefix if strip_prefixes else (lambda text, _letter: clean_text(text))
     choice_columns = [[clean(t, letter) for t in frame[c].tolist()] for letter, c in zip(LETTERS, cols["choices"])]
     modalities, content_types, splits = column("modality"), column("content_type"), column("split")
+    answer_types = column("answer_type")
     extras = {e: frame[c].tolist() for e, c in cols["extra"].items()}
     ids = [s.strip() for s in frame[cols["id"]].tolist()] if "id" in cols else [f"{name}:{i}" for i in range(n)]
 
@@ -215,6 +233,7 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
                 id=ids[i], image=images[i].strip(), question=questions[i].strip(), choices=choices,
                 answer_label=label, answer=answers[i], image_root=root, modality=modalities[i].strip(),
                 content_type=content_types[i].strip(), split=splits[i].strip() or split, source=source,
+                kind="" if choices else kind_from_answer_type(answer_types[i], f"column {cols.get('answer_type')!r}"),
                 extra={e: values[i] for e, values in extras.items()},
             )
         except ValueError as err:
@@ -242,6 +261,8 @@ def _finish(items, stats, path, on_bad_image, check_images) -> tuple[list[VQAIte
 # ---------------------------------------------------------------------------------------------------- SLAKE
 
 SLAKE_SPLITS = ("train", "validate", "test")
+SLAKE_LAYOUT = ("SLAKE's layout: <path>/{train,validate,test}.json (img_name, question, answer, answer_type, "
+                "q_lang, qid, modality, content_type) and the images under <path>/imgs/")
 SLAKE_KEYS = ("img_name", "question", "answer", "answer_type", "q_lang", "qid", "modality", "content_type")
 YES_NO = ["Yes", "No"]
 
@@ -300,32 +321,39 @@ def _distractor_pools(rows: list[dict]) -> dict[str, list[tuple[tuple[str, ...],
 
 
 def read_slake(
-    root,
+    path,
     split: str = "test",
     name: str = "slake",
     source: str = "slake",
-    open_ended: bool = False,
+    open_to_mcq: bool = False,
     num_distractors: int = 3,
     seed: int = 0,
     on_bad_image: str = "error",
     check_images: bool = False,
     limit: int | None = None,
 ) -> tuple[list[VQAItem], StageStats]:
-    """SLAKE 1.0 `<root>/<split>.json`, English questions, images `<root>/imgs/<img_name>`.
+    """SLAKE 1.0 `<path>/<split>.json`, English questions, images `<path>/imgs/<img_name>`.
 
+    By default each question keeps SLAKE's own kind: CLOSED -> closed, OPEN -> open, free-text answers, so
+    scores compare with published SLAKE results. `open_to_mcq` makes multiple choice of what it can instead:
     CLOSED yes/no questions get the choices ["Yes", "No"] in that fixed order; other CLOSED questions take
-    the options named in the question, and stay open when those cannot be read or do not contain the answer.
-    OPEN questions get up to `num_distractors` distractors drawn (seeded per question) from the split's OPEN
-    answers of the same content_type; `open_ended` keeps them open. `limit` cuts after the distractor pools
-    are built, so it never changes an item's choices.
+    the options named in the question, and stay closed free text when those cannot be read or do not contain
+    the answer. OPEN questions get up to `num_distractors` distractors drawn (seeded per question) from the
+    split's OPEN answers of the same content_type. `limit` cuts after the distractor pools are built, so it
+    never changes an item's choices.
     """
     check_on_bad_image(on_bad_image)
     if split not in SLAKE_SPLITS:
         raise ValueError(f"SLAKE split {split!r}: expected one of {list(SLAKE_SPLITS)}")
-    root = Path(root)
+    from mvqa.data.benchmarks import is_hub_id
+
+    if is_hub_id(str(path)):
+        raise ValueError(f"SLAKE: dataset.path {str(path)!r} is no local folder; the Hub's SLAKE ships its images "
+                         f"as a zip, so download and extract it. {SLAKE_LAYOUT}")
+    root = Path(path)
     path = root / f"{split}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"SLAKE file not found: {path}")
+        raise FileNotFoundError(f"SLAKE file not found: {path}. {SLAKE_LAYOUT}")
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{path}: expected a non-empty JSON list of questions")
@@ -339,8 +367,8 @@ def read_slake(
     pools = _distractor_pools(english)
 
     stats = StageStats(LOAD_STAGE, n_in=len(english))
-    kinds = ("closed_yes_no", "closed_parsed_options", "closed_kept_open", "open_to_mcq", "open_kept_open",
-             "open_no_distractors", "open_fewer_choices")
+    kinds = ("closed_kept_closed", "open_kept_open", "closed_yes_no", "closed_parsed_options", "closed_not_mcq",
+             "open_to_mcq", "open_no_distractors", "open_fewer_choices")
     counts = collections.Counter(dict.fromkeys(kinds, 0))
     n_choices: collections.Counter = collections.Counter()
     kept_open: list[str] = []
@@ -350,7 +378,9 @@ def read_slake(
         question, answer = str(r["question"]).strip(), str(r["answer"]).strip()
         choices: list[str] = []
         label = None
-        if r["answer_type"] == "CLOSED":
+        if not open_to_mcq:
+            kind = "closed_kept_closed" if r["answer_type"] == "CLOSED" else "open_kept_open"
+        elif r["answer_type"] == "CLOSED":
             options = parse_question_options(question)
             index = _match_option(answer, options) if options else None
             if answer.lower() in ("yes", "no"):
@@ -358,10 +388,8 @@ def read_slake(
             elif index is not None:
                 choices, label, kind = options, LETTERS[index], "closed_parsed_options"
             else:
-                kind = "closed_kept_open"
+                kind = "closed_not_mcq"
                 kept_open.append(item_id)
-        elif open_ended:
-            kind = "open_kept_open"
         else:
             rng = random.Random(f"{seed}:{r['qid']}")  # per question: the draw does not depend on row order
             key = _answer_key(answer)
@@ -383,14 +411,18 @@ def read_slake(
                 id=item_id, image=r["img_name"], question=question, choices=list(choices), answer_label=label,
                 answer=choices[LETTERS.index(label)] if choices else answer, image_root=str(root / "imgs"),
                 modality=str(r["modality"]), content_type=str(r["content_type"]), split=split, source=source,
+                kind="" if choices else (CLOSED if r["answer_type"] == "CLOSED" else OPEN),
                 extra={"qid": r["qid"], "answer_type": r["answer_type"], "location": r.get("location", ""),
                        "source_answer": answer},
             ))
         except ValueError as err:
             raise ValueError(f"{path}: question {r['qid']}: {err}") from None
 
+    conversions = {k: counts[k] for k in ("closed_yes_no", "closed_parsed_options", "open_to_mcq") if counts[k]}
     stats.metrics.update(path=str(path), non_english=len(rows) - len(english), **dict(counts),
-                         n_choices=dict(sorted(n_choices.items())), closed_kept_open_ids=kept_open)
+                         n_choices=dict(sorted(n_choices.items())), closed_not_mcq_ids=kept_open,
+                         conversions={f"{k}->mcq" if k != "open_to_mcq" else "open->mcq": n
+                                      for k, n in conversions.items()})
     if counts["open_fewer_choices"]:
         stats.warn(f"{counts['open_fewer_choices']} open questions got fewer than {num_distractors} distractors "
                    "(their content_type has few distinct answers in this split)")

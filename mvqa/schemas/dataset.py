@@ -31,6 +31,9 @@ class ColumnsConf:
     answer: str | None = None
     choices: list[str] | None = None
     answer_label: str | None = None
+    # CLOSED/OPEN per row (any case; empty: a yes/no answer makes a closed item); read from a column named
+    # answer_type when unmapped.
+    answer_type: str | None = None
     # Optional everywhere: when unmapped, a column named like the field fills it if the CSV has one.
     id: str | None = None
     modality: str | None = None
@@ -90,14 +93,87 @@ class CsvConf(DatasetConf):
 class SlakeConf(DatasetConf):
     _target_: str = "mvqa.data.readers.read_slake"
     name: str = "slake"
-    root: str = MISSING
+    path: str = MISSING  # <path>/{train,validate,test}.json and <path>/imgs/
     split: str = "test"  # train | validate | test
     val_split: str | None = "validate"
     test_split: str | None = "test"
     source: str = "slake"
-    open_ended: bool = False  # keep OPEN questions open instead of adding distractors
+    # CLOSED -> closed, OPEN -> open by default (comparable with published SLAKE results); true makes multiple
+    # choice of them: Yes/No, the options a closed question names, distractors drawn for open questions.
+    open_to_mcq: bool = False
     num_distractors: int = 3
     seed: int = II("seed")
+
+
+@dataclass
+class BenchmarkConf(DatasetConf):
+    """A public benchmark read from a local copy (`path`) in its published layout, or a Hub id when online."""
+
+    path: str = MISSING
+    source: str = MISSING
+    # Embedded images (Hub parquet bytes, base64 in a TSV) are written here once, named by their content.
+    image_cache: str = "${paths.cache}/benchmark-images"
+
+
+@dataclass
+class VqaRadConf(BenchmarkConf):
+    _target_: str = "mvqa.data.benchmarks.read_vqa_rad"
+    name: str = "vqa_rad"
+    source: str = "vqa_rad"
+    split: str = "test"  # train | test
+    val_split: str | None = None
+    test_split: str | None = "test"
+
+
+@dataclass
+class PathVqaConf(BenchmarkConf):
+    _target_: str = "mvqa.data.benchmarks.read_path_vqa"
+    name: str = "path_vqa"
+    source: str = "path_vqa"
+    split: str = "test"  # train | validation | test
+    val_split: str | None = "validation"
+    test_split: str | None = "test"
+
+
+@dataclass
+class PmcVqaTestConf(DatasetConf):
+    _target_: str = "mvqa.data.benchmarks.read_pmc_vqa_test"
+    name: str = "pmc_vqa_test"
+    path: str = MISSING  # the folder holding test_clean.csv and images/
+    file: str = "test_clean.csv"  # test.csv: the uncleaned test split
+    source: str = "pmc_vqa"
+    split: str = "test"
+
+
+@dataclass
+class OmniMedVqaConf(BenchmarkConf):
+    _target_: str = "mvqa.data.benchmarks.read_omnimedvqa"
+    name: str = "omnimedvqa"
+    source: str = "omnimedvqa"
+    access: list[str] = field(default_factory=lambda: ["Open-access"])  # QA_information/<access>/
+    subsets: list[str] = field(default_factory=list)  # JSON file names without .json; empty: all
+
+
+@dataclass
+class MmmuConf(BenchmarkConf):
+    _target_: str = "mvqa.data.benchmarks.read_mmmu"
+    name: str = "mmmu_med"
+    source: str = "mmmu"
+    split: str = "validation"  # dev | validation (test answers are withheld)
+    val_split: str | None = "dev"
+    test_split: str | None = "validation"
+    subjects: list[str] = field(default_factory=lambda: [
+        "Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",
+        "Public_Health"])
+
+
+@dataclass
+class VlmEvalKitTsvConf(BenchmarkConf):
+    _target_: str = "mvqa.data.benchmarks.read_vlmevalkit_tsv"
+    name: str = "tsv"
+    source: str = "vlmevalkit"
+    split: str = ""  # rows of a `split` column equal to this; empty: all rows
+    subjects: list[str] = field(default_factory=list)
 
 
 SCHEMAS: dict[str, type] = {
@@ -106,4 +182,10 @@ SCHEMAS: dict[str, type] = {
     "schema_curated": CuratedConf,
     "schema_csv": CsvConf,
     "schema_slake": SlakeConf,
+    "schema_vqa_rad": VqaRadConf,
+    "schema_path_vqa": PathVqaConf,
+    "schema_pmc_vqa_test": PmcVqaTestConf,
+    "schema_omnimedvqa": OmniMedVqaConf,
+    "schema_mmmu_med": MmmuConf,
+    "schema_vlmevalkit_tsv": VlmEvalKitTsvConf,
 }
