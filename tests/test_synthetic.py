@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from mvqa.data import synthetic
+from mvqa.data.grading import grade_output
 from mvqa.data.loading import load_dataset
-from mvqa.data.prompts import parse_answer
+from mvqa.data.prompts import parse_item_answer
 from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
 
 TINY = {"n_train": 48, "n_val": 12, "n_test": 24, "image_size": 64}
@@ -70,8 +71,12 @@ def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
     items, stats = read_synthetic(str(tmp_path), **TINY, split="train")
     assert len(items) == 48 and stats.n_out == 48 and not stats.dropped
     world_stats = stats.metrics["synthetic_split"]  # what world.json records, for the demo to print
-    assert world_stats["items"] == 48 and world_stats["Answer_label"] == dict.fromkeys("ABCD", 12)
-    assert collections.Counter(it.answer_label for it in items) == dict.fromkeys("ABCD", 12)
+    assert world_stats["items"] == 48 and world_stats["Answer_label"] == dict.fromkeys("ABCD", 6)
+    # Per type of 8: round(0.2 * 8) = 2 closed, 2 open, 4 multiple choice; yes and no as often.
+    assert world_stats["kind"] == {"closed": 12, "mcq": 24, "open": 12}
+    assert world_stats["closed_answer"] == {"no": 6, "yes": 6}
+    assert collections.Counter(it.kind for it in items) == {"mcq": 24, "closed": 12, "open": 12}
+    assert collections.Counter(it.answer_label for it in items if it.is_mcq) == dict.fromkeys("ABCD", 6)
     assert collections.Counter(it.content_type for it in items) == dict.fromkeys(QUESTION_TYPES, 8)
     assert collections.Counter(it.modality for it in items) == dict.fromkeys(["CT", "MRI", "X-ray"], 16)
     combos = collections.Counter((it.modality, it.answer) for it in items if it.content_type == "count")
@@ -81,12 +86,21 @@ def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
         assert max(counts.values()) - min(counts.values()) <= 1, (qtype, counts)
     assert len({it.id for it in items}) == 48
     for it in items:
-        assert it.split == "train" and it.source == "synthetic" and len(it.choices) == 4
-        assert len(set(it.choices)) == 4 and it.choices[it.answer_index] == it.answer
-        assert not it.choices[0].startswith("A:")  # the reader stripped PMC-VQA's " A: " prefixes
+        assert it.split == "train" and it.source == "synthetic"
         img = Image.open(Path(it.image_root) / it.image)
         assert img.mode == "RGB" and img.size == (64, 64)
-        parsed = parse_answer(it.extra["trace"])
+        assert grade_output(it, it.extra["trace"]).correct  # every template trace answers right, each its way
+        parsed = parse_item_answer(it, it.extra["trace"])
+        if it.kind == "closed":
+            assert it.choices == [] and it.answer in ("yes", "no") and parsed.answer_text == it.answer
+            assert it.question.endswith("?") and "{value}" not in it.question
+            continue
+        if it.kind == "open":
+            assert it.choices == [] and parsed.answer_text == it.answer and "option" not in it.question
+            continue
+        assert len(it.choices) == 4
+        assert len(set(it.choices)) == 4 and it.choices[it.answer_index] == it.answer
+        assert not it.choices[0].startswith("A:")  # the reader stripped PMC-VQA's " A: " prefixes
         assert parsed.status == "ok" and parsed.letter == it.answer_label
         assert parsed.thinking.count(".") >= 3  # several sentences of evidence
         assert isinstance(it.extra["difficulty"], float)
@@ -104,7 +118,7 @@ def test_describe_items_caption_every_train_image(tmp_path):
 
     items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
     both, stats = read_synthetic(str(tmp_path), **TINY, split="train", describe=True)
-    described = [it for it in both if it.is_free_text]
+    described = [it for it in both if it.content_type == "describe"]
     assert both[:48] == items and len(described) == 48 and stats.metrics["describe_items"] == 48
     for mcq, it in zip(items, described):
         assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image, synthetic.DESCRIBE_QUESTION)
@@ -116,14 +130,14 @@ def test_describe_items_caption_every_train_image(tmp_path):
     assert len(formatted) == 96 and not fstats.dropped
     assert formatted[48].extra["target"]["closing"] == f"<answer>{described[0].answer}</answer>"
     _, rejected = TraceFormatter(style="med_r1")(described[:2], SpecialTokens())
-    assert rejected.drop_reasons == {"open_ended": 2}  # no trace to think with: still rejected, and counted
+    assert rejected.drop_reasons == {"no_trace": 2}  # no trace to think with: rejected, and counted
     val, _ = read_synthetic(str(tmp_path), **TINY, split="val", describe=True)
-    assert val and not any(it.is_free_text for it in val)  # held-out splits stay multiple choice
+    assert val and not any(it.content_type == "describe" for it in val)  # describe items are for training
 
 
 def test_combined_question_options_do_not_give_the_answer_away(tmp_path):
     items, _ = read_synthetic(str(tmp_path), **TINY, split="train")
-    combined = [it for it in items if it.content_type == "modality_location"]
+    combined = [it for it in items if it.content_type == "modality_location" and it.is_mcq]
     assert combined
     for it in combined:  # a 2x2 grid: each modality and each quadrant named by exactly two options
         modalities = collections.Counter(c.split(" with ")[0] for c in it.choices)
@@ -190,7 +204,8 @@ def text_only_accuracy(train, test) -> float:
 def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
     from threadpoolctl import threadpool_limits
 
-    kw = {"n_train": 600, "n_val": 0, "n_test": 240, "image_size": 64}
+    # The probe picks one of four options: a world of multiple-choice items only (the kinds share its images).
+    kw = {"n_train": 600, "n_val": 0, "n_test": 240, "image_size": 64, "closed_share": 0.0, "open_share": 0.0}
     train, _ = read_synthetic(str(tmp_path), **kw, split="train")
     test, _ = read_synthetic(str(tmp_path), **kw, split="test")
     with threadpool_limits(limits=1):  # BLAS threads on a busy 2-core machine made these small fits 10x slower

@@ -20,8 +20,9 @@ from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, 
 
 SEED_COLUMNS = ["figure_path", "question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
                 "Answer_label", "generated_reasoning", "generated_answer", "raw_output"]
-# After the seed's columns (its readers ignore it): mcq, closed or open, so a re-read keeps each item's kind.
-KIND_COLUMN = "question_kind"
+# After the seed's columns (its readers ignore it): SLAKE's CLOSED/OPEN for a free-text item, empty for an mcq
+# one, so a re-read (dataset=curated) keeps each item's kind, closed answers other than yes/no included.
+KIND_COLUMN = "answer_type"
 
 
 def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
@@ -32,7 +33,7 @@ def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
     rows = []
     for it in items:
         row = {"figure_path": it.image, "question": it.question, "Answer": it.answer,
-               "Answer_label": it.answer_label or "", KIND_COLUMN: it.kind}
+               "Answer_label": it.answer_label or "", KIND_COLUMN: "" if it.is_mcq else it.kind.upper()}
         row.update({f"Choice {c}": text for c, text in it.choice_map().items()})
         row.update({k: it.extra.get(k, "") for k in ("generated_reasoning", "generated_answer", "raw_output")})
         rows.append(row)

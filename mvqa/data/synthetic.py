@@ -1,7 +1,10 @@
 """A learnable synthetic medical VQA world: procedural scans with lesions, balanced questions, template traces.
 
-Every item is one image and one four-choice question. The world is written to disk as PNGs plus one
-PMC-VQA-format CSV per split and read back through `read_pmc_vqa`, so the real reader path is exercised.
+Every item is one image and one question of one of three kinds: four-choice (mcq), closed (yes/no: "Is the lesion
+in the upper left quadrant?") or open (the answer's words: "upper left"); `closed_share` and `open_share` of
+each question type are closed and open, yes and no balanced. The world is written to disk as PNGs plus one
+PMC-VQA-format CSV per split (closed/open rows leave the choices empty and say their kind in `answer_type`) and
+read back through `read_pmc_vqa`, so the real reader path is exercised.
 It is a pure function of its parameters (numpy's PCG64 seeded per item), cached under a directory named by
 their hash and written to a temporary directory renamed into place, so a kill never leaves a world that
 looks complete.
@@ -30,7 +33,7 @@ from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
 
-VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
+VERSION = 4  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
 MODALITIES = ("CT", "MRI", "X-ray")
 QUADRANTS = ("upper left", "upper right", "lower left", "lower right")
@@ -39,7 +42,8 @@ SIZE_RADIUS = (0.05, 0.08, 0.12, 0.17)  # lesion radius as a fraction of the ima
 COUNTS = ("0", "1", "2", "3")
 QUESTION_TYPES = ("modality", "location", "count", "size", "presence", "modality_location")
 CSV_COLUMNS = ["id", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
-               "Answer_label", "modality", "content_type", "split", "trace", "difficulty", "caption"]
+               "Answer_label", "answer_type", "modality", "content_type", "split", "trace", "difficulty", "caption"]
+KINDS = ("mcq", "closed", "open")
 # The open question of the optional describe items (see `read_synthetic(describe=True)`).
 DESCRIBE_QUESTION = "Describe the findings in this scan."
 
@@ -58,6 +62,18 @@ QUESTIONS = {
     "modality_location": ["Which option gives both the imaging modality and the lesion location?",
                           "Which description of the scan and its lesion is correct?"],
 }
+# Closed questions ask whether one value (the true one for a yes, a distractor for a no) holds.
+CLOSED_QUESTIONS = {
+    "modality": ["Is this a {value} image?", "Was this scan acquired with {value}?"],
+    "location": ["Is the lesion in the {value} quadrant?", "Is the abnormality located in the {value} quadrant?"],
+    "count": ["Is the number of lesions {value}?", "Are exactly {value} lesions visible?"],
+    "size": ["Is the lesion {value}?", "Would you call the lesion {value}?"],
+    "presence": ["Is the {value} quadrant free of lesions?", "Is there no lesion in the {value} quadrant?"],
+    "modality_location": ["Does this image show {value}?", "Is this {value}?"],
+}
+# Open questions use the type's own wordings, except where those refer to options.
+OPEN_QUESTIONS = {"modality_location": ["What is the imaging modality, and where is the lesion?",
+                                        "Name the modality of this scan and the quadrant of its lesion."]}
 # Short evidence phrases keep template traces at ~40 tokens: the demo's reasoner is trained on them and the
 # whole chain (traces, fine-tune, budget sweeps) pays for every token.
 MODALITY_EVIDENCE = {
@@ -77,13 +93,18 @@ class WorldParams:
     seed: int = 0
     difficulty: float = 0.1  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
     hard_fraction: float = 0.1  # share of items whose difficulty is drawn from [0.6, 1]
+    closed_share: float = 0.2  # share of each question type asked as yes/no
+    open_share: float = 0.2  # share of each question type asked open (answered in words)
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
             raise ValueError(f"synthetic image_size must be >= 16, got {self.image_size}")
-        for name in ("difficulty", "hard_fraction"):
+        for name in ("difficulty", "hard_fraction", "closed_share", "open_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synthetic {name} must be within [0, 1], got {getattr(self, name)}")
+        if self.closed_share + self.open_share > 1.0:
+            raise ValueError(f"synthetic closed_share + open_share must be <= 1, got {self.closed_share} + "
+                             f"{self.open_share}")
         for name in ("n_train", "n_val", "n_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic {name} must be >= 0, got {getattr(self, name)}")
@@ -127,8 +148,15 @@ def _plan(params: WorldParams, split: str) -> list[dict]:
         offset += len(idx)
         value = {"modality": modality, "modality_location": modality * 4 + order % 4}.get(qtype, order % 4)
         hard = rng.permutation(len(idx)) < round(params.hard_fraction * len(idx))  # exactly that share per type
-        for i, v, m, letter, h in zip(idx, value, modality, _balanced(rng, len(idx), 4), hard):
-            plan[i] = {"qtype": qtype, "value": int(v), "letter": LETTERS[letter], "modality": int(m), "hard": bool(h)}
+        n_closed, n_open = round(params.closed_share * len(idx)), round(params.open_share * len(idx))
+        kinds = rng.permutation(np.repeat([1, 2, 0], [n_closed, n_open, len(idx) - n_closed - n_open]))
+        yes = np.zeros(len(idx), dtype=bool)
+        yes[kinds == 1] = _balanced(rng, n_closed, 2) == 0  # as many yes as no answers (to one)
+        letters = np.zeros(len(idx), dtype=int)
+        letters[kinds == 0] = _balanced(rng, int((kinds == 0).sum()), 4)  # the mcq items' letters, balanced
+        for i, v, m, letter, h, k, y in zip(idx, value, modality, letters, hard, kinds, yes):
+            plan[i] = {"qtype": qtype, "value": int(v), "letter": LETTERS[letter], "modality": int(m),
+                       "hard": bool(h), "kind": KINDS[k], "yes": bool(y)}
     return plan
 
 
@@ -217,9 +245,11 @@ def caption(scene: Scene) -> str:
     return f"{scene.modality}. " + (f"Lesions: {spots}." if spots else "No lesion.")
 
 
-def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator) -> str:
-    """Template reasoning: visual evidence, the fact(s) the question needs, optional elimination, the answer."""
-    qtype, letter = plan["qtype"], plan["letter"]
+def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator,
+           asked: str = "") -> str:
+    """Template reasoning: visual evidence, the fact(s) the question needs, then per kind: optional elimination
+    and the letter (mcq), the asked value checked against the fact (closed), or the answer's words (open)."""
+    qtype, letter, kind = plan["qtype"], plan["letter"], plan.get("kind", "mcq")
     steps = [str(rng.choice(OPENERS)), f"It shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}."]
     steps += _describe_lesions(scene, rng)
     if scene.difficulty >= 0.6:
@@ -232,10 +262,19 @@ def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.r
             "presence": f"Only the {', '.join(free)} quadrant is free.",
             "modality_location": f"Both facts: {correct}."}[qtype]
     steps.append(fact)
-    if rng.random() < 0.5:  # eliminate the other options (varies the trace length)
-        steps.append("Not " + ", not ".join(LETTERS[i] for i, c in enumerate(choices) if c != correct) + ".")
-    steps.append(str(rng.choice([f"The answer is {letter}: {correct}.", f"So I choose {letter}: {correct}."])))
-    return f"<think>{' '.join(s for s in steps if s)}</think><answer>{letter}</answer>"
+    if kind == "closed":
+        answer = "yes" if plan["yes"] else "no"
+        verdict = f"That matches {asked}." if plan["yes"] else f"That is not {asked}."
+        steps += [verdict, f"So the answer is {answer}."]
+    elif kind == "open":
+        answer = correct
+        steps.append(str(rng.choice([f"The answer is {correct}.", f"So: {correct}."])))
+    else:
+        answer = letter
+        if rng.random() < 0.5:  # eliminate the other options (varies the trace length)
+            steps.append("Not " + ", not ".join(LETTERS[i] for i, c in enumerate(choices) if c != correct) + ".")
+        steps.append(str(rng.choice([f"The answer is {letter}: {correct}.", f"So I choose {letter}: {correct}."])))
+    return f"<think>{' '.join(s for s in steps if s)}</think><answer>{answer}</answer>"
 
 
 def _item_text(params: WorldParams, split: str, i: int, plan: dict
@@ -244,22 +283,37 @@ def _item_text(params: WorldParams, split: str, i: int, plan: dict
     rng = np.random.default_rng([params.seed, SPLITS.index(split), 1, i])
     scene = _scene(plan, rng, params)
     choices, correct = _choices(plan, scene, rng)
+    kind, question, answer = plan.get("kind", "mcq"), str(rng.choice(QUESTIONS[plan["qtype"]])), correct
+    asked = ""
+    if kind == "closed":  # a yes asks the true value, a no one of the distractors
+        asked = correct if plan["yes"] else next(c for c in choices if c != correct and c != "Ultrasound")
+        question = str(rng.choice(CLOSED_QUESTIONS[plan["qtype"]])).format(value=asked)
+        answer = "yes" if plan["yes"] else "no"
+    elif kind == "open" and plan["qtype"] in OPEN_QUESTIONS:
+        question = str(rng.choice(OPEN_QUESTIONS[plan["qtype"]]))
     row = {"id": f"synthetic-{split}-{i:05d}", "Figure_path": f"{split}/{split}_{i:05d}.png",
-           "Question": str(rng.choice(QUESTIONS[plan["qtype"]])),
-           "Answer": correct,
+           "Question": question, "Answer": answer,
            # PMC-VQA writes its choices as " A: text "; the reader strips that back off.
-           **{f"Choice {L}": f" {L}: {c} " for L, c in zip(LETTERS, choices)},
-           "Answer_label": plan["letter"], "modality": scene.modality, "content_type": plan["qtype"],
-           "split": split, "trace": _trace(plan, scene, choices, correct, rng), "difficulty": scene.difficulty,
+           **{f"Choice {L}": (f" {L}: {c} " if kind == "mcq" else "") for L, c in zip(LETTERS, choices)},
+           "Answer_label": plan["letter"] if kind == "mcq" else "",
+           "answer_type": "" if kind == "mcq" else kind.upper(), "modality": scene.modality,
+           "content_type": plan["qtype"], "split": split,
+           "trace": _trace(plan, scene, choices, correct, rng, asked), "difficulty": scene.difficulty,
            "caption": caption(scene)}
-    return scene, rng, row, choices
+    return scene, rng, row, choices if kind == "mcq" else []
 
 
 # ------------------------------------------------------------------------------------------------- world
 def split_stats(frame: pd.DataFrame) -> dict:
-    """Counts that show the balance: items, question types, letters, modalities, hard items."""
+    """Counts that show the balance: items, question types and kinds, letters, closed answers, modalities, hard
+    items."""
+    kinds = frame["answer_type"].fillna("").replace("", "MCQ").str.lower()
+    closed_answers = frame.loc[kinds == "closed", "Answer"]
     return {"items": len(frame), "hard": int((frame["difficulty"] >= 0.6).sum()),
-            **{col: {str(k): int(v) for k, v in frame[col].value_counts().sort_index().items()}
+            "kind": {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()},
+            "closed_answer": {str(k): int(v) for k, v in closed_answers.value_counts().sort_index().items()},
+            **{col: {str(k): int(v) for k, v in frame[col].replace("", np.nan).dropna().value_counts()
+                     .sort_index().items()}
                for col in ("content_type", "Answer_label", "modality")}}
 
 
@@ -301,7 +355,8 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
 
 
 def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int = 300, image_size: int = 64,
-                   seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, split: str = "train",
+                   seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, closed_share: float = 0.2,
+                   open_share: float = 0.2, split: str = "train",
                    name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
                    limit: int | None = None, describe: bool = False) -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
@@ -311,7 +366,8 @@ def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
-    params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction)
+    params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction, closed_share,
+                         open_share)
     world = make_world(root, params)
     items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
                                 source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
@@ -342,7 +398,8 @@ def synthetic_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
     for i, plan in enumerate(_plan(params, "train")):
         _, _, row, choices = _item_text(params, "train", i, plan)
         item = VQAItem(id=row["id"], image=row["Figure_path"], question=row["Question"], choices=choices,
-                       answer_label=row["Answer_label"], answer=row["Answer"])
+                       answer_label=row["Answer_label"] or None, answer=row["Answer"],
+                       kind=row["answer_type"].lower() or "mcq")
         prompt = format_question(item, templates[i % len(templates)])
         texts += [row["Question"], *choices, row["Answer"], row["trace"], DESCRIBE_QUESTION, row["caption"],
                   format_conversation(prompt, row["trace"], styles[i % len(styles)])]
