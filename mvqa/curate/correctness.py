@@ -20,11 +20,13 @@ MODES = ("strict", "normalised")
 
 
 def generated_answer(item: VQAItem) -> str | None:
-    """The trace's answer as written: the release's pre-parsed column, or the raw output's answer section."""
+    """The trace's answer as written: the release's pre-parsed column, or the answer section of the reasoner's
+    raw output (else of a trace the dataset carries, like the synthetic world's template traces)."""
     if item.extra.get("generated_answer") is not None:
         return str(item.extra["generated_answer"])
-    if item.extra.get("raw_output"):
-        return parse_item_answer(item, str(item.extra["raw_output"])).answer_text
+    for field in ("raw_output", "trace"):
+        if item.extra.get(field):
+            return parse_item_answer(item, str(item.extra[field])).answer_text
     return None
 
 

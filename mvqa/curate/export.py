@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mvqa.data.prompts import PROMPTS, format_question
+from mvqa.data.prompts import PROMPTS, format_question, parse_item_answer
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, write_json
@@ -35,7 +35,7 @@ def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
         row = {"figure_path": it.image, "question": it.question, "Answer": it.answer,
                "Answer_label": it.answer_label or "", KIND_COLUMN: "" if it.is_mcq else it.kind.upper()}
         row.update({f"Choice {c}": text for c, text in it.choice_map().items()})
-        row.update({k: it.extra.get(k, "") for k in ("generated_reasoning", "generated_answer", "raw_output")})
+        row.update(trace_columns(it))
         rows.append(row)
     return pd.DataFrame(rows, columns=columns).fillna("")
 
@@ -43,13 +43,26 @@ def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
 def assistant_turn(item: VQAItem) -> str:
     """What the model is taught to say: the trace when there is one, else the answer (its text for a closed or
     open item, the letter for a multiple-choice one). Never empty: that would teach the model to say nothing."""
-    text = str(item.extra.get("raw_output") or "").strip()
+    text = trace_columns(item)["raw_output"].strip()
     if not text:
         text = (item.answer_label or "") if item.is_mcq else item.answer.strip()
     if not text:
         raise ValueError(f"export: item {item.id!r} ({item.kind}) has neither a trace (extra.raw_output) nor an "
                          "answer to write as its assistant turn")
     return text
+
+
+def trace_columns(item: VQAItem) -> dict[str, str]:
+    """The seed's three trace columns. A trace the dataset carried itself (the synthetic world's template trace,
+    extra.trace) fills them when the reasoner wrote none, so the exported set trains on the trace it was
+    selected for."""
+    cols = {k: str(item.extra.get(k) or "") for k in ("generated_reasoning", "generated_answer", "raw_output")}
+    if not cols["raw_output"] and item.extra.get("trace"):
+        parsed = parse_item_answer(item, str(item.extra["trace"]))
+        cols = {"generated_reasoning": cols["generated_reasoning"] or (parsed.thinking or ""),
+                "generated_answer": cols["generated_answer"] or (parsed.answer_text or ""),
+                "raw_output": str(item.extra["trace"])}
+    return cols
 
 
 def llava_conversations(items: list[VQAItem], prompt: str) -> list[dict]:

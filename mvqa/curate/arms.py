@@ -1,0 +1,87 @@
+"""The arms of a data-selection study: each picks N items from the same pool of correct traces.
+
+A pool item carries the difficulty scorer's `p_correct` (lower = harder). Its scale differs by question kind
+(mcq/closed: a softmax over options; open: the gold answer's per-token probability), so difficulty is a rank
+within the item's kind: `hardness` is the share of the kind's items at least as easy, 1.0 for the hardest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from mvqa.curate.sample import sample
+from mvqa.data.records import VQAItem
+from mvqa.data.stats import StageStats
+
+SELECTIONS = ("diverse", "random", "hardest", "all")
+
+
+def hardness(items: list[VQAItem], key: str = "p_correct") -> dict[str, float]:
+    """Per item, its difficulty rank within its kind in (0, 1]: the hardest of a kind gets 1.0."""
+    missing = [it.id for it in items if not isinstance(it.extra.get(key), (int, float))]
+    if missing:
+        raise ValueError(f"{len(missing)} pool items have no numeric extra[{key!r}] (first: {missing[:3]}); "
+                         "the pool must run the difficulty score stage")
+    out: dict[str, float] = {}
+    for kind in {it.kind for it in items}:
+        ranked = sorted((it for it in items if it.kind == kind), key=lambda it: (-it.extra[key], it.id))
+        out.update({it.id: (i + 1) / len(ranked) for i, it in enumerate(ranked)})
+    return out
+
+
+def select_arm(pool: list[VQAItem], name: str, arm: Any, n: int, seed: int,
+               sampler_cfg: Any) -> tuple[list[VQAItem], StageStats]:
+    """The arm's set and its funnel (pool -> hard -> selected), every left-out item counted by reason."""
+    if arm.select not in SELECTIONS:
+        raise ValueError(f"study.arms.{name}.select={arm.select!r}; expected one of {SELECTIONS}")
+    stats = StageStats(f"arm:{name}", n_in=len(pool))
+    items = list(pool)
+    rank = hardness(pool) if (arm.hard_fraction is not None or arm.select == "hardest") else {}
+    if arm.hard_fraction is not None:
+        if not 0 < arm.hard_fraction <= 1:
+            raise ValueError(f"study.arms.{name}.hard_fraction={arm.hard_fraction}; expected (0, 1]")
+        keep = set()
+        for kind in {it.kind for it in items}:  # the hardest fraction of each kind, rounded up (as `hard` does)
+            of_kind = sorted((it for it in items if it.kind == kind), key=lambda it: (-rank[it.id], it.id))
+            keep.update(it.id for it in of_kind[:math.ceil(arm.hard_fraction * len(of_kind))])
+        for it in items:
+            if it.id not in keep:
+                stats.drop(it.id, "not_hard")
+        items = [it for it in items if it.id in keep]
+        stats.metrics["after_hard"] = len(items)
+    if arm.select == "all":
+        chosen = items
+    elif len(items) < n:
+        raise ValueError(f"study arm {name!r}: {len(items)} items left to pick from, fewer than study.n={n}; "
+                         "lower study.n or the arm's hard_fraction (every arm must train on N items)")
+    elif arm.select == "random":
+        picks = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
+        chosen = [items[i] for i in picks]
+    elif arm.select == "hardest":
+        chosen = sorted(items, key=lambda it: (-rank[it.id], it.id))[:n]
+        chosen = sorted(chosen, key=lambda it: pool.index(it))
+    else:
+        sampler_cfg = {**dict(sampler_cfg), "n": n, "seed": seed}
+        chosen, sampled = sample(items, sampler_cfg)
+        stats.metrics["sampler"] = sampled.metrics.get("sampler")
+    picked = {it.id for it in chosen}
+    for it in items:
+        if it.id not in picked:
+            stats.drop(it.id, "not_selected")
+    stats.n_out = len(chosen)
+    stats.metrics.update(select=arm.select, hard_fraction=arm.hard_fraction, n=n, seed=seed,
+                         mean_hardness=(float(np.mean([rank[it.id] for it in chosen])) if rank and chosen
+                                        else None))
+    if len(chosen) != (len(items) if arm.select == "all" else n) or len(picked) != len(chosen):
+        raise RuntimeError(f"study arm {name!r} picked {len(chosen)} items ({len(picked)} distinct) for n={n}")
+    return chosen, stats
+
+
+def funnel_line(stats: StageStats) -> str:
+    reasons = ", ".join(f"{r} {c}" for r, c in sorted(stats.drop_reasons.items()))
+    return f"{stats.stage}: pool {stats.n_in} -> {stats.n_out}" + (f" (left out: {reasons})" if reasons else "")
+
+
