@@ -34,6 +34,7 @@ class VQAFineTuner(pl.LightningModule):
             if self.adapter_only:
                 self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
         self._val_correct = self._val_total = 0
+        self.validated_at_step: int | None = None  # the global step whose weights val/acc last measured
 
     def setup(self, stage: str) -> None:
         # Before the strategy wraps the model: FSDP refuses a unit of mixed dtypes, and says so only then.
@@ -78,6 +79,7 @@ class VQAFineTuner(pl.LightningModule):
         if self._val_total:
             acc = torch.tensor(self._val_correct / self._val_total)
             self.log("val/acc", acc, prog_bar=True, sync_dist=True)
+            self.validated_at_step = self.global_step
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any]) -> list[str]:
