@@ -12,7 +12,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = PROJECT_ROOT / "conf"
+# conf/ lives at the top of the checkout; the wheel maps it into the package as mvqa._conf (pyproject.toml).
+# A checkout (editable install included) reads its own conf/; an installed wheel reads the packaged copy.
+_CHECKOUT_CONF = PROJECT_ROOT / "conf"
+_PACKAGED_CONF = Path(__file__).resolve().parent / "_conf"
+CONFIG_DIR = _CHECKOUT_CONF if (_CHECKOUT_CONF / "train.yaml").is_file() else _PACKAGED_CONF
+HYDRA_CONFIG_PATH = str(CONFIG_DIR) if CONFIG_DIR == _CHECKOUT_CONF else "pkg://mvqa._conf"
 _UID_ENV = "MVQA_RUN_UID"
 
 

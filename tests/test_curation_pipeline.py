@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from mvqa.config import PROJECT_ROOT
 from mvqa.curate.export import SEED_COLUMNS
-from mvqa.curate.pipeline import run_curation
+from mvqa.curate.pipeline import run_curation, stage_items
 from mvqa.data.storage import read_items_jsonl
 
 RELEASE = ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "logger=none"]
@@ -88,9 +89,14 @@ def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
     cfg = compose("generate", [*TINY, "pipeline.stages=[score,hard]", "scorer.fraction=0.25",
                                f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
     run_curation(cfg, tmp_path / "run")
-    scored = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_score/items.jsonl")))
+    scored = stage_items(tmp_path / "run", "score")
     hard = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_hard/items.jsonl")))
     assert len(scored) == 24 and len(hard) == 6
+    # The run dir references the score stage's items in the cache; the last stage's items are copied in.
+    score_stats = json.loads(next((tmp_path / "run" / "stages").glob("*_score/stats.json")).read_text())
+    assert Path(score_stats["items"]).is_relative_to(tmp_path / "stages")
+    assert not list((tmp_path / "run" / "stages").glob("*_score/items.jsonl"))
+    assert not list((tmp_path / "run" / "stages").glob("*_load/items.jsonl"))
     for it in scored:
         assert len(it.extra["choice_logprobs"]) == 4 and 0 < it.extra["p_correct"] < 1
     assert max(it.extra["p_correct"] for it in hard) <= min(
@@ -137,11 +143,13 @@ def test_trace_resumes_after_kill_9_with_no_gaps_or_duplicates(tmp_path):
 @pytest.mark.slow
 def test_three_shards_and_merge_equal_one_unsharded_run(compose, tmp_path):
     base = [*TINY, "scorer.fraction=1.0", f"pipeline.cache_dir={tmp_path}/stages"]
-    for i in range(3):
-        cfg = compose("generate", [*base, "pipeline.stages=[score,hard,trace]", f"shard={i}", "num_shards=3"],
-                      tmp_path / f"shard{i}")
-        summary = run_curation(cfg, tmp_path / f"shard{i}")
-        assert summary["stopped_for_merge"]
+    # The README's array jobs: score shards, then trace shards (hard ranks over every score), then the merge.
+    for stages in ("[score]", "[score,hard,trace]"):
+        for i in range(3):
+            cfg = compose("generate", [*base, f"pipeline.stages={stages}", f"shard={i}", "num_shards=3"],
+                          tmp_path / f"shard{i}")
+            summary = run_curation(cfg, tmp_path / f"shard{i}")
+            assert summary["stopped_for_merge"] == (stages == "[score,hard,trace]" or i < 2)
     cfg = compose("generate", [*base, "pipeline.stages=[score,hard,merge]", "num_shards=3"], tmp_path / "merged")
     run_curation(cfg, tmp_path / "merged")
     merged = read_items_jsonl(next((tmp_path / "merged" / "stages").glob("*_merge/items.jsonl")))
@@ -149,6 +157,71 @@ def test_three_shards_and_merge_equal_one_unsharded_run(compose, tmp_path):
                                f"pipeline.cache_dir={tmp_path}/other"], tmp_path / "whole")
     run_curation(cfg, tmp_path / "whole")
     assert [(it.id, it.extra["raw_output"]) for it in merged] == _traces(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(compose, tmp_path):
+    from mvqa.curate.scoring import read_chunks
+
+    base = [*TINY, "pipeline.stages=[score]", "pipeline.score.chunk_size=3"]
+    assert stage_items(tmp_path / "whole", "score") is None  # no run yet
+    run_curation(compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/whole-stages"], tmp_path / "whole"),
+                 tmp_path / "whole")
+    whole = stage_items(tmp_path / "whole", "score")
+    for i in (2, 0, 1):  # any order; the last to finish joins
+        summary = run_curation(compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/stages", f"shard={i}",
+                                                    "num_shards=3"], tmp_path / f"s{i}"), tmp_path / f"s{i}")
+        assert summary["stopped_for_merge"] == (i != 1)
+        (shard_file,) = (tmp_path / "stages").glob(f"score-*/score.shard-{i}-of-3.jsonl")
+        chunks = read_chunks(shard_file)
+        assert [x for c in chunks for x in c["input_ids"]] == [it.id for it in whole[i::3]]
+        assert [len(c["input_ids"]) for c in chunks] == [3, 3, 2]  # 8 items a shard, chunks of 3
+    joined = stage_items(tmp_path / "s1", "score")
+    assert [it.id for it in joined] == [it.id for it in whole] and len(whole) == 24
+    for a, b in zip(joined, whole):
+        assert a.extra["p_correct"] == pytest.approx(b.extra["p_correct"], rel=1e-5)
+    stats = json.loads(next((tmp_path / "s1" / "stages").glob("*_score/stats.json")).read_text())
+    assert stats["n_in"] == stats["n_out"] == 24 and stats["metrics"]["num_shards"] == 3
+    assert stats["metrics"]["scorer_accuracy"] == pytest.approx(
+        sum(it.extra["scorer_pred"] == it.answer_label for it in whole) / 24)
+
+
+@pytest.mark.slow
+def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path):
+    common = [*TINY, "dataset.n_train=160", "pipeline.stages=[score]", "pipeline.score.chunk_size=1",
+              f"pipeline.cache_dir={tmp_path}/stages"]
+    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), *common]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        partial = next((tmp_path / "stages").glob("score-*/score.shard-0-of-1.partial.jsonl"), None)
+        if partial and len(partial.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "generate.py finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = partial.read_text().splitlines()
+    complete = 0
+    for line in lines:
+        try:
+            json.loads(line)
+            complete += 1
+        except json.JSONDecodeError:  # the chunk in flight, cut by the kill: only the last line may be
+            assert line is lines[-1]
+    assert 5 <= complete < 160 and not (partial.parent / "items.jsonl").exists()
+    resumed = subprocess.run([*cmd, f"hydra.run.dir={tmp_path}/resumed"], env=env, cwd=tmp_path, check=True,
+                             capture_output=True, text=True)
+    subprocess.run([*cmd, f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"],
+                   env=env, cwd=tmp_path, check=True, capture_output=True)
+    # Every chunk written whole before the kill was kept: only the chunk in flight (a torn line) is redone.
+    assert f"resuming, {complete} of 160 items already scored" in resumed.stdout + resumed.stderr
+    a, b = stage_items(tmp_path / "resumed", "score"), stage_items(tmp_path / "fresh", "score")
+    assert [it.id for it in a] == [it.id for it in b] and len(a) == 160
+    assert all(x.extra["p_correct"] == pytest.approx(y.extra["p_correct"], rel=1e-5) for x, y in zip(a, b))
 
 
 @pytest.mark.slow
@@ -167,7 +240,7 @@ def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compo
     cfg = compose("generate", [*tiny, "scorer=similarity", "scorer.max_new_tokens=8", "dataset.n_train=8",
                                "pipeline.stages=[score]", f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
     run_curation(cfg, tmp_path / "run")
-    scored = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_score/items.jsonl")))
+    scored = stage_items(tmp_path / "run", "score")
     assert len(scored) == 8
     for it in scored:
         assert isinstance(it.extra["scorer_output"], str) and it.extra["scorer_model"]
@@ -258,3 +331,34 @@ def test_stage_keys_follow_the_models_they_run(compose, tmp_path):
         keys.append({s: stage_key(s, cfg, deps[s], "items") for s in ("score", "hard", "trace", "filter")})
     assert keys[0]["score"] != keys[1]["score"] and keys[0]["trace"] != keys[1]["trace"]
     assert keys[0]["hard"] == keys[1]["hard"] and keys[0]["filter"] == keys[1]["filter"]  # same input: reused
+
+
+def test_stage_keys_follow_the_weights_bytes_and_the_stage_code(compose, tmp_path, monkeypatch):
+    """A checkpoint rewritten at the same path, or a new version of a stage's code, gets a new cache entry;
+    an unchanged checkpoint is hashed once (its digest is stored)."""
+    from safetensors.torch import save_file
+
+    from mvqa.curate import cache
+    from mvqa.curate.pipeline import _stages, stage_key
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    save_file({"w": torch.zeros(4)}, ckpt / "model.safetensors")
+    hashed = []
+    real_fingerprint = cache.file_fingerprint
+    monkeypatch.setattr(cache, "file_fingerprint", lambda p: hashed.append(p) or real_fingerprint(p))
+    deps = {name: keys for name, (_, keys) in _stages().items()}
+    cfg = compose("generate", [*TINY, f"scorer_model.path={ckpt}", f"pipeline.cache_dir={tmp_path}/stages"])
+
+    def keys():
+        return {s: stage_key(s, cfg, deps[s], "items") for s in ("score", "hard", "trace")}
+
+    first = keys()
+    assert keys() == first and len(hashed) == 1  # the second key reads the stored digest
+    save_file({"w": torch.ones(4)}, ckpt / "model.safetensors")  # retrained in place, same size
+    retrained = keys()
+    assert retrained["score"] != first["score"] and len(hashed) == 2
+    assert retrained["hard"] == first["hard"] and retrained["trace"] == first["trace"]  # they run no scorer
+    monkeypatch.setitem(cache.CODE_VERSIONS, "trace", cache.CODE_VERSIONS["trace"] + 1)
+    bumped = keys()
+    assert bumped["trace"] != retrained["trace"] and bumped["score"] == retrained["score"]

@@ -16,7 +16,7 @@ import pandas as pd
 from mvqa.data.prompts import PROMPTS, format_question, parse_item_answer
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.data.storage import atomic_path, read_items_jsonl, write_items_jsonl, write_json
+from mvqa.data.storage import atomic_path, write_items_jsonl, write_json
 
 SEED_COLUMNS = ["figure_path", "question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
                 "Answer_label", "generated_reasoning", "generated_answer", "raw_output"]
@@ -116,21 +116,27 @@ def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "
     return stats
 
 
-def traced_items(run_dir: Path) -> list[VQAItem] | None:
+def traced_items(run_dir: Path, dataset=None) -> list[VQAItem] | None:
     """Every trace of this run before the correctness filter: the trace (or merge) stage's output, else what
     entered the filter (a dataset that already carries traces), else None."""
-    stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / "items.jsonl").is_file())
-    names = [p.name.split("_", 1)[1] for p in stages]
-    for i, name in enumerate(names):
+    from mvqa.curate.pipeline import stage_items
+
+    names = [p.parent.name.split("_", 1)[1] for p in sorted((run_dir / "stages").glob("*/stats.json"))]
+    for name in names:
         if name in ("trace", "merge"):
-            return read_items_jsonl(stages[i] / "items.jsonl")
+            return stage_items(run_dir, name)
     if "filter" in names and names.index("filter") > 0:
-        return read_items_jsonl(stages[names.index("filter") - 1] / "items.jsonl")
+        before = names[names.index("filter") - 1]
+        if before == "load" and dataset is not None:  # run dirs keep no copy of the dataset: read it again
+            from mvqa.data.loading import load_dataset
+
+            return load_dataset(dataset)[0]
+        return stage_items(run_dir, before)
     return None
 
 
 def export_stage(items, ctx):
     cfg = ctx.cfg.pipeline
     stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json,
-                           traced_items(ctx.output_dir))
+                           traced_items(ctx.output_dir, ctx.cfg.dataset))
     return items, stats

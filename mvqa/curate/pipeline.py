@@ -1,9 +1,11 @@
 """The curation recipe (`generate.py`): load -> score -> hard -> trace|merge -> filter -> sample -> export.
 
 Each stage maps items to items plus StageStats. Its output is cached under `pipeline.cache_dir` by a hash of
-(stage, the config it reads, its input items), so rerunning the same config skips finished stages, a killed
-trace stage resumes from its partial JSONL, and shards of one trace run meet in one directory for `merge`.
-The run dir gets a copy of every stage's items and stats and a manifest saying which came from the cache.
+(stage, the config it reads, its input items, the weights of the models it runs, its code version; see
+mvqa/curate/cache.py), so rerunning the same config skips finished stages, a killed score or trace stage
+resumes from its partial JSONL, and shards of one score or trace run meet in one directory.
+The run dir gets every stage's stats, a reference to its items in the cache (the last stage's items are
+copied), and a manifest saying which came from the cache.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ Stage = Callable[[list[VQAItem], CurationContext], tuple[list[VQAItem], StageSta
 
 def _stages() -> dict[str, tuple[Stage, list[str]]]:
     """stage name -> (function, config keys its output depends on). Imported lazily: some need torch."""
-    from mvqa.curate import correctness, difficulty, export, sample, trace
+    from mvqa.curate import correctness, difficulty, export, sample, scoring, trace
 
     return {
-        "score": (difficulty.score_stage, ["scorer", "scorer_model", "seed"]),  # the model too: a new base rescores
+        "score": (scoring.score_stage, ["scorer", "scorer_model", "seed"]),  # the model too: a new base rescores
         "hard": (difficulty.hard_stage, ["scorer"]),
         "trace": (trace.trace_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
         "merge": (trace.merge_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
@@ -73,9 +75,11 @@ def cache_name(stage: str) -> str:
 
 
 def stage_key(stage: str, cfg: DictConfig, deps: list[str], input_fingerprint: str) -> str:
+    from mvqa.curate.cache import stage_fingerprint
+
     config = {k: _plain(OmegaConf.select(cfg, k)) for k in deps}
-    blob = json.dumps({"stage": cache_name(stage), "config": config, "input": input_fingerprint}, sort_keys=True,
-                      default=str)
+    blob = json.dumps({"stage": cache_name(stage), "config": config, "input": input_fingerprint,
+                       **stage_fingerprint(cache_name(stage), cfg)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -100,7 +104,7 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
         raise ValueError(f"shard={cfg.shard} must be in [0, num_shards={cfg.num_shards})")
     ctx = CurationContext(cfg=cfg, output_dir=output_dir, run=run)
     items, stats = load_dataset(cfg.dataset)
-    _record(output_dir, 0, "load", items, stats, {"cached": False})
+    last_out = _record(output_dir, 0, "load", items, stats, {"cached": False})
     funnel = [{"stage": "load", "n_in": stats.n_in, "n_out": stats.n_out}]
     registry = _stages()
     manifest: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "stages": []}
@@ -112,9 +116,18 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
         key = stage_key(name, cfg, deps, fingerprint)
         ctx.stage_dir = Path(cfg.pipeline.cache_dir) / f"{cache_name(name)}-{key}"
         items, stats, cached = _run_cached(name, fn, items, ctx)
+        if stats.metrics.get("waiting_for_shards"):  # a score shard finished its slice; others are still going
+            write_json({**stats.to_dict(), "cached": False, "key": key},
+                       output_dir / "stages" / f"{i:02d}_{name}" / "stats.json")
+            funnel.append({"stage": name, "n_in": stats.n_in, "n_out": stats.n_out})
+            stopped_for_merge = True
+            log.info("score: shard %d of %d scored %d items; shard(s) %s still scoring: rerun once all are done",
+                     cfg.shard, cfg.num_shards, stats.n_in, stats.metrics["waiting_for_shards"])
+            break
         if not items and name != "export":
             raise RuntimeError(f"stage {name!r} emptied the set: {stats.n_in} in, 0 out ({stats.drop_reasons})")
-        _record(output_dir, i, name, items, stats, {"cached": cached, "key": key})
+        items_file = output_dir / "items.jsonl" if name == "export" else ctx.stage_dir / _items_name(name, cfg)
+        last_out = _record(output_dir, i, name, items, stats, {"cached": cached, "key": key}, items_file)
         funnel.append({"stage": name, "n_in": stats.n_in, "n_out": stats.n_out})
         manifest["stages"].append({"stage": name, "key": key, "input_fingerprint": fingerprint, "cached": cached,
                                    "n_in": stats.n_in, "n_out": stats.n_out, "drops": stats.drop_reasons})
@@ -126,6 +139,8 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
             stopped_for_merge = True
             log.info("shard %d of %d traced; run the merge stage once all shards are done", cfg.shard, cfg.num_shards)
             break
+    if not (last_out / "items.jsonl").exists():
+        write_items_jsonl(items, last_out / "items.jsonl")  # the run's final items stay in the run dir
     summary = {"funnel": funnel, "n_final": len(items), "stopped_for_merge": stopped_for_merge,
                "diversity": diversity}
     write_json(manifest, output_dir / "manifest.json")
@@ -165,7 +180,7 @@ def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext
         return read_items_jsonl(done_items), stats, True
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     out, stats = fn(items, ctx)
-    if name != "export":
+    if name != "export" and not stats.metrics.get("waiting_for_shards"):
         write_items_jsonl(out, done_items)  # items first: stats mark the stage as done
         write_json(stats.to_dict(), done_stats)
     return out, stats, False
@@ -183,8 +198,33 @@ def _stats_name(name: str, cfg: DictConfig) -> str:
     return f"stats{_shard_suffix(name, cfg)}.json"
 
 
-def _record(output_dir: Path, index: int, name: str, items, stats: StageStats, info: dict) -> None:
+def _record(output_dir: Path, index: int, name: str, items, stats: StageStats, info: dict,
+            items_file: Path | None = None) -> Path:
+    """A stage's stats in the run dir, and where its items are: a reference to `items_file` (the stage's cache
+    entry, or the run's own export) when it exists, else a copy. The load stage's items are the dataset's
+    (named in the manifest): never copied. `run_curation` copies the run's last items besides."""
     stage_out = output_dir / "stages" / f"{index:02d}_{name}"
-    write_items_jsonl(items, stage_out / "items.jsonl")
+    if items_file is not None and items_file.exists():
+        info = {**info, "items": str(items_file.resolve())}
+    elif name != "load":
+        write_items_jsonl(items, stage_out / "items.jsonl")
     write_json({**stats.to_dict(), **info}, stage_out / "stats.json")
+    return stage_out
 
+
+def stage_items(run_dir: Path, stage: str) -> list[VQAItem] | None:
+    """The items a run's stage put out, from its copy in the run dir or the cache entry its stats name;
+    None when the run has no such stage. A cache entry removed since is an error that names it."""
+    found = sorted(Path(run_dir).glob(f"stages/*_{stage}/stats.json"))
+    if not found:
+        return None
+    copy = found[-1].parent / "items.jsonl"
+    if copy.exists():
+        return read_items_jsonl(copy)
+    ref = json.loads(found[-1].read_text()).get("items")
+    if not ref:
+        return None
+    if not Path(ref).exists():
+        raise FileNotFoundError(f"{found[-1]}: the {stage} stage's items were in the cache at {ref}, which no "
+                                "longer exists; rerun the stage")
+    return read_items_jsonl(ref)

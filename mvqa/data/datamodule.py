@@ -13,12 +13,16 @@ class VQADataModule(pl.LightningDataModule):
 
     def __init__(self, train_items: list[VQAItem], val_items: list[VQAItem], train_collator, generate_collator,
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
-                 seed: int = 0, predict_items: list[VQAItem] | None = None) -> None:
+                 seed: int = 0, predict_items: list[VQAItem] | None = None,
+                 val_generate_limit: int | None = None) -> None:
         super().__init__()
         self.train_items, self.val_items, self.predict_items = train_items, val_items, predict_items or val_items
         self.train_collator, self.generate_collator = train_collator, generate_collator
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
+        # Generating is the slow part of validation: accuracy is measured on the first N val items (a fixed
+        # slice, the same every epoch); the loss on all of them.
+        self.val_generate_items = val_items[:val_generate_limit] if val_generate_limit else val_items
 
     def _loader(self, items, collator, batch_size, sampler=None, shuffle=False) -> DataLoader:
         return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=shuffle, collate_fn=collator,
@@ -37,7 +41,7 @@ class VQADataModule(pl.LightningDataModule):
         if not self.val_items:
             return []
         return [self._loader(self.val_items, self.train_collator, self.eval_batch_size),
-                self._loader(self.val_items, self.generate_collator, self.eval_batch_size)]
+                self._loader(self.val_generate_items, self.generate_collator, self.eval_batch_size)]
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.predict_items, self.generate_collator, self.eval_batch_size)

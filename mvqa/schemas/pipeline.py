@@ -24,6 +24,12 @@ class TraceConf:
 
 
 @dataclass
+class ScoreConf:
+    # Items per chunk of the score stage's partial JSONL: a kill loses at most the chunk in flight.
+    chunk_size: int = 64
+
+
+@dataclass
 class FilterConf:
     # normalised: "C", "C) MRI", " c " or the option's own text count as that letter, and a closed/open answer
     # matches by normalised exact match; strict: exactly the seed's `generated_answer.strip() == Answer_label.strip()`
@@ -46,6 +52,7 @@ class PipelineConf:
     # Stage outputs are cached here by a hash of (stage, its config, its input), so rerunning the same config
     # skips finished stages and a killed trace stage resumes; set per-project to share across run dirs.
     cache_dir: str = "${paths.cache}/stages"
+    score: ScoreConf = field(default_factory=ScoreConf)
     trace: TraceConf = field(default_factory=TraceConf)
     filter: FilterConf = field(default_factory=FilterConf)
     export: ExportConf = field(default_factory=ExportConf)

@@ -37,6 +37,7 @@ class VQAFineTuner(pl.LightningModule):
             if self.adapter_only:
                 self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
         self._reset_val_counts()
+        self.validated_at_step: int | None = None  # the global step whose weights val/acc last measured
 
     def _reset_val_counts(self) -> None:
         # Per kind, in KINDS order: summed across ranks at the epoch's end, so every rank logs the same keys.
@@ -91,6 +92,7 @@ class VQAFineTuner(pl.LightningModule):
         for k, kind in enumerate(KINDS):
             if total[k] > 0:
                 self.log(f"val/acc_{kind}", correct[k] / total[k])
+        self.validated_at_step = self.global_step
 
     @torch.no_grad()
     def generate(self, batch: dict[str, Any]) -> list[str]:

@@ -21,6 +21,7 @@ from mvqa.data.storage import write_json
 from mvqa.models.load import load_model
 from mvqa.models.lora import count_parameters, prepare_trainable, save_adapter
 from mvqa.tracking import log_artifact, wants_model_artifact
+from mvqa.train.callbacks import build_callbacks, restore_best
 from mvqa.train.module import VQAFineTuner
 
 log = logging.getLogger(__name__)
@@ -89,21 +90,22 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     train_collator = VQACollator(mode="train", **collate)
     datamodule = VQADataModule(train_items, val_items, train_collator, VQACollator(mode="generate", **collate),
                                batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
-                               num_workers=cfg.data.num_workers, seed=cfg.seed)
+                               num_workers=cfg.data.num_workers, seed=cfg.seed,
+                               val_generate_limit=OmegaConf.select(cfg, "data.val_generate_limit"))
 
-    # 3. Fit.
+    # 3. Fit. Checkpoints are ranked by val/acc (conf/callbacks); the best one's weights are what is saved.
     module = VQAFineTuner(model, bundle.tokenizer, cfg.recipe, max_new_tokens=cfg.data.val_max_new_tokens,
                           gradient_checkpointing=cfg.gradient_checkpointing)
-    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True,
-                                               save_top_k=cfg.checkpoint_keep,
-                                               every_n_train_steps=cfg.checkpoint_every_n_steps or None)
+    validates = bool(val_items) and cfg.trainer.limit_val_batches != 0
     trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
-                                      callbacks=[checkpoints, pl.callbacks.LearningRateMonitor()])
+                                      callbacks=build_callbacks(cfg.callbacks, output_dir / "checkpoints", validates))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if val_items and "val/acc" not in metrics and trainer.limit_val_batches != 0:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps stopped before a validation
+    if validates and module.validated_at_step != trainer.global_step:
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps stopped between validations
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    last_score = metrics.get(cfg.callbacks.monitor) if validates else None
+    chosen = restore_best(module, trainer, cfg.callbacks, last_score)
 
     # 4. Save: the adapter alone for LoRA runs, the whole model for full fine-tunes; both with the processor.
     if not trainer.is_global_zero:
@@ -112,7 +114,10 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     if cfg.export_dir:
         _save(model, bundle, cfg, Path(cfg.export_dir))
     result = {
-        "metrics": metrics, "val_acc": metrics.get("val/acc"), "global_step": trainer.global_step,
+        # val_acc: the best validation accuracy seen (what hparams_search maximises); val_acc_last: the final one.
+        "metrics": metrics, "val_acc": _best_val_acc(chosen, cfg.callbacks, metrics),
+        "val_acc_last": metrics.get("val/acc"), "global_step": trainer.global_step,
+        "weights": chosen["weights"], "best_checkpoint": chosen["best_checkpoint"],
         "saved": str(saved), "trainable_parameters": trainable, "total_parameters": total,
         "n_train": len(train_items), "n_val": len(val_items),
         "dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
@@ -127,6 +132,12 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     if wants_model_artifact(run, cfg.logger):  # logger.log_artifacts: online | always | never
         log_artifact(run, saved, f"{saved.name}-{run.id}", "model")
     return result
+
+
+def _best_val_acc(chosen: dict[str, Any], callbacks: DictConfig, metrics: dict[str, float]) -> float | None:
+    if callbacks.monitor == "val/acc" and callbacks.mode == "max" and chosen["best_score"] is not None:
+        return chosen["best_score"]
+    return metrics.get("val/acc")
 
 
 def _save(model, bundle, cfg: DictConfig, path: Path) -> Path:
