@@ -2,6 +2,7 @@
 
     python -m mvqa.compare RUN_DIR... [--plot PATH]
     python -m mvqa.compare 'multirun/evaluate/2025-01-01/*'      # a glob, or a multirun dir: its job dirs
+    python -m mvqa.compare outputs/study/selection              # a selection study: its arms x budgets table
 
 Each run dir is read locally: `.hydra/config.yaml`, `.hydra/overrides.yaml`, `.hydra/hydra.yaml` (group
 choices) and the run's scores: `metrics.json` of an evaluate run (best accuracy per model, and per budget) or
@@ -196,6 +197,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write the combined accuracy-vs-thinking-tokens plot here (PNG)")
     parser.add_argument("--width", type=int, default=160, help="table width in characters")
     args = parser.parse_args(argv)
+    studies = [Path(r) for r in args.runs if (Path(r) / "study.json").is_file()]
+    if studies:  # a study dir holds many runs; its own report is the comparison that answers its question
+        from mvqa.eval.study_report import format_study
+
+        for study in studies:
+            print(format_study(json.loads((study / "study.json").read_text()), args.width), end="")
+        args.runs = [r for r in args.runs if Path(r) not in studies]
+        if not args.runs:
+            return 0
     try:
         runs = load_runs(args.runs)
         print(format_comparison(runs, args.width), end="")

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mvqa.curate.pipeline import run_curation
+from mvqa.curate.pipeline import run_curation, stage_items
 from mvqa.data.records import kind_counts
 from mvqa.eval.runner import run_evaluation
 from mvqa.train.recipe import run_training
@@ -62,12 +62,12 @@ def test_every_generate_stage_runs_on_closed_and_open_items(compose, tmp_path, c
     funnel = {f["stage"]: f for f in result["funnel"]}
     assert [f["stage"] for f in result["funnel"]] == ["load", "score", "hard", "trace"]
     assert funnel["score"]["n_out"] == funnel["trace"]["n_out"] == 12  # nothing refused for lacking choices
-    score_items = [json.loads(line) for line in next((out / "stages").glob("*_score/items.jsonl")).open()]
+    score_items = [it.to_dict() for it in stage_items(out, "score")]
     assert all(0.0 < it["extra"]["p_correct"] <= 1.0 for it in score_items)
     closed = [it for it in score_items if it["kind"] == "closed"]
     assert len(closed) == 6 and all(len(it["extra"]["choice_logprobs"]) == 2 for it in closed)  # yes vs no
     assert all(len(it["extra"]["choice_logprobs"]) == 1 for it in score_items if it["kind"] == "open")
-    traced = [json.loads(line) for line in next((out / "stages").glob("*_trace/items.jsonl")).open()]
+    traced = [it.to_dict() for it in stage_items(out, "trace")]
     assert {it["kind"] for it in traced} == {"closed", "open"} and all("raw_output" in it["extra"] for it in traced)
     # The unit-size random reasoner answers nothing right: the filter then stops the chain, saying why, and the
     # traces stay cached for a rerun with a better reasoner.
