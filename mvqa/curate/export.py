@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mvqa.data.images import BadImageError, resolve_image_path
 from mvqa.data.prompts import PROMPTS, format_question
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
@@ -47,16 +48,25 @@ def llava_conversations(items: list[VQAItem], prompt: str) -> list[dict]:
 def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats) -> int:
     """Copy or zip each item's image; an image that is not there is recorded, not silently skipped."""
     if mode == "none":
+        stats.metrics["images_expected"] = 0
         return 0
     if mode not in ("copy", "zip"):
         raise ValueError(f"pipeline.export.images must be copy, zip or none, got {mode!r}")
     found = []
-    for it in {it.image: it for it in items}.values():
-        src = Path(it.image_root) / it.image if it.image_root else None
+    distinct = list({it.image: it for it in items}.values())
+    for it in distinct:
+        try:  # resolved, symlinks included: a link out of the image root is never copied
+            src = resolve_image_path(it) if it.image_root else None
+        except BadImageError as err:
+            stats.warn(f"image not exported for {it.id}: {err}", reason=err.reason)
+            continue
         if src is None or not src.is_file():
-            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk")
+            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk", reason="missing_image")
             continue
         found.append((src, it.image))
+    stats.metrics["images_expected"] = len(distinct)
+    if len(found) < len(distinct):
+        stats.warn(f"exported {len(found)} of {len(distinct)} images", reason="images_not_exported")
     if mode == "copy":
         for src, rel in found:
             dst = out / "images" / rel
@@ -104,4 +114,9 @@ def export_stage(items, ctx):
     cfg = ctx.cfg.pipeline
     stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json,
                            traced_items(ctx.output_dir))
+    missing = stats.metrics["images_expected"] - stats.metrics["images_exported"]
+    if cfg.export.images != "none" and missing and cfg.export.get("require_images", False):
+        raise RuntimeError(f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
+                           f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
+                           "is set (see export_stats.json)")
     return items, stats
