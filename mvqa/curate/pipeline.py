@@ -26,8 +26,14 @@ from mvqa.curate.diversity import write_diversity_report
 from mvqa.data.loading import load_dataset
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.data.storage import (check_unique_ids, exclusive_lock, items_fingerprint, read_items_jsonl,
-                               write_items_jsonl, write_json)
+from mvqa.data.storage import (
+    check_unique_ids,
+    exclusive_lock,
+    items_fingerprint,
+    read_items_jsonl,
+    write_items_jsonl,
+    write_json,
+)
 from mvqa.tracking import log_artifact
 
 log = logging.getLogger(__name__)
