@@ -80,7 +80,8 @@ def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats)
 
 
 def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "copy", llava_json: bool = True,
-                   traces: list[VQAItem] | None = None) -> StageStats:
+                   traces: list[VQAItem] | None = None, require_images: bool = False) -> StageStats:
+    """Write the exports; `require_images`: an image that could not be exported fails before final.csv."""
     stats = StageStats("export", n_in=len(items), n_out=len(items))
     out.mkdir(parents=True, exist_ok=True)
     write_items_jsonl(items, out / "items.jsonl")
@@ -91,6 +92,12 @@ def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "
         with atomic_path(out / "llava_conversations.json") as tmp:
             tmp.write_text(json.dumps(llava_conversations(items, PROMPTS[prompt]), indent=1, ensure_ascii=False))
     stats.metrics["images_exported"] = export_images(items, out, images, stats)
+    missing = stats.metrics["images_expected"] - stats.metrics["images_exported"]
+    if missing and require_images:
+        write_json(stats.to_dict(), out / "export_stats.json")
+        raise RuntimeError(f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
+                           f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
+                           f"is set, so no final.csv (see {out / 'export_stats.json'})")
     with atomic_path(out / "final.csv") as tmp:
         seed_frame(items).to_csv(tmp, index=False)
     write_json(stats.to_dict(), out / "export_stats.json")
@@ -113,10 +120,5 @@ def traced_items(run_dir: Path) -> list[VQAItem] | None:
 def export_stage(items, ctx):
     cfg = ctx.cfg.pipeline
     stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json,
-                           traced_items(ctx.output_dir))
-    missing = stats.metrics["images_expected"] - stats.metrics["images_exported"]
-    if cfg.export.images != "none" and missing and cfg.export.get("require_images", False):
-        raise RuntimeError(f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
-                           f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
-                           "is set (see export_stats.json)")
+                           traced_items(ctx.output_dir), require_images=cfg.export.get("require_images", False))
     return items, stats

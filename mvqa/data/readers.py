@@ -212,6 +212,8 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
         if not item_id:
             raise ValueError(f"{path}: row {i}: empty id in column {cols['id']!r}")
         if item_id in first_row:
+            if frame.iloc[i].tolist() == frame.iloc[first_row[item_id]].tolist() and on_duplicate == "drop":
+                continue  # an exact repeat of the row, id included: dropped as a duplicate row below
             raise ValueError(f"{path}: duplicate id {item_id!r} at rows {first_row[item_id]} and {i}")
         first_row[item_id] = i
 
@@ -274,10 +276,12 @@ def handle_duplicates(items: list[VQAItem], on_duplicate: str, stats: StageStats
     check_on_duplicate(on_duplicate)
     first: dict[tuple, str] = {}
     dups: list[tuple[str, str]] = []  # (duplicate id, id of its first row)
-    for it in items:
+    repeats: set[int] = set()  # positions (a repeated row may repeat its id too)
+    for pos, it in enumerate(items):
         key = _row_key(it)
         if key in first:
             dups.append((it.id, first[key]))
+            repeats.add(pos)
         else:
             first[key] = it.id
     stats.metrics["duplicate_rows"] = len(dups)
@@ -295,8 +299,7 @@ def handle_duplicates(items: list[VQAItem], on_duplicate: str, stats: StageStats
         stats.drop(dup, "duplicate_row", duplicate_of=of)
     log.warning("%s: dropped %d rows that repeat an earlier row exactly (%s); dataset.on_duplicate=keep|error",
                 path, len(dups), shown)
-    drop = {d for d, _ in dups}
-    return [it for it in items if it.id not in drop]
+    return [it for pos, it in enumerate(items) if pos not in repeats]
 
 
 def _finish(items, stats, path, on_bad_image, check_images, on_duplicate="drop") -> tuple[list[VQAItem], StageStats]:
