@@ -197,7 +197,8 @@ def test_missing_extra_column_is_an_error(tmp_path):
 
 
 def test_duplicate_ids_name_file_and_both_rows(tmp_path):
-    path = write_csv(tmp_path / "dup.csv", [pmc_row(id="q1"), pmc_row(id="q2"), pmc_row(id="q1")])
+    # An id reused for another row (an exact repeat of a row, id included, is a duplicate row instead).
+    path = write_csv(tmp_path / "dup.csv", [pmc_row(id="q1"), pmc_row(id="q2"), pmc_row(id="q1", image="b.jpg")])
     with pytest.raises(ValueError, match=r"dup\.csv: duplicate id 'q1' at rows 0 and 2"):
         read_pmc_vqa(path)
 

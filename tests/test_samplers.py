@@ -147,7 +147,9 @@ def test_sample_from_config(compose):
     items = synthetic_items()
     out, stats = sample(items, cfg.sampler)
     assert len(out) == 10 and stats.metrics["sampler"] == "kmeans_seed"
-    assert [it.id for it in out] == [it.id for it in KMeansSeedSampler(n=10, stratify=["modality"])(items)[0]]
+    assert cfg.sampler.seed == cfg.seed  # the config's sampler follows the top-level seed
+    assert [it.id for it in out] == [it.id for it in KMeansSeedSampler(n=10, stratify=["modality"],
+                                                                       seed=cfg.seed)(items)[0]]
 
 
 def test_diversity_report(tmp_path):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mvqa.data.images import BadImageError, resolve_image_path
 from mvqa.data.prompts import PROMPTS, format_question, parse_item_answer
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
@@ -76,16 +77,25 @@ def llava_conversations(items: list[VQAItem], prompt: str) -> list[dict]:
 def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats) -> int:
     """Copy or zip each item's image; an image that is not there is recorded, not silently skipped."""
     if mode == "none":
+        stats.metrics["images_expected"] = 0
         return 0
     if mode not in ("copy", "zip"):
         raise ValueError(f"pipeline.export.images must be copy, zip or none, got {mode!r}")
     found = []
-    for it in {it.image: it for it in items}.values():
-        src = Path(it.image_root) / it.image if it.image_root else None
+    distinct = list({it.image: it for it in items}.values())
+    for it in distinct:
+        try:  # resolved, symlinks included: a link out of the image root is never copied
+            src = resolve_image_path(it) if it.image_root else None
+        except BadImageError as err:
+            stats.warn(f"image not exported for {it.id}: {err}", reason=err.reason)
+            continue
         if src is None or not src.is_file():
-            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk")
+            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk", reason="missing_image")
             continue
         found.append((src, it.image))
+    stats.metrics["images_expected"] = len(distinct)
+    if len(found) < len(distinct):
+        stats.warn(f"exported {len(found)} of {len(distinct)} images", reason="images_not_exported")
     if mode == "copy":
         for src, rel in found:
             dst = out / "images" / rel
@@ -99,7 +109,8 @@ def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats)
 
 
 def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "copy", llava_json: bool = True,
-                   traces: list[VQAItem] | None = None) -> StageStats:
+                   traces: list[VQAItem] | None = None, require_images: bool = False) -> StageStats:
+    """Write the exports; `require_images`: an image that could not be exported fails before final.csv."""
     stats = StageStats("export", n_in=len(items), n_out=len(items))
     out.mkdir(parents=True, exist_ok=True)
     write_items_jsonl(items, out / "items.jsonl")
@@ -110,6 +121,12 @@ def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "
         with atomic_path(out / "llava_conversations.json") as tmp:
             tmp.write_text(json.dumps(llava_conversations(items, PROMPTS[prompt]), indent=1, ensure_ascii=False))
     stats.metrics["images_exported"] = export_images(items, out, images, stats)
+    missing = stats.metrics["images_expected"] - stats.metrics["images_exported"]
+    if missing and require_images:
+        write_json(stats.to_dict(), out / "export_stats.json")
+        raise RuntimeError(f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
+                           f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
+                           f"is set, so no final.csv (see {out / 'export_stats.json'})")
     with atomic_path(out / "final.csv") as tmp:
         seed_frame(items).to_csv(tmp, index=False)
     write_json(stats.to_dict(), out / "export_stats.json")
@@ -138,5 +155,6 @@ def traced_items(run_dir: Path, dataset=None) -> list[VQAItem] | None:
 def export_stage(items, ctx):
     cfg = ctx.cfg.pipeline
     stats = export_curated(items, ctx.output_dir, cfg.trace.prompt, cfg.export.images, cfg.export.llava_json,
-                           traced_items(ctx.output_dir, ctx.cfg.dataset))
+                           traced_items(ctx.output_dir, ctx.cfg.dataset),
+                           require_images=cfg.export.get("require_images", False))
     return items, stats

@@ -6,6 +6,10 @@ mvqa/curate/cache.py), so rerunning the same config skips finished stages, a kil
 resumes from its partial JSONL, and shards of one score or trace run meet in one directory.
 The run dir gets every stage's stats, a reference to its items in the cache (the last stage's items are
 copied), and a manifest saying which came from the cache.
+
+One process at a time writes a stage's cache entry (an OS lock per entry and shard: a second run of the same
+stage stops naming the writer's pid, or waits `pipeline.lock_wait_s`), and an output holding an id twice is an
+error, never a cache entry. Each stage ends with one console line: in -> out, drops and warnings by reason.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from mvqa.curate.diversity import write_diversity_report
 from mvqa.data.loading import load_dataset
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
-from mvqa.data.storage import items_fingerprint, read_items_jsonl, write_items_jsonl, write_json
+from mvqa.data.storage import (
+    check_unique_ids,
+    exclusive_lock,
+    items_fingerprint,
+    read_items_jsonl,
+    write_items_jsonl,
+    write_json,
+)
 from mvqa.tracking import log_artifact
 
 log = logging.getLogger(__name__)
@@ -105,6 +116,7 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
     ctx = CurationContext(cfg=cfg, output_dir=output_dir, run=run)
     items, stats = load_dataset(cfg.dataset)
     last_out = _record(output_dir, 0, "load", items, stats, {"cached": False})
+    log.info(stats.summary())
     funnel = [{"stage": "load", "n_in": stats.n_in, "n_out": stats.n_out}]
     registry = _stages()
     manifest: dict[str, Any] = {"config": OmegaConf.to_container(cfg, resolve=True), "stages": []}
@@ -175,19 +187,41 @@ def _log_to_wandb(run: Any, summary: dict[str, Any], output_dir: Path) -> None:
 def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext):
     """(items, stats, came_from_cache). Export always runs: its outputs belong to the run dir."""
     done_items, done_stats = ctx.stage_dir / _items_name(name, ctx.cfg), ctx.stage_dir / _stats_name(name, ctx.cfg)
-    if name != "export" and done_items.exists() and done_stats.exists():
-        stats = StageStats(**{k: v for k, v in json.loads(done_stats.read_text()).items() if k != "drop_reasons"})
-        return read_items_jsonl(done_items), stats, True
+    if name == "export":
+        ctx.stage_dir.mkdir(parents=True, exist_ok=True)
+        return (*fn(items, ctx), False)
+    if done_items.exists() and done_stats.exists():
+        return (*_read_cached(done_items, done_stats), True)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
-    out, stats = fn(items, ctx)
-    if name != "export" and not stats.metrics.get("waiting_for_shards"):
-        write_items_jsonl(out, done_items)  # items first: stats mark the stage as done
-        write_json(stats.to_dict(), done_stats)
+    suffix = _lock_suffix(name, ctx.cfg)
+    wait = OmegaConf.select(ctx.cfg, "pipeline.lock_wait_s", default=0.0) or 0.0
+    with exclusive_lock(ctx.stage_dir / f".lock{suffix}", f"stage {ctx.stage_dir.name}{suffix}", wait,
+                        " (pipeline.cache_dir), or pipeline.lock_wait_s=SECONDS"):
+        if done_items.exists() and done_stats.exists():  # the writer we waited for finished it
+            return (*_read_cached(done_items, done_stats), True)
+        out, stats = fn(items, ctx)
+        check_unique_ids(out, f"stage {name!r} output (cache {ctx.stage_dir})")
+        if not stats.metrics.get("waiting_for_shards"):  # a score shard that finished before the others
+            write_items_jsonl(out, done_items)  # items first: stats mark the stage as done
+            write_json(stats.to_dict(), done_stats)
     return out, stats, False
+
+
+def _read_cached(done_items: Path, done_stats: Path) -> tuple[list[VQAItem], StageStats]:
+    """A finished cache entry, refused when it holds an id twice (written before entries were checked)."""
+    stats = StageStats(**{k: v for k, v in json.loads(done_stats.read_text()).items() if k != "drop_reasons"})
+    items = read_items_jsonl(done_items)
+    check_unique_ids(items, f"cached {done_items} (delete {done_items.parent} to recompute it)")
+    return items, stats
 
 
 def _shard_suffix(name: str, cfg: DictConfig) -> str:
     return f".shard-{cfg.shard}-of-{cfg.num_shards}" if name == "trace" and cfg.num_shards > 1 else ""
+
+
+def _lock_suffix(name: str, cfg: DictConfig) -> str:
+    """Score and trace shards write their own partial files side by side: one lock per shard."""
+    return f".shard-{cfg.shard}-of-{cfg.num_shards}" if name in ("score", "trace") and cfg.num_shards > 1 else ""
 
 
 def _items_name(name: str, cfg: DictConfig) -> str:

@@ -85,7 +85,8 @@ class Sampler:
         stats.metrics.update(sampler=self.name, n=self.n, seed=self.seed)
         if self.n >= len(items):
             if self.n > len(items):
-                stats.warn(f"sampler {self.name}: n={self.n} > {len(items)} items; taking all of them")
+                stats.warn(f"sampler {self.name}: n={self.n} > {len(items)} items; taking all of them",
+                           reason="n_exceeds_pool")
             chosen = np.arange(len(items))
         else:
             X = self.features(items)

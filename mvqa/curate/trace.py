@@ -42,10 +42,13 @@ def traced_item(item: VQAItem, text: str, sample: int, num_samples: int, model: 
 
 
 def _resume(partial: Path) -> list[VQAItem]:
-    """What an earlier, killed run finished; the file is rewritten without a torn last line."""
+    """What an earlier, killed run finished; the file is rewritten without a torn last line or a repeated id."""
     if not partial.exists():
         return []
     done = read_items_jsonl(partial, allow_torn_tail=True)
+    # Keep the first row of an id: a file two writers appended to before stages were locked holds it twice.
+    seen: set[str] = set()
+    done = [it for it in done if not (it.id in seen or seen.add(it.id))]
     write_items_jsonl(done, partial)
     return done
 

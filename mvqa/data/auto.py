@@ -68,7 +68,7 @@ def _synthetic_node(auto: DictConfig) -> DictConfig:
 def _curated_node(auto: DictConfig, final_csv: Path) -> DictConfig:
     from mvqa.schemas.dataset import CuratedConf
 
-    shared = {k: auto[k] for k in ("on_bad_image", "check_images", "limit")}
+    shared = {k: auto[k] for k in ("on_bad_image", "check_images", "limit", "on_duplicate")}
     return OmegaConf.merge(OmegaConf.structured(CuratedConf), {**shared, "path": str(final_csv)})
 
 

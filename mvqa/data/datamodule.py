@@ -1,11 +1,75 @@
-"""A LightningDataModule over item lists: training batches, validation loss batches, generation batches."""
+"""A LightningDataModule over item lists: training batches, validation loss batches, generation batches.
+
+The one-process training loader is resumable mid-epoch: its order depends on (seed, epoch) only, and its
+state (epoch, batches the loop has consumed) goes into every checkpoint, so a run resumed from a checkpoint
+taken after batch k skips exactly those k batches and sees what an uninterrupted run would, in the same order.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, DistributedSampler
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from mvqa.data.records import VQAItem
+
+
+class EpochShuffle(Sampler[int]):
+    """DistributedSampler's one-replica order (randperm seeded with seed + epoch), able to start mid-epoch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches to skip) from a checkpoint
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this before each epoch
+        self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        self._resume = (epoch, batches_done)
+
+    def skipped_batches(self) -> int:
+        return self._resume[1] if self._resume and self._resume[0] == self.epoch else 0
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        skip = self.skipped_batches()
+        self._resume = None  # the next epoch starts at its beginning
+        return iter(order[skip * self.batch_size:])
+
+    def __len__(self) -> int:
+        return self.n  # the epoch's length: Lightning counts the skipped batches as already done
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning checkpoints (it has state_dict/load_state_dict): the epoch and how many of its
+    batches the training loop consumed. Counted by VQADataModule.on_before_batch_transfer, which Lightning
+    calls for the batch it is about to train on, not for the one it prefetched."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches_done = 0
+
+    def __iter__(self):
+        self.batches_done = self.sampler.skipped_batches()
+        return super().__iter__()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.sampler.epoch, "batches_done": self.batches_done, "seed": self.sampler.seed,
+                "n": self.sampler.n, "batch_size": self.sampler.batch_size}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = {"seed": self.sampler.seed, "n": self.sampler.n, "batch_size": self.sampler.batch_size}
+        theirs = {k: state.get(k) for k in mine}
+        if theirs != mine:
+            raise ValueError(f"the checkpoint's training data position was taken with {theirs}, this run has "
+                             f"{mine}: resuming would not continue the same epoch (same seed, data and batch "
+                             "size are needed)")
+        self.sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class VQADataModule(pl.LightningDataModule):
@@ -23,19 +87,45 @@ class VQADataModule(pl.LightningDataModule):
         # Generating is the slow part of validation: accuracy is measured on the first N val items (a fixed
         # slice, the same every epoch); the loss on all of them.
         self.val_generate_items = val_items[:val_generate_limit] if val_generate_limit else val_items
+        self._resume_state: dict[str, Any] | None = None  # the training position of a checkpoint resumed from
 
-    def _loader(self, items, collator, batch_size, sampler=None, shuffle=False) -> DataLoader:
-        return DataLoader(items, batch_size=batch_size, sampler=sampler, shuffle=shuffle, collate_fn=collator,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(self, items, collator, batch_size, sampler=None, shuffle=False, cls=DataLoader) -> DataLoader:
+        return cls(items, batch_size=batch_size, sampler=sampler, shuffle=shuffle, collate_fn=collator,
+                   num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way.
+            # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way; resuming such a
+            # run mid-epoch restarts the epoch (Lightning warns), at an epoch boundary it is exact.
             return self._loader(self.train_items, self.train_collator, self.batch_size, shuffle=True)
-        # A one-replica DistributedSampler: the order depends on (seed, epoch) only, and Lightning sets the epoch,
-        # so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
-        sampler = DistributedSampler(self.train_items, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
-        return self._loader(self.train_items, self.train_collator, self.batch_size, sampler=sampler)
+        sampler = EpochShuffle(len(self.train_items), self.batch_size, seed=self.seed)
+        loader = self._loader(self.train_items, self.train_collator, self.batch_size, sampler=sampler,
+                              cls=ResumableLoader)
+        if self._resume_state is not None:
+            loader.load_state_dict(self._resume_state)
+        return loader
+
+    def _resumable_loader(self) -> ResumableLoader | None:
+        loader = self.trainer.train_dataloader if self.trainer is not None else None
+        return loader if isinstance(loader, ResumableLoader) else None
+
+    # The position also travels as the datamodule's state: Lightning restores that before anything builds the
+    # loader, while it skips the loader's own state when the loader was built early (configure_optimizers reads
+    # trainer.estimated_stepping_batches, which sets up the training data before the loops are restored).
+    def state_dict(self) -> dict[str, Any]:
+        loader = self._resumable_loader()
+        return {"train_position": loader.state_dict()} if loader is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume_state = state.get("train_position")
+        if self._resume_state is not None and self._resumable_loader() is not None:
+            self._resumable_loader().load_state_dict(self._resume_state)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        loader = self._resumable_loader()  # the loader Lightning iterates (it may have rebuilt ours)
+        if loader is not None and self.trainer.training:
+            loader.batches_done += 1
+        return batch
 
     def val_dataloader(self) -> list[DataLoader]:
         if not self.val_items:

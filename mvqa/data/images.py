@@ -46,12 +46,21 @@ def check_image_path(image: str) -> None:
 
 
 def resolve_image_path(item: VQAItem) -> Path:
-    """The file of `item.image` under `item.image_root` (the working directory when the root is empty)."""
+    """The file of `item.image` under `item.image_root` (the working directory when the root is empty).
+
+    Resolved, symlinks included, before the root check: a link inside the root that points outside it is
+    refused (BadImageError, reason `image_outside_root`) like a `..` in the path text.
+    """
     try:
         check_image_path(item.image)
     except ValueError as err:
         raise ValueError(f"item {item.id!r}: {err}") from None
-    return Path(item.image_root or ".") / item.image
+    root = Path(item.image_root or ".").resolve()
+    path = (root / item.image.strip()).resolve()
+    if not path.is_relative_to(root):
+        raise BadImageError(f"item {item.id!r}: image {item.image!r} resolves to {path}, outside the image root "
+                            f"{root} (a symlink pointing out of the root?)", "image_outside_root", path)
+    return path
 
 
 def load_image(item: VQAItem) -> Image.Image:
@@ -74,7 +83,7 @@ def verify_images(items: list[VQAItem], on_bad_image: str = "error", stats: Stag
     failures: dict[Path, BadImageError | None] = {}  # several items often share one figure
     kept = []
     for item in items:
-        path = resolve_image_path(item)
+        path = Path(item.image_root or ".") / item.image.strip()
         if path not in failures:
             try:
                 load_image(item)

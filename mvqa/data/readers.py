@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from mvqa.data.images import check_image_path, check_on_bad_image, verify_images
 from mvqa.data.records import CLOSED, LETTERS, MAX_CHOICES, OPEN, VQAItem
 from mvqa.data.stats import StageStats
 
+log = logging.getLogger(__name__)
 LOAD_STAGE = "load"
 PMC_VQA_COLUMNS: dict[str, Any] = {
     "image": "Figure_path",
@@ -84,6 +86,8 @@ def read_pmc_vqa(
     limit: int | None = None,
     columns: Mapping[str, Any] | None = None,
     extra_columns: Sequence[str] = (),
+    on_duplicate: str = "drop",
+    encoding: str = "utf-8-sig",
 ) -> tuple[list[VQAItem], StageStats]:
     """A PMC-VQA CSV (`Figure_path, Question, Answer, Choice A..D, Answer_label`), names matched ignoring case.
 
@@ -94,7 +98,7 @@ def read_pmc_vqa(
     return _read_table(
         path, {**PMC_VQA_COLUMNS, **overrides}, strip_prefixes=True, image_root=image_root, name=name,
         split=split, source=source, on_bad_image=on_bad_image, check_images=check_images, limit=limit,
-        extra_columns=extra_columns,
+        extra_columns=extra_columns, on_duplicate=on_duplicate, encoding=encoding,
     )
 
 
@@ -110,6 +114,8 @@ def read_csv_dataset(
     check_images: bool = False,
     limit: int | None = None,
     extra_columns: Sequence[str] = (),
+    on_duplicate: str = "drop",
+    encoding: str = "utf-8-sig",
 ) -> tuple[list[VQAItem], StageStats]:
     """Any CSV: `columns` maps image, question, answer (required), choices (list), answer_label, id, ... to
     column names. Without an answer_label column the label is the one choice whose text equals the answer."""
@@ -120,7 +126,7 @@ def read_csv_dataset(
     return _read_table(
         path, mapping, strip_prefixes=strip_choice_prefixes, image_root=image_root, name=name, split=split,
         source=source, on_bad_image=on_bad_image, check_images=check_images, limit=limit,
-        extra_columns=extra_columns,
+        extra_columns=extra_columns, on_duplicate=on_duplicate, encoding=encoding,
     )
 
 
@@ -136,15 +142,32 @@ def _column_mapping(columns: Mapping[str, Any] | None, path) -> dict[str, Any]:
     return columns
 
 
-def _read_frame(path: Path, limit: int | None) -> pd.DataFrame:
+def decode_error(path: Path, encoding: str) -> ValueError:
+    """Where a file stops being `encoding`: line, data row and byte offset, without the file's content."""
+    data = path.read_bytes()
+    try:
+        data.decode(encoding)
+        return ValueError(f"{path}: not readable as {encoding}")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        return ValueError(f"{path}: line {line} (data row {line - 2} unless a cell spans lines), byte offset "
+                          f"{err.start}: byte 0x{data[err.start]:02x} is not valid {encoding} ({err.reason}); "
+                          "fix the file or set dataset.encoding (e.g. latin-1, cp1252)")
+    except LookupError:
+        return ValueError(f"{path}: unknown encoding {encoding!r} (dataset.encoding)")
+
+
+def _read_frame(path: Path, limit: int | None, encoding: str = "utf-8-sig") -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     try:
         # Every cell as text, and no NA guessing: an answer "None" or "NA" is an answer.
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, nrows=limit,
-                            encoding="utf-8-sig")
+                            encoding=encoding)
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: empty CSV (no header and no rows)") from None
+    except (UnicodeDecodeError, LookupError):  # pandas' own message carries a slice of the file's bytes
+        raise decode_error(path, encoding) from None
     if frame.empty:
         raise ValueError(f"{path}: no data rows (columns: {list(frame.columns)})")
     return frame
@@ -181,10 +204,11 @@ def _label_from_answer(answer: str, choices: list[str], where: str) -> str:
 
 
 def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, source, on_bad_image, check_images,
-                limit, extra_columns) -> tuple[list[VQAItem], StageStats]:
+                limit, extra_columns, on_duplicate="drop", encoding="utf-8-sig") -> tuple[list[VQAItem], StageStats]:
     path = Path(path)
     check_on_bad_image(on_bad_image)
-    frame = _read_frame(path, limit)
+    check_on_duplicate(on_duplicate)
+    frame = _read_frame(path, limit, encoding)
     cols = _match_columns(path, list(frame.columns), mapping, list(extra_columns))
     root = str(path.parent if image_root is None else image_root)
     n = len(frame)
@@ -206,6 +230,8 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
         if not item_id:
             raise ValueError(f"{path}: row {i}: empty id in column {cols['id']!r}")
         if item_id in first_row:
+            if frame.iloc[i].tolist() == frame.iloc[first_row[item_id]].tolist() and on_duplicate == "drop":
+                continue  # an exact repeat of the row, id included: dropped as a duplicate row below
             raise ValueError(f"{path}: duplicate id {item_id!r} at rows {first_row[item_id]} and {i}")
         first_row[item_id] = i
 
@@ -244,13 +270,62 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
 
     if mismatched:  # kept: the label is the ground truth, but curation should know the text disagrees
         stats.warn(f"{path}: {len(mismatched)} rows whose answer text differs from the labelled choice "
-                   f"(first: {mismatched[:5]})")
+                   f"(first: {mismatched[:5]})", reason="answer_text_mismatch")
     stats.metrics.update(path=str(path), answer_text_mismatch=len(mismatched))
-    return _finish(items, stats, path, on_bad_image, check_images)
+    return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)
 
 
-def _finish(items, stats, path, on_bad_image, check_images) -> tuple[list[VQAItem], StageStats]:
-    if check_images:
+ON_DUPLICATE = ("error", "drop", "keep")
+
+
+def check_on_duplicate(on_duplicate: str) -> None:
+    if on_duplicate not in ON_DUPLICATE:
+        raise ValueError(f"on_duplicate={on_duplicate!r}: expected one of {list(ON_DUPLICATE)}")
+
+
+def _row_key(item: VQAItem) -> tuple:
+    """Everything a row says except its id: two rows equal here are one question asked twice."""
+    return (item.image_root, item.image, item.question, tuple(item.choices), item.answer_label, item.answer,
+            tuple(sorted((k, str(v)) for k, v in item.extra.items())))
+
+
+def handle_duplicates(items: list[VQAItem], on_duplicate: str, stats: StageStats, path) -> list[VQAItem]:
+    """Exact duplicate rows (same image, question, choices, answer and extra columns such as a trace): drop all
+    but the first (recorded, reason `duplicate_row`), keep them (a warning), or stop naming them."""
+    check_on_duplicate(on_duplicate)
+    first: dict[tuple, str] = {}
+    dups: list[tuple[str, str]] = []  # (duplicate id, id of its first row)
+    repeats: set[int] = set()  # positions (a repeated row may repeat its id too)
+    for pos, it in enumerate(items):
+        key = _row_key(it)
+        if key in first:
+            dups.append((it.id, first[key]))
+            repeats.add(pos)
+        else:
+            first[key] = it.id
+    stats.metrics["duplicate_rows"] = len(dups)
+    if not dups:
+        return items
+    shown = ", ".join(f"{d} = {f}" for d, f in dups[:5]) + (", ..." if len(dups) > 5 else "")
+    if on_duplicate == "error":
+        raise ValueError(f"{path}: {len(dups)} rows repeat an earlier row exactly ({shown}); "
+                         "dataset.on_duplicate=drop keeps the first of each, keep keeps all")
+    if on_duplicate == "keep":
+        stats.warn(f"{path}: {len(dups)} rows repeat an earlier row exactly, kept ({shown})",
+                   reason="duplicate_row_kept")
+        return items
+    for dup, of in dups:
+        stats.drop(dup, "duplicate_row", duplicate_of=of)
+    log.warning("%s: dropped %d rows that repeat an earlier row exactly (%s); dataset.on_duplicate=keep|error",
+                path, len(dups), shown)
+    return [it for pos, it in enumerate(items) if pos not in repeats]
+
+
+def _finish(items, stats, path, on_bad_image, check_images, on_duplicate="drop") -> tuple[list[VQAItem], StageStats]:
+    items = handle_duplicates(items, on_duplicate, stats, path)
+    # skip promises that no stage trips over a bad image; later stages open images without a skip of their own,
+    # so the images are checked here even when check_images is off.
+    if check_images or on_bad_image == "skip":
         items = verify_images(items, on_bad_image, stats)
     if not items:
         raise ValueError(f"{path}: no items left after loading (dropped: {stats.drop_reasons})")
@@ -331,6 +406,8 @@ def read_slake(
     on_bad_image: str = "error",
     check_images: bool = False,
     limit: int | None = None,
+    on_duplicate: str = "drop",
+    encoding: str = "utf-8",
 ) -> tuple[list[VQAItem], StageStats]:
     """SLAKE 1.0 `<path>/<split>.json`, English questions, images `<path>/imgs/<img_name>`.
 
@@ -343,6 +420,7 @@ def read_slake(
     never changes an item's choices.
     """
     check_on_bad_image(on_bad_image)
+    check_on_duplicate(on_duplicate)
     if split not in SLAKE_SPLITS:
         raise ValueError(f"SLAKE split {split!r}: expected one of {list(SLAKE_SPLITS)}")
     from mvqa.data.benchmarks import is_hub_id
@@ -354,7 +432,10 @@ def read_slake(
     path = root / f"{split}.json"
     if not path.is_file():
         raise FileNotFoundError(f"SLAKE file not found: {path}. {SLAKE_LAYOUT}")
-    rows = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        rows = json.loads(path.read_text(encoding=encoding))
+    except (UnicodeDecodeError, LookupError):
+        raise decode_error(path, encoding) from None
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{path}: expected a non-empty JSON list of questions")
     for i, r in enumerate(rows):
@@ -426,4 +507,4 @@ def read_slake(
     if counts["open_fewer_choices"]:
         stats.warn(f"{counts['open_fewer_choices']} open questions got fewer than {num_distractors} distractors "
                    "(their content_type has few distinct answers in this split)")
-    return _finish(items, stats, path, on_bad_image, check_images)
+    return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)

@@ -23,8 +23,12 @@ class StageStats:
     def drop(self, item_id: str, reason: str, **detail: Any) -> None:
         self.dropped.append({"id": item_id, "reason": reason, **detail})
 
-    def warn(self, message: str) -> None:
+    # reason -> how many warnings of it, so the console line can count them like drops
+    warning_reasons: dict[str, int] = field(default_factory=dict)
+
+    def warn(self, message: str, reason: str = "warning") -> None:
         self.warnings.append(message)
+        self.warning_reasons[reason] = self.warning_reasons.get(reason, 0) + 1
 
     @property
     def drop_reasons(self) -> dict[str, int]:
@@ -34,5 +38,13 @@ class StageStats:
         return {**asdict(self), "drop_reasons": self.drop_reasons}
 
     def summary(self) -> str:
-        reasons = ", ".join(f"{r}: {n}" for r, n in sorted(self.drop_reasons.items()))
-        return f"{self.stage}: {self.n_in} -> {self.n_out}" + (f" (dropped {reasons})" if reasons else "")
+        """One console line: in -> out, every drop by reason, every warning by reason (with the first one)."""
+        parts = []
+        if self.dropped:
+            parts.append("dropped " + ", ".join(f"{r}: {n}" for r, n in sorted(self.drop_reasons.items())))
+        if self.warnings:
+            # Warnings recorded before reasons existed (an old cached stats.json) count as plain "warning".
+            reasons = self.warning_reasons or {"warning": len(self.warnings)}
+            parts.append("warned " + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items()))
+                         + f"; first: {self.warnings[0]}")
+        return f"{self.stage}: {self.n_in} -> {self.n_out}" + (f" ({'; '.join(parts)})" if parts else "")

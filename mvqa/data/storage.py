@@ -2,14 +2,20 @@
 
 Every final output is written to a temporary name in the same directory and renamed into place; appendable
 JSONL shards (resumable trace generation) are flushed line by line and read back tolerating a torn last line.
+A file that one process appends to is guarded by `exclusive_lock`, so a second writer stops instead of doubling
+its rows; `check_unique_ids` refuses a stage output that holds an id twice.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -73,3 +79,53 @@ def items_fingerprint(items: Iterable[VQAItem]) -> str:
     for it in items:
         h.update(item_to_json(it).encode())
     return h.hexdigest()
+
+
+class BusyError(RuntimeError):
+    """Another live process holds the lock of what this one was about to write."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: str | os.PathLike, what: str, wait_s: float = 0.0, hint: str = "") -> Iterator[None]:
+    """Hold an OS lock (flock) on `lock_path` for the block; another holder -> BusyError after `wait_s` seconds.
+
+    The kernel drops the lock when its process dies (kill -9 included), so a crashed writer never blocks the
+    next run; the file itself stays (removing it would let two processes lock two different files). The holder
+    writes its pid and host into the file so the error can name it.
+    """
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
+                    on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
+                    raise BusyError(f"{what} is being written by pid {holder[0]}{on}; wait or use another cache"
+                                    f"{hint} (lock: {lock_path})") from None
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def duplicate_ids(items: Iterable[VQAItem]) -> dict[str, int]:
+    """id -> count for every id that occurs more than once."""
+    counts = collections.Counter(it.id for it in items)
+    return {i: n for i, n in counts.items() if n > 1}
+
+
+def check_unique_ids(items: Iterable[VQAItem], where: str) -> None:
+    """Refuse a set that holds an id twice (two writers appended to one file, a bad merge); names the ids."""
+    dups = duplicate_ids(items)
+    if dups:
+        shown = ", ".join(f"{i!r} x{n}" for i, n in list(dups.items())[:10])
+        raise ValueError(f"{where}: {len(dups)} ids occur more than once ({shown}"
+                         f"{', ...' if len(dups) > 10 else ''}); nothing is cached from it")

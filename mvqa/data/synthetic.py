@@ -358,7 +358,8 @@ def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int
                    seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, closed_share: float = 0.2,
                    open_share: float = 0.2, split: str = "train",
                    name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
-                   limit: int | None = None, describe: bool = False) -> tuple[list[VQAItem], StageStats]:
+                   limit: int | None = None, describe: bool = False,
+                   on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
 
     `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its caption), like
@@ -371,7 +372,8 @@ def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int
     world = make_world(root, params)
     items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
                                 source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
-                                limit=limit, extra_columns=("trace", "difficulty", "caption"))
+                                limit=limit, extra_columns=("trace", "difficulty", "caption"),
+                                on_duplicate=on_duplicate)
     # The CSV round trip gives strings; difficulty is a number downstream (hard-item analyses).
     items = [it.with_extra(difficulty=float(it.extra["difficulty"])) for it in items]
     if describe and split == "train":

@@ -202,7 +202,7 @@ def load_model(cfg) -> ModelBundle:
     if conf.adapter:
         from mvqa.models.lora import load_adapter
 
-        model = load_adapter(model, conf.adapter)
+        model = load_adapter(model, conf.adapter, base_check=conf.adapter_base_check)
     model.eval()
     return ModelBundle(
         model=model,

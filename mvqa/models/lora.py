@@ -6,11 +6,13 @@ q/k/v projections and must never get adapters.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -161,12 +163,42 @@ def write_dir_atomically(write, path: str | os.PathLike) -> Path:
     return path
 
 
+# PEFT's wrappers around a base weight: their names are stripped so a wrapped base and a bare one agree.
+_WRAPPER_PARTS = (".base_layer", ".original_module", ".token_adapter")
+_ADAPTER_PARTS = ("lora_", "modules_to_save.", "trainable_tokens_")
+BASE_CHECKS = ("warn", "error")
+
+
+def base_fingerprint(model, samples_per_tensor: int = 1024) -> str | None:
+    """A hash of the frozen base weights: names, shapes and `samples_per_tensor` evenly spaced values of each
+    tensor (rounded to bf16, so a base loaded in another float dtype agrees). Adapter weights are left out, so
+    a base before and after attaching adapters gives the same value. None when weights are not materialised
+    (meta or sharded tensors)."""
+    h = hashlib.sha256()
+    try:
+        for name, param in sorted(_base(model).named_parameters(), key=lambda kv: kv[0]):
+            if any(part in name for part in _ADAPTER_PARTS):
+                continue
+            for part in _WRAPPER_PARTS:
+                name = name.replace(part, "")
+            flat = param.detach().reshape(-1)
+            h.update(f"{name}:{tuple(param.shape)}".encode())
+            if flat.is_floating_point():
+                index = torch.linspace(0, flat.numel() - 1, min(samples_per_tensor, flat.numel())).long()
+                h.update(flat[index.to(flat.device)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+    except (RuntimeError, NotImplementedError):  # meta tensors, FSDP flat params
+        return None
+    return h.hexdigest()[:16]
+
+
 def save_adapter(model: PeftModel, path: str | os.PathLike) -> Path:
-    """The adapter only (safetensors + adapter_config.json), with the base it was trained on."""
+    """The adapter only (safetensors + adapter_config.json), with the base it was trained on (name, type and
+    a fingerprint of its weights)."""
     if not isinstance(model, PeftModel):
         raise TypeError(f"save_adapter takes a PeftModel, got {type(model).__name__}")
     base = model.get_base_model()
-    info = {"model_type": base.config.model_type, "base": base.config.name_or_path}
+    info = {"model_type": base.config.model_type, "base": base.config.name_or_path,
+            "base_fingerprint": base_fingerprint(model)}
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -175,8 +207,12 @@ def save_adapter(model: PeftModel, path: str | os.PathLike) -> Path:
     return write_dir_atomically(write, path)
 
 
-def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False, adapter_name: str = "default") -> PeftModel:
+def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False, adapter_name: str = "default",
+                 base_check: str = "warn") -> PeftModel:
     """A saved adapter onto `base`; one trained for another base fails naming both.
+
+    One trained on a base of the same type and shape but other weights (its recorded base_fingerprint differs)
+    gets a warning, or fails with `base_check="error"` (model.adapter_base_check).
 
     `base` may already be a PeftModel: the adapter is then added under `adapter_name`, so several adapters
     share one base in memory (switch with `set_adapter`, or `disable_adapter()` for the bare base).
@@ -198,6 +234,17 @@ def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False, adap
     )
     if info.get("model_type", config.model_type) != config.model_type:
         raise ValueError(mismatch)
+    if base_check not in BASE_CHECKS:
+        raise ValueError(f"adapter base_check={base_check!r}: expected one of {list(BASE_CHECKS)}")
+    recorded = info.get("base_fingerprint")
+    if recorded:
+        current = base_fingerprint(base)
+        if current is not None and current != recorded:
+            message = (f"adapter {path} was trained on base weights with fingerprint {recorded} ({trained_on!r}); "
+                       f"the base {config.name_or_path!r} has {current}: same type and shapes, other weights")
+            if base_check == "error":
+                raise ValueError(message + " (model.adapter_base_check=error)")
+            warnings.warn(message + "; model.adapter_base_check=error makes this an error", stacklevel=2)
     try:
         if isinstance(base, PeftModel):
             base.load_adapter(path, adapter_name=adapter_name, is_trainable=is_trainable)

@@ -20,6 +20,9 @@ class DatasetConf:
     # Open every image at load time (off for sources shipped without images, e.g. the MVQA1k release).
     check_images: bool = False
     limit: int | None = None
+    # Rows equal in everything but their id (image, question, choices, answer, extra columns): drop all but the
+    # first (logged and recorded in stats), keep them (a warning), or error naming them.
+    on_duplicate: str = "drop"
 
 
 @dataclass
@@ -52,6 +55,7 @@ class PmcVqaConf(DatasetConf):
     source: str = "pmc_vqa"
     columns: ColumnsConf = field(default_factory=ColumnsConf)
     extra_columns: list[str] = field(default_factory=list)  # copied into item.extra
+    encoding: str = "utf-8-sig"  # a non-UTF-8 file (latin-1, cp1252) names its encoding here
 
 
 _TRACE_COLUMNS = ["generated_reasoning", "generated_answer", "raw_output"]
@@ -87,6 +91,7 @@ class CsvConf(DatasetConf):
     source: str = "csv"
     strip_choice_prefixes: bool = False  # PMC-VQA style " A: " prefixes in the choice cells
     extra_columns: list[str] = field(default_factory=list)
+    encoding: str = "utf-8-sig"
 
 
 @dataclass
@@ -103,6 +108,7 @@ class SlakeConf(DatasetConf):
     open_to_mcq: bool = False
     num_distractors: int = 3
     seed: int = II("seed")
+    encoding: str = "utf-8"
 
 
 @dataclass

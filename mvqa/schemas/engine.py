@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import II
+
 GROUP = "engine"
 
 
@@ -17,7 +19,7 @@ class GenerationDefaults:
     top_p: float = 1.0
     top_k: int = 0  # 0: off
     num_samples: int = 1  # generations per request (with do_sample)
-    seed: int = 0
+    seed: int = II("seed")  # the top-level seed unless overridden
     # auto: single-pass budget forcing for greedy, s1's multi-pass loop for sampling; single_pass | multi_pass
     budget_impl: str = "auto"
 

@@ -21,6 +21,8 @@ class ModelConf:
     revision: str | None = None
     processor_path: str | None = None  # where the processor lives when not next to the weights
     adapter: str | None = None  # a saved PEFT adapter dir, loaded onto the base
+    # An adapter whose recorded base-weight fingerprint differs from this base's: warn | error.
+    adapter_base_check: str = "warn"
     dtype: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; or float32 | bfloat16 | float16
     device_map: Any = None
     attn_implementation: str | None = None  # null: transformers' default (sdpa)

@@ -44,6 +44,9 @@ class ExportConf:
     # copy | zip | none: how the matched images travel with the curated set.
     images: str = "copy"
     llava_json: bool = True
+    # Fail the export when an item's image could not be exported (missing, or a link out of the image root);
+    # off: the shortfall is a warning on the console and in export_stats.json.
+    require_images: bool = False
 
 
 @dataclass
@@ -53,6 +56,9 @@ class PipelineConf:
     # skips finished stages and a killed trace stage resumes; set per-project to share across run dirs.
     cache_dir: str = "${paths.cache}/stages"
     score: ScoreConf = field(default_factory=ScoreConf)
+    # One process writes a stage's cache entry at a time (an OS lock). 0: a second run of the same stage stops
+    # at once naming the writer's pid; N: it waits up to N seconds, then takes the finished entry.
+    lock_wait_s: float = 0.0
     trace: TraceConf = field(default_factory=TraceConf)
     filter: FilterConf = field(default_factory=FilterConf)
     export: ExportConf = field(default_factory=ExportConf)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from omegaconf import II
+
 GROUP = "sampler"
 
 
@@ -12,8 +14,8 @@ class SamplerConf:
     _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
     name: str = "kcenter_svd"
     n: int = 1000
-    # The seed's random_state; set to ${seed} to follow the global seed instead.
-    seed: int = 42
+    # Follows the top-level `seed` (a seed sweep samples a new set); sampler.seed=42 is the seed's random_state.
+    seed: int = II("seed")
     # Feature weights: TF-IDF of question text, of the image path (the seed: 0.25) and of the answer text.
     question_weight: float = 1.0
     image_weight: float = 0.25

@@ -62,10 +62,20 @@ def trainable_token_rows(recipe, bundle, train_items: list[VQAItem]) -> list[int
 def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    loggers = [CSVLogger(output_dir, name="csv", version="")]  # local metrics in every case
+    # Local metrics in every case. Lightning's CSV logger deletes a metrics.csv it finds, so a resumed run
+    # writes its own csv/attempt-N/ and the steps logged before the kill stay in csv/metrics.csv.
+    attempt = 1
+    while (output_dir / "csv" / _attempt_dir(attempt) / "metrics.csv").exists():
+        attempt += 1
+    # Flushed at every logged step: a killed run keeps the metrics of the steps it finished.
+    loggers = [CSVLogger(output_dir, name="csv", version=_attempt_dir(attempt), flush_logs_every_n_steps=1)]
     if run is not None:
         loggers.append(WandbLogger(experiment=run, log_model=False))
     return loggers
+
+
+def _attempt_dir(attempt: int) -> str:
+    return "" if attempt == 1 else f"attempt-{attempt}"
 
 
 def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
@@ -79,6 +89,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     formatter = instantiate(cfg.trace_format)
     train_items, format_stats = formatter(train_items, bundle.special_tokens)
     val_items, val_format_stats = formatter(val_items, bundle.special_tokens)
+    for stats in (load_stats, format_stats, val_format_stats):
+        log.info(stats.summary())
     if not train_items:
         raise RuntimeError(f"no training items left after formatting: {format_stats.drop_reasons}")
 
