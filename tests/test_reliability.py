@@ -85,7 +85,7 @@ def test_the_top_level_seed_reaches_every_component_and_changes_the_random_sampl
     assert final(1, "d") != final(2, "e") != final(0, "c")
     world = compose("generate", ["seed=7"], tmp_path / "w")
     assert world.dataset.seed == world.sampler.seed == world.engine.seed == 7
-    train = compose("train", ["seed=7", "dataset=slake", "dataset.root=x"], tmp_path / "t")
+    train = compose("train", ["seed=7", "dataset=slake", "dataset.path=x"], tmp_path / "t")
     assert train.dataset.seed == 7
     # An explicit component seed still wins.
     assert compose("generate", ["seed=7", "sampler.seed=42"], tmp_path / "o").sampler.seed == 42

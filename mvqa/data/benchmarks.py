@@ -179,7 +179,7 @@ VQA_RAD_LAYOUTS = (
 
 def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str = "vqa_rad",
                  image_cache=None, on_bad_image: str = "error", check_images: bool = False,
-                 limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+                 limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """VQA-RAD (Lau et al., 2018): 1,793 train / 451 test questions, half yes/no.
 
     The OSF JSON says CLOSED/OPEN per question and its test split is the `test_*` phrase types; the Hub copy
@@ -189,7 +189,7 @@ def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str =
     if split not in VQA_RAD_SPLITS:
         raise ValueError(f"VQA-RAD split {split!r}: expected one of {list(VQA_RAD_SPLITS)}")
     kw = {"name": name, "source": source, "image_cache": image_cache, "on_bad_image": on_bad_image,
-              "check_images": check_images, "limit": limit}
+              "check_images": check_images, "limit": limit, "on_duplicate": on_duplicate}
     root, cache = Path(path), _resolve_cache(image_cache)
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(path, split=split, **kw)
@@ -207,10 +207,11 @@ def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str =
     items = _free_text_parquet(_limit(ds, limit), where, name=name, split=split, source=source,
                                image_cache=cache, layout=VQA_RAD_LAYOUTS[0])
     stats.metrics.update(path=str(path), layout="hub")
-    return _finish(items, stats, where, on_bad_image, check_images)
+    return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
 
 
-def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_bad_image, check_images, limit):
+def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_bad_image, check_images, limit,
+                      on_duplicate):
     path = root / VQA_RAD_JSON
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list) or not rows:
@@ -239,7 +240,7 @@ def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_b
             raise ValueError(f"{where}: {err}") from None
     check_unique_ids(items, str(path))
     stats.metrics.update(path=str(path), layout="osf")
-    return _finish(items, stats, path, on_bad_image, check_images)
+    return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)
 
 
 # ------------------------------------------------------------------------------------------------- PathVQA
@@ -253,7 +254,7 @@ PATH_VQA_LAYOUTS = (
 
 def read_path_vqa(path, split: str = "test", name: str = "path_vqa", source: str = "path_vqa", image_cache=None,
                   on_bad_image: str = "error", check_images: bool = False,
-                  limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+                  limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """PathVQA (He et al., 2020): pathology images, about half yes/no (closed) and half open questions."""
     check_on_bad_image(on_bad_image)
     if split not in PATH_VQA_SPLITS:
@@ -261,7 +262,8 @@ def read_path_vqa(path, split: str = "test", name: str = "path_vqa", source: str
     root, cache = Path(path), _resolve_cache(image_cache)
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(path, split=split, name=name, source=source, image_cache=image_cache,
-                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit)
+                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit,
+                                   on_duplicate=on_duplicate)
     if is_hub_id(str(path)):
         ds, where = load_hub_dataset(str(path), split, "PathVQA", PATH_VQA_LAYOUTS), f"{path}[{split}]"
     else:
@@ -273,7 +275,7 @@ def read_path_vqa(path, split: str = "test", name: str = "path_vqa", source: str
     items = _free_text_parquet(_limit(ds, limit), where, name=name, split=split, source=source,
                                image_cache=cache, layout=PATH_VQA_LAYOUTS[0])
     stats.metrics.update(path=str(path), layout="hub")
-    return _finish(items, stats, where, on_bad_image, check_images)
+    return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
 
 
 # --------------------------------------------------------------------------------------------- PMC-VQA test
@@ -312,7 +314,7 @@ OMNIMEDVQA_LAYOUTS = (
 def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
                     access: Sequence[str] = ("Open-access",), subsets: Sequence[str] = (), image_cache=None,
                     on_bad_image: str = "error", check_images: bool = False,
-                    limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+                    limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """OmniMedVQA (Hu et al., 2024): mcq only, one JSON per source dataset, no splits (all of it is test).
 
     `access` picks the QA_information folders (Open-access, Restricted-access), `subsets` the JSON files by
@@ -322,7 +324,8 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
     root = Path(path)
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(path, split="test", name=name, source=source, image_cache=image_cache,
-                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit)
+                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit,
+                                   on_duplicate=on_duplicate)
     folders = [root / "QA_information" / a for a in access]
     missing = [str(f) for f in folders if not f.is_dir()]
     if is_hub_id(str(path)) or missing:
@@ -367,7 +370,7 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
                 raise ValueError(f"{where}: {err}") from None
     check_unique_ids(items, str(root))
     stats.metrics.update(path=str(path), layout="json", files=len(files))
-    return _finish(items, stats, root, on_bad_image, check_images)
+    return _finish(items, stats, root, on_bad_image, check_images, on_duplicate)
 
 
 # ---------------------------------------------------------------------------------------------------- MMMU
@@ -383,7 +386,8 @@ MMMU_LAYOUTS = (
 
 def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_MEDICAL_SUBJECTS,
               name: str = "mmmu_med", source: str = "mmmu", image_cache=None, on_bad_image: str = "error",
-              check_images: bool = False, limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+              check_images: bool = False, limit: int | None = None,
+              on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """MMMU's medical subjects (Yue et al., 2024): mostly mcq, some open. One image per item here, so a question
     with several images is dropped ("multi_image"), as is one with more than five options ("too_many_choices").
     The test split's answers are withheld, so only dev and validation load."""
@@ -393,7 +397,7 @@ def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_ME
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(path, split=split, name=name, source=source, image_cache=image_cache,
                                    subjects=subjects, on_bad_image=on_bad_image, check_images=check_images,
-                                   limit=limit)
+                                   limit=limit, on_duplicate=on_duplicate)
     root, cache = Path(path), _resolve_cache(image_cache)
     parts = []
     if is_hub_id(str(path)):
@@ -444,7 +448,7 @@ def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_ME
             except ValueError as err:
                 raise ValueError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
     stats.metrics.update(path=str(path), layout="hub", subjects=list(subjects))
-    return _finish(items, stats, path, on_bad_image, check_images)
+    return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)
 
 
 def _literal_list(cell: Any, what: str) -> list:
@@ -476,7 +480,8 @@ TSV_LAYOUT = ("VLMEvalKit's TSV: columns index, image (base64; a short cell name
 
 def read_vlmevalkit_tsv(path, split: str = "", name: str = "tsv", source: str = "vlmevalkit",
                         subjects: Sequence[str] = (), image_cache=None, on_bad_image: str = "error",
-                        check_images: bool = False, limit: int | None = None) -> tuple[list[VQAItem], StageStats]:
+                        check_images: bool = False, limit: int | None = None,
+              on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
     """A VLMEvalKit benchmark TSV. A `split` column, when present, selects rows equal to `split`; `subjects`
     keeps rows whose MMMU-style id (`validation_Clinical_Medicine_3`) or category names one of them."""
     check_on_bad_image(on_bad_image)
@@ -531,7 +536,7 @@ def read_vlmevalkit_tsv(path, split: str = "", name: str = "tsv", source: str = 
             raise ValueError(message) from None
     check_unique_ids(items, str(path))
     stats.metrics.update(path=str(path), layout="tsv")
-    return _finish(items, stats, path, on_bad_image, check_images)
+    return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)
 
 
 def _tsv_subject(row: dict[str, str]) -> str:
