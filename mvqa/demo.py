@@ -1,7 +1,8 @@
 """`make demo`: the whole chain on the embedded default, offline, as the commands a user would type.
 
-synthetic world -> bootstrap the tiny base and reasoner -> curate -> LoRA fine-tune the base on the curated
-traces with Waits -> evaluate base vs fine-tuned across thinking budgets -> print the report.
+synthetic world -> bootstrap the tiny base and reasoner -> the selection study (mvqa.study): a pool of correct
+traces, `curated` (hard -> diverse) and `random` sets of the same N, each LoRA fine-tuned on its traces with
+Waits, evaluated with the base across thinking budgets -> the study's report.
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
 `outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept in
@@ -16,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -28,14 +30,16 @@ from mvqa.config import PROJECT_ROOT
 WORLD = ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"]
 SIZES = {
     "full": {
-        "curate": ["sampler.n=450", "scorer.fraction=0.5", "pipeline.trace.max_new_tokens=128"],
+        "curate": ["pipeline.trace.max_new_tokens=128"],
+        "study_n": 450, "study_seeds": "[0]",
         "finetune": [],
         "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=200"],
     },
     # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the rest
-    # of the chain on a slice: 200 items curated, a short fine-tune, 24 held-out items evaluated.
+    # of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 24 held-out items.
     "reduced": {
-        "curate": ["dataset.limit=200", "sampler.n=40", "scorer.fraction=0.5", "pipeline.trace.max_new_tokens=128"],
+        "curate": ["dataset.limit=200", "pipeline.trace.max_new_tokens=128"],
+        "study_n": 30, "study_seeds": "[0,1]",
         "finetune": ["trainer.max_steps=40"],
         "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=24",
                      "eval.n_bootstrap=200"],
@@ -68,6 +72,25 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 
 Job = tuple[str, list[str], Path]  # entry, overrides, run dir
+PROGRESS_EVERY_S = 30
+# Lightning's progress bar as it lands in a log: "Epoch 1/2: 45%|...| 113/250 [00:30<00:37, 3.7it/s, ...]".
+_BAR = re.compile(r"Epoch (\d+)(?:/(\d+))?:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+
+
+def progress(log: Path) -> str:
+    """The job's latest epoch, step and ETA from its log's progress bar, or that it is still starting."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 8192))
+            tail = f.read().decode("utf-8", "replace")
+    except OSError:
+        return "starting"
+    bars = _BAR.findall(tail)
+    if not bars:
+        return "loading data and model" if "Epoch" not in tail else "validating"
+    epoch, epochs, step, steps, _, eta = bars[-1]
+    return (f"epoch {int(epoch) + 1}{f'/{int(epochs) + 1}' if epochs else ''}, step {step}/{steps}, "
+            f"epoch ETA {eta}")
 
 
 def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job]] | None = None) -> None:
@@ -88,8 +111,13 @@ def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job
 
         for name, job in jobs.items():
             launch(name, job)
+        shown = time.perf_counter()
         while running:
             time.sleep(0.5)
+            if time.perf_counter() - shown >= PROGRESS_EVERY_S:  # the logs fill up; the terminal hears how far
+                shown = time.perf_counter()
+                for name, (_, log_name, _) in running.items():
+                    print(f"  [{shown - clock:4.0f} s] {name}: {progress(Path(log_name))}", flush=True)
             for name, (proc, log_name, run_dir) in list(running.items()):
                 if (code := proc.poll()) is None:
                     continue
@@ -109,6 +137,10 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
     parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
     parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
+    parser.add_argument("--retrain", action="store_true",
+                        help="bootstrap the base and reasoner again instead of reusing the cached or shipped ones")
+    parser.add_argument("--ship", action="store_true",
+                        help=f"copy the bootstraps into {SHIPPED.name}/ (the repository's), to commit")
     parser.add_argument("--reduced", action="store_true",
                         help="CI: the same world and bootstraps, the rest of the chain on a slice")
     args = parser.parse_args(argv)
@@ -130,45 +162,71 @@ def main(argv: list[str] | None = None) -> Path:
     base, reasoner = cache / "demo" / "base", cache / "demo" / "reasoner"
     jobs = {}
     for name, path in (("base", base), ("reasoner", reasoner)):
-        if (path / "config.json").is_file() and read_stamp(path) == bootstrap_stamp(name):
-            print(f"  reusing {path} (delete it to bootstrap again)")
+        shipped = SHIPPED / name
+        if not args.retrain and stamp_matches(path, name):
+            print(f"  reusing {path} (held-out accuracy {read_stamp(path).get('val_acc')}; delete it, or pass "
+                  "--retrain, to bootstrap again)")
+        elif not args.retrain and stamp_matches(shipped, name):
+            copy_checkpoint(shipped, path)
+            print(f"  {name}: the shipped bootstrap {shipped.relative_to(PROJECT_ROOT)} (made by this recipe: "
+                  f"held-out accuracy {read_stamp(shipped).get('val_acc')}) -> {path}")
         else:
-            if (path / "config.json").is_file():
-                print(f"  {path} was bootstrapped for another world, tiny-model build or recipe: bootstrapping again")
+            if (path / "config.json").is_file() or (shipped / "config.json").is_file():
+                print(f"  {name}: the kept bootstrap was made for another world, tiny-model build or recipe: "
+                      "bootstrapping again")
             jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
                                          out / f"bootstrap_{name}")
     # Difficulty needs only the base: it is scored (one thread, into the stage cache that step 3 reads) while the
     # reasoner is still training, or beside it when the base is reused.
     curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
               f"pipeline.cache_dir={out}/stages"]
-    score: tuple[str, Job] = ("score", ("generate.py", [*curate, "pipeline.stages=[score,hard]"], out / "score"))
+    score: tuple[str, Job] = ("score", ("generate.py", [*curate, "pipeline.stages=[score]"], out / "score"))
     if "bootstrap_base" in jobs:
         run_parallel(jobs, out, then={"bootstrap_base": score})
     else:
         run_parallel({**jobs, score[0]: score[1]}, out)
     for job in jobs:
         name = job.removeprefix("bootstrap_")
-        (cache / "demo" / name / STAMP).write_text(json.dumps(bootstrap_stamp(name), indent=2))
+        val_acc = json.loads((out / job / "metrics.json").read_text()).get("val_acc")
+        (cache / "demo" / name / STAMP).write_text(json.dumps({**bootstrap_stamp(name), "val_acc": val_acc}, indent=2))
         print(f"  {name}: held-out accuracy {read_metric(out / job, 'val_acc')}")
+    if args.ship:
+        for name in ("base", "reasoner"):
+            copy_checkpoint(cache / "demo" / name, SHIPPED / name)
+            print(f"  shipped {cache / 'demo' / name} -> {SHIPPED / name}: commit it")
 
-    print("\n== 3. curate: difficulty under the base (scored above), traces from the reasoner, correct only, diverse sample")
-    run("generate.py", curate, out / "curate", log)
-    summary = json.loads((out / "curate" / "summary.json").read_text())
-    print("  funnel: " + " -> ".join(f"{f['stage']} {f['n_out']}" for f in summary["funnel"]))
-
-    print("\n== 4. LoRA fine-tune the base on the curated traces, formatted with Waits")
-    run("train.py", [*common, "dataset=curated", f"dataset.path={out}/curate/final.csv", "model=demo_base",
-                     f"model.path={base}", "experiment=demo/finetune", *sizes["finetune"]],
-        out / "finetune", log)
-
-    print("\n== 5. evaluate base vs fine-tuned on held-out synthetic items across thinking budgets")
-    run("evaluate.py", [*common, *WORLD, "model=demo_base", f"model.path={base}",
-                        f"adapters=[{out}/finetune/adapter]", f"eval.exclude={out}/curate/final.csv",
-                        *EVALUATE, *sizes["evaluate"]], out / "evaluate", log)
-    report = out / "evaluate" / "report.md"
-    print("\n" + report.read_text())
-    print(f"report: {report}\nplot:   {out / 'evaluate' / 'acc_vs_thinking.png'}\nlog:    {log}")
+    print("\n== 3-5. the selection study: one pool of correct traces, `curated` vs `random` at the same N, each\n"
+          "        LoRA fine-tuned alike, evaluated with the base (forced and as it is used) across thinking budgets")
+    study = out / "study"
+    run_study_step(curate, sizes, common, base, study, log)
+    print(f"report: {study / 'study_report.md'}\nplot:   {study / 'study_acc_vs_thinking.png'}\nlog:    {log}")
     return out
+
+
+def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path, study: Path, log: Path) -> None:
+    """`python -m mvqa.study` with the demo's models: its pool reuses the difficulty scored in step 2 (same
+    stage cache); the two fine-tunes run side by side, one thread each."""
+    def hydra_list(overrides: list[str]) -> str:
+        return "[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+    overrides = [
+        f"hydra.run.dir={study}", f"study.n={sizes['study_n']}", "study.run=[curated,random]",
+        f"study.seeds={sizes['study_seeds']}", "study.arms.curated.hard_fraction=0.5",
+        "study.arms.curated.stratify_by=content_type", "study.base_prompt=direct_text",
+        "study.launcher=[hydra/launcher=joblib,hydra.launcher.n_jobs=2]", "study.train_threads=1",
+        "study.generate=" + hydra_list([o for o in curate if not o.startswith("logger=")]),
+        "study.train=" + hydra_list(["model=demo_base", f"model.path={base}", "experiment=demo/finetune",
+                                     *sizes["finetune"], *[o for o in common if o.startswith("paths.")]]),
+        "study.evaluate=" + hydra_list(["model=demo_base", f"model.path={base}", *WORLD, *EVALUATE,
+                                        *sizes["evaluate"], *[o for o in common if o.startswith("paths.")]]),
+        *[o for o in common if o.startswith("logger=")],
+    ]
+    print(f"\n$ python -m mvqa.study {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "mvqa.study", *overrides], cwd=PROJECT_ROOT, check=False)
+    if done.returncode:
+        sys.exit(f"the study failed (exit {done.returncode}); rerun the demo with the same --out to resume it")
+    print(f"  study done in {time.perf_counter() - start:.0f} s -> {study}", flush=True)
 
 
 def show_world(cache: Path, world: list[str]) -> None:
@@ -188,6 +246,28 @@ def show_world(cache: Path, world: list[str]) -> None:
 
 
 STAMP = "demo_bootstrap.json"
+# Bootstrapped checkpoints kept in the repository (a few MB each), made by `python -m mvqa.demo --retrain --ship`:
+# a fresh clone's demo copies them into the cache while their stamp matches, instead of training them again.
+SHIPPED = PROJECT_ROOT / "bootstraps"
+
+
+def stamp_matches(path: Path, name: str) -> bool:
+    """A checkpoint made by this world, tiny-model build and recipe (the stamp also records its accuracy)."""
+    stamp, expected = read_stamp(path), bootstrap_stamp(name)
+    return (path / "config.json").is_file() and stamp is not None and all(
+        stamp.get(k) == json.loads(json.dumps(v)) for k, v in expected.items())
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """src -> dst, written under a temporary name and renamed, so a kill never leaves half a checkpoint."""
+    import shutil
+
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.ckpt", "checkpoints"))
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, dst)
 
 
 def bootstrap_stamp(name: str) -> dict:

@@ -22,6 +22,7 @@ where it stopped and an added seed or arm trains only what is new.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -40,12 +41,14 @@ def entry_command(entry: str, overrides: list[str], multirun: bool = False) -> l
     return [sys.executable, str(PROJECT_ROOT / entry), *(["-m"] if multirun else []), *overrides]
 
 
-def run_entry(entry: str, overrides: list[str], multirun: bool = False) -> None:
+def run_entry(entry: str, overrides: list[str], multirun: bool = False, threads: int | None = None) -> None:
     """One entry in a subprocess; its output streams to this console (progress, counts, drops)."""
     cmd = entry_command(entry, overrides, multirun)
-    print(f"\n$ python {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+    print(f"\n$ {f'OMP_NUM_THREADS={threads} ' if threads else ''}python "
+          f"{' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=PROJECT_ROOT, check=False)
+    done = subprocess.run(cmd, cwd=PROJECT_ROOT, check=False, env=env)
     if done.returncode:
         raise SystemExit(f"study: {entry} failed (exit {done.returncode}); rerun the study to resume")
     print(f"  {entry} done in {time.perf_counter() - start:.0f} s", flush=True)
@@ -110,7 +113,7 @@ def run_fine_tunes(cfg: DictConfig, study_dir: Path) -> None:
             f"experiment_name={','.join(todo)}", "dataset=curated",
             f"dataset.path={study_dir}/arms/${{experiment_name}}/final.csv",
             f"hydra.sweep.dir={study_dir / 'train'}", "hydra.sweep.subdir=${experiment_name}-seed${seed}",
-        ], multirun=True)
+        ], multirun=True, threads=cfg.study.train_threads)
 
 
 def run_evaluation(cfg: DictConfig, study_dir: Path) -> Path:

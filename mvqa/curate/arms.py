@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mvqa.curate.difficulty import check_stratify_by
 from mvqa.curate.sample import sample
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
@@ -19,15 +20,23 @@ from mvqa.data.stats import StageStats
 SELECTIONS = ("diverse", "random", "hardest", "all")
 
 
-def hardness(items: list[VQAItem], key: str = "p_correct") -> dict[str, float]:
-    """Per item, its difficulty rank within its kind in (0, 1]: the hardest of a kind gets 1.0."""
+def stratum_of(item: VQAItem, stratify_by: str | None) -> tuple[str, str]:
+    return item.kind, (str(getattr(item, stratify_by) or "") if stratify_by else "")
+
+
+def hardness(items: list[VQAItem], key: str = "p_correct", stratify_by: str | None = None) -> dict[str, float]:
+    """Per item, its difficulty rank in (0, 1] within its kind (and its value of `stratify_by`): the hardest of
+    each gets 1.0."""
     missing = [it.id for it in items if not isinstance(it.extra.get(key), (int, float))]
     if missing:
         raise ValueError(f"{len(missing)} pool items have no numeric extra[{key!r}] (first: {missing[:3]}); "
                          "the pool must run the difficulty score stage")
+    if stratify_by:
+        check_stratify_by(stratify_by, "study.arms.<arm>.stratify_by")
     out: dict[str, float] = {}
-    for kind in {it.kind for it in items}:
-        ranked = sorted((it for it in items if it.kind == kind), key=lambda it: (-it.extra[key], it.id))
+    for group in {stratum_of(it, stratify_by) for it in items}:
+        ranked = sorted((it for it in items if stratum_of(it, stratify_by) == group),
+                        key=lambda it: (-it.extra[key], it.id))
         out.update({it.id: (i + 1) / len(ranked) for i, it in enumerate(ranked)})
     return out
 
@@ -39,14 +48,17 @@ def select_arm(pool: list[VQAItem], name: str, arm: Any, n: int, seed: int,
         raise ValueError(f"study.arms.{name}.select={arm.select!r}; expected one of {SELECTIONS}")
     stats = StageStats(f"arm:{name}", n_in=len(pool))
     items = list(pool)
-    rank = hardness(pool) if (arm.hard_fraction is not None or arm.select == "hardest") else {}
+    stratify_by = arm.stratify_by
+    ranked = arm.hard_fraction is not None or arm.select == "hardest"
+    rank = hardness(pool, stratify_by=stratify_by) if ranked else {}
     if arm.hard_fraction is not None:
         if not 0 < arm.hard_fraction <= 1:
             raise ValueError(f"study.arms.{name}.hard_fraction={arm.hard_fraction}; expected (0, 1]")
         keep = set()
-        for kind in {it.kind for it in items}:  # the hardest fraction of each kind, rounded up (as `hard` does)
-            of_kind = sorted((it for it in items if it.kind == kind), key=lambda it: (-rank[it.id], it.id))
-            keep.update(it.id for it in of_kind[:math.ceil(arm.hard_fraction * len(of_kind))])
+        for group in {stratum_of(it, stratify_by) for it in items}:  # the hardest fraction of each, rounded up
+            members = sorted((it for it in items if stratum_of(it, stratify_by) == group),
+                             key=lambda it: (-rank[it.id], it.id))
+            keep.update(it.id for it in members[:math.ceil(arm.hard_fraction * len(members))])
         for it in items:
             if it.id not in keep:
                 stats.drop(it.id, "not_hard")
@@ -72,7 +84,7 @@ def select_arm(pool: list[VQAItem], name: str, arm: Any, n: int, seed: int,
         if it.id not in picked:
             stats.drop(it.id, "not_selected")
     stats.n_out = len(chosen)
-    stats.metrics.update(select=arm.select, hard_fraction=arm.hard_fraction, n=n, seed=seed,
+    stats.metrics.update(select=arm.select, hard_fraction=arm.hard_fraction, stratify_by=stratify_by, n=n, seed=seed,
                          mean_hardness=(float(np.mean([rank[it.id] for it in chosen])) if rank and chosen
                                         else None))
     if len(chosen) != (len(items) if arm.select == "all" else n) or len(picked) != len(chosen):

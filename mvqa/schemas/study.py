@@ -15,6 +15,9 @@ class ArmConf:
     select: str = "random"
     # Keep only this hardest fraction of the pool first (by p_correct within each kind); null: no difficulty filter.
     hard_fraction: float | None = None
+    # Rank difficulty within each value of this item field too (content_type, modality, ...), so no question
+    # type leaves the set because the scorer finds it easy throughout; null: within each kind only.
+    stratify_by: str | None = None
 
 
 @dataclass
@@ -38,6 +41,9 @@ class StudyConf:
     # Hydra launcher overrides for the fine-tunes and the evaluation, e.g. [hydra/launcher=joblib] or
     # [hydra/launcher=slurm, hydra.launcher.partition=gpu]; empty: Hydra's basic launcher (in sequence).
     launcher: list[str] = field(default_factory=list)
+    # Torch threads per fine-tune job (OMP_NUM_THREADS); e.g. 1 with [hydra/launcher=joblib,
+    # hydra.launcher.n_jobs=2] runs two small fine-tunes side by side on a 2-core machine. null: torch's default.
+    train_threads: int | None = None
     # The base as it is used (unforced, with its own prompt) beside the base forced on the grid.
     base_prompt: str | None = None
 
