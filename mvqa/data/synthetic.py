@@ -20,6 +20,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, forma
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas.dataset_synthetic import SyntheticConf
 
 VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
@@ -70,13 +72,15 @@ OPENERS = ["Let me look.", "First, the scan.", ""]
 
 @dataclass(frozen=True)
 class WorldParams:
-    n_train: int = 2000
-    n_val: int = 200
-    n_test: int = 300
-    image_size: int = 64
-    seed: int = 0
-    difficulty: float = 0.1  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
-    hard_fraction: float = 0.1  # share of items whose difficulty is drawn from [0.6, 1]
+    """What a world is made from (its cache key). The defaults are `dataset/synthetic`'s: one home, the schema."""
+
+    n_train: int = SyntheticConf.n_train
+    n_val: int = SyntheticConf.n_val
+    n_test: int = SyntheticConf.n_test
+    image_size: int = SyntheticConf.image_size
+    seed: int = 0  # the schema's is ${seed}, the entries' seed, whose default is also 0
+    difficulty: float = SyntheticConf.difficulty  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
+    hard_fraction: float = SyntheticConf.hard_fraction  # share of items whose difficulty is drawn from [0.6, 1]
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -300,18 +304,22 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
     return final
 
 
-def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int = 300, image_size: int = 64,
-                   seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, split: str = "train",
-                   name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
-                   limit: int | None = None, describe: bool = False) -> tuple[list[VQAItem], StageStats]:
+def read_synthetic(root: str, split: str = "train", name: str = SyntheticConf.name, on_bad_image: str = "error",
+                   check_images: bool = False, limit: int | None = None, describe: bool = SyntheticConf.describe,
+                   **world: Any) -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
+
+    `world` holds WorldParams' fields (n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction).
 
     `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its caption), like
     LLaVA's caption stage: dense supervision that teaches a from-scratch vision tower what to look at.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
-    params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction)
+    try:
+        params = WorldParams(**world)
+    except TypeError as e:  # a key of neither the reader nor the world
+        raise TypeError(f"read_synthetic: {e}; the world's fields are {list(WorldParams.__dataclass_fields__)}") from e
     world = make_world(root, params)
     items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
                                 source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
