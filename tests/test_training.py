@@ -246,7 +246,11 @@ def test_default_dataset_is_the_newest_synthetic_curation_run_else_the_template_
     short = [*WORLD, *UNIT_RUN, "trainer.max_steps=1", "trainer.limit_val_batches=0"]
 
     # No curation run yet: the synthetic world the auto node describes, template traces.
-    result = run_training(compose("train", [*short, "logger=none"], tmp_path / "plain"), tmp_path / "plain")
+    composed = compose("train", [*short, "logger=none"], tmp_path / "plain")
+    with pytest.raises(ValueError, match="dataset=auto is not resolved"):
+        run_training(composed, tmp_path / "plain")
+    result = run_training(resolve_dataset(composed), tmp_path / "plain")
+    assert composed.dataset.name == "auto"  # resolving made a new config
     assert result["dataset"]["name"] == "synthetic" and result["dataset"]["n_train"] == 16
     assert result["n_train"] == 16 and result["n_val"] == 4  # the world's own val split
     assert "no curation run of the synthetic world" in caplog.text
@@ -263,12 +267,12 @@ def test_default_dataset_is_the_newest_synthetic_curation_run_else_the_template_
 
     # Explicit choices win over the search.
     cfg = compose("train", [*short, "dataset=synthetic"])
-    assert resolve_dataset(cfg) is None and cfg.dataset.name == "synthetic"
+    assert resolve_dataset(cfg) is cfg and cfg.dataset.name == "synthetic"
     cfg = compose("train", [*UNIT_RUN, "dataset=curated", f"dataset.path={older}/final.csv"])
-    assert resolve_dataset(cfg) is None and cfg.dataset.path == f"{older}/final.csv"
+    assert resolve_dataset(cfg) is cfg and cfg.dataset.path == f"{older}/final.csv"
 
     caplog.clear()
-    cfg = compose("train", [*short, "logger=wandb"], tmp_path / "curated")
+    cfg = resolve_dataset(compose("train", [*short, "logger=wandb"], tmp_path / "curated"))
     with job_run(cfg, "train") as run:  # W&B offline: the curated input cannot be declared, the run goes on
         result = run_training(cfg, tmp_path / "curated", run)
     assert result["dataset"]["name"] == "curated"

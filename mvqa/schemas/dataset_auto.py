@@ -13,7 +13,7 @@ GROUP = "dataset"
 class AutoConf(SyntheticConf):
     """The synthetic world's fields (used when no curation run is found) plus where curation runs are looked for.
 
-    Resolved before training (mvqa.data.auto.resolve_dataset) into `dataset=curated` with the newest run's
+    Resolved once by train.py (mvqa.data.auto.resolve_dataset, a new config) into `dataset=curated` with the newest run's
     final.csv, or into `dataset=synthetic` with these fields; `dataset=synthetic|curated|...` skips the search.
     """
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mvqa.data.auto import resolve_dataset
+from mvqa.data.auto import AUTO
 from mvqa.data.collators import VQACollator
 from mvqa.data.datamodule import VQADataModule
 from mvqa.data.loading import load_dataset, split_for
@@ -70,7 +70,9 @@ def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
 def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
     output_dir = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    resolve_dataset(cfg)  # dataset=auto: the newest curation run of the synthetic world, else the world itself
+    if cfg.dataset.name == AUTO:
+        raise ValueError("run_training: dataset=auto is not resolved; pass mvqa.data.auto.resolve_dataset(cfg) "
+                         "(train.py does, before W&B records the config)")
 
     # 1. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
     bundle = load_model(cfg.model)
