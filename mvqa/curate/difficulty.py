@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mvqa.data.readers import clean_text
-from mvqa.data.records import VQAItem
+from mvqa.data.records import STRATA_FIELDS, VQAItem
 from mvqa.data.stats import StageStats
 
 # Keys the scorers write into item.extra.
@@ -254,8 +254,6 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     stats.metrics.update(key=key, fraction=fraction, threshold=threshold, stratify_by=stratify_by)
     return kept, stats
 
-
-STRATA_FIELDS = ("content_type", "modality", "answer_label", "source", "split")
 
 
 def check_stratify_by(field: str | None, key: str = "stratify_by") -> None:

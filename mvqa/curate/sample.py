@@ -22,10 +22,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
-from mvqa.data.records import VQAItem
+from mvqa.data.records import STRATA_FIELDS, VQAItem
 from mvqa.data.stats import StageStats
-
-STRATA_FIELDS = ("modality", "answer_label", "content_type", "source", "split")
 
 
 def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, forma
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.data.storage import atomic_dir
 from mvqa.schemas.dataset_synthetic import SyntheticConf
 
 VERSION = 3  # bump when rendering, questions or traces change: it is part of the cache key
@@ -276,10 +276,7 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
     final = world_dir(root, params)
     if (final / "world.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(final, replace=False) as tmp:  # another process's identical world may win the race
         stats = {}
         for split in SPLITS:
             (tmp / "images" / split).mkdir(parents=True)
@@ -294,13 +291,6 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
             stats[split] = split_stats(frame)
         (tmp / "world.json").write_text(json.dumps({"params": asdict(params), "version": VERSION,
                                                     "stats": stats}, indent=2, sort_keys=True))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same world first: theirs is identical
-            if not (final / "world.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
