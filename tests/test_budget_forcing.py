@@ -13,13 +13,24 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
-from test_engine import PROMPTS, bundle_of, one_torch_thread, requests, tiny_llama, tiny_tokenizer  # noqa: F401
+from helpers import (
+    PROMPTS,
+    bundle_of,
+    closing_llama,
+    count_runs,
+    engine,
+    forced,
+    ids_of,
+    requests,
+    summary,
+    tiny_llama,
+    tiny_tokenizer,
+)
 
 from mvqa.generation import (
     BudgetPoint,
     GenerationParams,
     GenerationRequest,
-    HFEngine,
     VLLMEngine,
     budget_points,
 )
@@ -29,20 +40,7 @@ from mvqa.models.bundle import SpecialTokens
 END, ANSWER = SpecialTokens().think_end, SpecialTokens().answer_start
 
 
-def closing_llama(tokenizer, end_bias: float = 0.3):
-    """A tiny Llama that starts the end delimiter now and then and, when it is several tokens, finishes it.
-
-    Each later delimiter token gets an output row along its predecessor's input embedding (embeddings scaled
-    up to carry through the residual stream) and a negative bias: it wins right after its predecessor only.
-    """
-    end = tokenizer.encode(END, add_special_tokens=False)
-    model = tiny_llama(tokenizer, bias={end[0]: end_bias, **{t: -4.0 for t in end[1:]}})
-    with torch.no_grad():
-        embeddings = model.model.embed_tokens.weight
-        embeddings *= 2
-        for prev, nxt in itertools.pairwise(end):
-            model.lm_head.weight[nxt] += embeddings[prev] / embeddings[prev].norm()
-    return bundle_of(model, tokenizer)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["single_token_end", "multi_token_end"])
@@ -51,26 +49,6 @@ def closer(request):
     n = len(tokenizer.encode(END, add_special_tokens=False))
     assert (n == 1) == (request.param == "single_token_end") and n <= 3
     return closing_llama(tokenizer)
-
-
-def engine(batch_size: int = 4, **defaults) -> HFEngine:
-    return HFEngine(batch_size=batch_size, progress=False, **defaults)  # 6 prompts: a full and a partial batch
-
-
-def forced(bundle, point: BudgetPoint, **params):
-    return engine().generate(bundle, requests(), GenerationParams(budget=point, **params))
-
-
-def ids_of(bundle, text: str) -> list[int]:
-    return bundle.tokenizer.encode(text, add_special_tokens=False)
-
-
-def count_runs(seq: list[int], sub: list[int]) -> int:
-    return sum(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
-
-
-def summary(gens) -> list[tuple]:
-    return [(g.token_ids, g.thinking_tokens, g.waits_used, g.forced_end, g.finish_reason) for g in gens]
 
 
 def test_budget_points_expand_the_configured_grid(compose):

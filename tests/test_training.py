@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, UNIT_RUN, WORLD
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -16,13 +17,6 @@ from mvqa.models.load import load_model
 from mvqa.models.tiny import tiny_conf
 from mvqa.train.recipe import run_training
 from mvqa.train.trace_format import TraceFormatter
-
-# A unit-size model on a tiny world: a few seconds per run, every path the real one.
-WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32"]
-UNIT_RUN = ["model=tiny_llava", "model.size=unit", "data.batch_size=4", "data.val_max_new_tokens=8",
-            "data.max_length=768", "data.prompt=direct", "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
-# dataset=synthetic: train.py's default (dataset=auto) would take a curation run found under the launch dir.
-TINY = ["dataset=synthetic", *WORLD, *UNIT_RUN]
 
 
 @pytest.fixture(scope="module")

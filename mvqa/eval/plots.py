@@ -23,7 +23,18 @@ MARKERS = ("o", "s", "^", "D", "v")
 
 def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, models: Sequence[str] | None = None,
                               title: str | None = None) -> Path:
-    """One line per model (and per wait count / wait string when several were run), with 95% CI bars."""
+    """accuracy_figure saved as a PNG at `path` (atomically)."""
+    fig = accuracy_figure(metrics, models, title)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
+
+
+def accuracy_figure(metrics: Mapping[str, Any], models: Sequence[str] | None = None,
+                    title: str | None = None) -> Figure:
+    """One line per model (and per wait count / wait string when several were run), with 95% CI bars; each
+    line is an errorbar container of the axes labelled "model[, series]"."""
     runs = [r for r in metrics["runs"] if models is None or r["model"] in models]
     if not runs:
         raise ValueError(f"plot_accuracy_vs_thinking: no budget points for models {models}; "
@@ -62,10 +73,7 @@ def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, mode
         fig.legend(fontsize=8, loc="outside lower center")
     else:
         ax.legend(fontsize=8, loc="best")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return fig
 
 
 def write_plots(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
