@@ -257,7 +257,7 @@ def closer(request):
 
 @pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
                                    BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1)],
-                         ids=lambda p: f"{p.label}_min{p.min_thinking_tokens}")
+                         ids=lambda p: p.id)
 def test_bf16_batched_equals_one_by_one_and_the_multipass_reference(closer, point):
     assert (closer.model.device.type, closer.model.dtype) == ("cuda", torch.bfloat16)
     params = GenerationParams(budget=point)
@@ -267,9 +267,9 @@ def test_bf16_batched_equals_one_by_one_and_the_multipass_reference(closer, poin
         assert count_runs(g.token_ids[:g.thinking_tokens], ids_of(closer, point.wait_string)) == g.waits_used
         assert point.min_thinking_tokens <= g.thinking_tokens
     multipass = forced(closer, point, budget_impl="multi_pass")
-    assert_same_up_to_bf16_ties(closer, requests(), params, batched, multipass, f"{point.label}: 1 pass vs multi-pass")
+    assert_same_up_to_bf16_ties(closer, requests(), params, batched, multipass, f"{point.id}: 1 pass vs multi-pass")
     alone = [engine().generate(closer, [r], params)[0] for r in requests()]
-    assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.label}: batched vs alone")
+    assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.id}: batched vs alone")
 
 
 RULE_TESTS = [

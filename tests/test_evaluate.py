@@ -58,7 +58,7 @@ def test_base_and_adapter_over_a_budget_grid(compose, tmp_path, adapter):
     assert len(table) == len(metrics["runs"]) == 2 * 4  # a row per model and budget point
     for row, cell in zip(table, metrics["runs"], strict=True):
         assert (row["model"], row["budget"], row["n"]) == (cell["model"], cell["budget_id"], "8")
-        assert row["accuracy [95% CI]"].startswith(f"{cell['accuracy']:.3f}") and row["forced"] == "100%"
+        assert row["accuracy [95% CI]"].startswith(f"{cell['accuracy']:.3f}") and row["forced"] == "100.0%"
     assert (tmp_path / "run" / "acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
 
 

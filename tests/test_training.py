@@ -329,3 +329,13 @@ def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(c
         assert entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode() and entry.size == len(data)
         assert Path(entry.local_path).is_relative_to(tmp_path / "wandb-data")
         assert Path(entry.local_path).read_bytes() == data
+
+
+def test_each_logger_kind_logs_somewhere_else(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from mvqa.train.recipe import _loggers
+
+    assert _loggers("none", tmp_path, None) == []
+    (csv,) = _loggers("csv", tmp_path, None)
+    assert isinstance(csv, CSVLogger) and Path(csv.log_dir) == tmp_path / "csv"

@@ -183,7 +183,7 @@ class ClusterSampler(Sampler):
             raise ValueError(f"sampler.pick must be 'random' or 'centroid', got {pick!r}")
         self.pick = pick
 
-    def cluster(self, X, k) -> tuple[np.ndarray, np.ndarray]:
+    def cluster(self, X, k) -> tuple[Any, np.ndarray, np.ndarray]:  # (features clustered, labels, centres)
         raise NotImplementedError
 
     def select(self, X, k):

@@ -9,7 +9,8 @@ GROUP = "logger"
 
 @dataclass
 class LoggerConf:
-    # wandb | csv | none. Local files (metrics JSON, stats, reports) are written in every case.
+    # wandb | csv | none. Local files (metrics JSON, stats, reports) are written in every case; training's step
+    # metrics go to RUN_DIR/csv/metrics.csv with csv and wandb, nowhere else with none.
     kind: str = "wandb"
     project: str = "mvqa"
     entity: str | None = None

@@ -58,10 +58,12 @@ def trainable_token_rows(recipe, bundle, train_items: list[VQAItem]) -> list[int
     return sorted(ids) or None
 
 
-def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
+def _loggers(kind: str, output_dir: Path, run: Any) -> list:
+    """Lightning's metric loggers: none for logger=none, RUN_DIR/csv/metrics.csv for csv, and for wandb both
+    (the CSV keeps the step metrics on disk whatever W&B's mode)."""
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    loggers = [CSVLogger(output_dir, name="csv", version="")]  # local metrics in every case
+    loggers = [] if kind == "none" else [CSVLogger(output_dir, name="csv", version="")]
     if run is not None:
         loggers.append(WandbLogger(experiment=run, log_model=False))
     return loggers
@@ -99,7 +101,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True,
                                                save_top_k=cfg.checkpoint_keep,
                                                every_n_train_steps=cfg.checkpoint_every_n_steps or None)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg.logger.kind, output_dir, run),
                                       callbacks=[checkpoints, pl.callbacks.LearningRateMonitor()])
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
