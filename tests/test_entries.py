@@ -136,11 +136,17 @@ def test_demo_experiments_compose(compose, name):
 
 
 def test_two_jobs_started_in_the_same_second_get_their_own_run_dirs(tmp_path):
-    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), "dataset=mvqa1k_release", "dataset.limit=5",
-           "pipeline.stages=[filter]", "logger=none", f"pipeline.cache_dir={tmp_path}/stages"]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    """Both entries resolve their run dir as Hydra does (`--cfg hydra --resolve`), started together: the same
+    date and second, different uid tokens. No job runs, so this costs two interpreter start-ups."""
+    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), "--cfg", "hydra", "--package", "hydra.run.dir",
+           "--resolve"]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
+    dirs = []
     for p in procs:
-        assert p.wait() == 0, p.stderr.read().decode()
-    runs = list((tmp_path / "outputs" / "generate").glob("*/*"))
-    assert len(runs) == 2 and all((r / "summary.json").is_file() for r in runs)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        dirs.append(out.strip().splitlines()[-1])
+    pattern = re.compile(r"outputs/generate/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d_([0-9a-f]+)")
+    assert all(pattern.fullmatch(d) for d in dirs), dirs
+    assert dirs[0] != dirs[1], dirs
