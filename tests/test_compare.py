@@ -192,6 +192,7 @@ main()
 '''
 
 
+@pytest.mark.slow
 def test_real_hydra_multirun(tmp_path, capsys):
     app = tmp_path / "app"
     (app / "dataset").mkdir(parents=True)

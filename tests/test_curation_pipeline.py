@@ -31,6 +31,7 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(shared_data, compose, tmp_path):
     overrides = [*RELEASE, "sampler=kmeans_seed", "sampler.n=200", f"pipeline.cache_dir={tmp_path}/stages"]
     first = run_curation(compose("generate", overrides, tmp_path / "a"), tmp_path / "a")
@@ -50,6 +51,7 @@ def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(
     assert (tmp_path / "b" / "diversity.json").is_file()  # reports come back with cached stages too
 
 
+@pytest.mark.slow
 def test_another_seed_changes_a_random_sample_only_through_the_seed(shared_data, compose, tmp_path):
     def final(seed: int, out: str) -> str:
         cfg = compose("generate", [*RELEASE, "sampler=random", "sampler.n=50", f"sampler.seed={seed}",
@@ -174,6 +176,7 @@ def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compo
         assert -1 <= it.extra["sim_to_answer"] <= 1 and -1 <= it.extra["max_choice_sim"] <= 1
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(shared_data, compose, tmp_path):
     from mvqa.tracking import job_run
 
@@ -224,6 +227,7 @@ def test_likelihood_continuations_match_how_the_scorer_was_taught_to_answer():
         LikelihoodScorer(continuation="txt")
 
 
+@pytest.mark.slow
 def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
     """Items of different prompt lengths share one right-padded batch; each choice still counts only itself."""
     from types import SimpleNamespace

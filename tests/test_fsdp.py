@@ -121,6 +121,7 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache):
     bundle = bf16_base(cache)  # built once: the ranks load it from the cache
     # Spawned, not forked: forked after earlier tests ran OpenMP-parallel ops, the ranks hung in their collectives.

@@ -56,6 +56,12 @@ def lora8(train_cfg):
 
 
 @pytest.fixture(scope="module")
+def qlora4(train_cfg):
+    cfg = train_cfg([*LLAVA, "recipe=qlora", "model.quantize=4bit"])
+    return cfg, count_params(cfg)
+
+
+@pytest.fixture(scope="module")
 def qwen8(train_cfg):
     cfg = train_cfg(["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
     return cfg, count_params(cfg)
@@ -92,16 +98,15 @@ def test_fsdp_shards_with_gpus_and_ddp_replicates(compose, lora8):
     assert fsdp16[0].optimizer == 27_262_976  # AdamW's two states in bf16 like the adapters: 2 x 2 B x LORA_R8
 
 
-def test_adapter_dtype_base_stores_adapters_in_16_bit(compose, lora8):
+def test_adapter_dtype_base_stores_adapters_in_16_bit(compose, lora8, qlora4):
     f32, fp = lora8
     b16 = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
     a, b = per_gpu(f32, "ddp", 1, fp), per_gpu(b16, "ddp", 1, fp)
     assert (a.optimizer, b.optimizer) == (54_525_952, 27_262_976)  # AdamW's 2 states x 4 B or 2 B x LORA_R8
     assert a.weights - b.weights == 13_631_488  # the adapters themselves: 2 B saved on each of LORA_R8
     # A 4-bit base keeps fp32 adapters whatever adapter_dtype says (PEFT casts only to floating base weights).
-    q = ["recipe=qlora", "model.quantize=4bit"]
-    q32, q16 = compose("train", [*LLAVA, *q]), compose("train", [*LLAVA, *q, "recipe.adapter_dtype=base"])
-    qfp = count_params(q32)
+    q32, qfp = qlora4
+    q16 = compose("train", [*LLAVA, "recipe=qlora", "model.quantize=4bit", "recipe.adapter_dtype=base"])
     assert per_gpu(q32, "ddp", 1, qfp) == per_gpu(q16, "ddp", 1, qfp)
 
 
@@ -168,10 +173,10 @@ def test_gradient_checkpointing_lowers_activations(compose, lora8):
     assert per_gpu(on, "ddp", 1, fp).activations < per_gpu(off, "ddp", 1, fp).activations / 4
 
 
-def test_qlora_weights_are_a_fraction_of_bf16(compose):
-    qlora = compose("train", [*LLAVA, "recipe=qlora", "model.quantize=4bit"])
+def test_qlora_weights_are_a_fraction_of_bf16(compose, qlora4):
+    qlora, q = qlora4
     bf16 = compose("train", [*LLAVA, "recipe=lora_r16_attn_mlp"])  # the same adapters on a bf16 base
-    q, b = count_params(qlora), count_params(bf16)
+    b = count_params(bf16)
     assert q.trainable == b.trainable
     quantized = sum(p.numel for p in q.params if p.kind == "nf4")
     assert quantized > 0.9 * q.total  # the language model's linears

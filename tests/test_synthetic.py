@@ -187,6 +187,7 @@ def text_only_accuracy(train, test) -> float:
     return float(np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
 
 
+@pytest.mark.slow
 def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
     from threadpoolctl import threadpool_limits
 
