@@ -29,8 +29,8 @@ def shared_data() -> Path:
     """The real data folder. Absent on a clone without it: the test is skipped, saying how to give it; in CI
     (CI=true) the real-data tests must run, so an absent folder fails them."""
     if not SHARED_DATA.is_dir():
-        why = (f"the real data is not at {SHARED_DATA}: set MVQA_DATA to the folder holding mvqa1k/ and slake/ "
-               "(default: ../shared/data beside the project)")
+        why = (f"the real data is not at {SHARED_DATA}: set MVQA_DATA to the folder holding mvqa1k/ and "
+               "slake/ (default: ../shared/data beside the project)")
         if IN_CI:
             pytest.fail(f"{why}; CI must run the real-data tests")
         pytest.skip(why)

@@ -30,7 +30,8 @@ END = SpecialTokens().think_end
 # A unit-size model on a tiny world: a few seconds per run, every path the real one.
 WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32"]
 UNIT_RUN = ["model=tiny_llava", "model.size=unit", "data.batch_size=4", "data.val_max_new_tokens=8",
-            "data.max_length=768", "data.prompt=direct", "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
+            "data.max_length=768", "data.prompt=direct", "trainer.enable_progress_bar=false",
+            "recipe.dropout=0.0"]
 # dataset=synthetic: train.py's default (dataset=auto) would take a curation run found under the launch dir.
 TINY = ["dataset=synthetic", *WORLD, *UNIT_RUN]
 
@@ -39,7 +40,8 @@ CORPUS = [
     ("<think>The image shows a chest CT scan. The lesion is in the left lung, so the answer is B.</think>"
     "<answer>B</answer>"),
     "Question: Which organ is shown? Choices: A. liver B. lung C. heart D. kidney",
-    "Wait, the opacity could also be an effusion. Hmm, let me check the margins again. Alternatively it is C.",
+    ("Wait, the opacity could also be an effusion. Hmm, let me check the margins again. "
+     "Alternatively it is C."),
 ] * 4
 DELIMITERS = ["<image>", "<think>", "</think>", "<answer>", "</answer>"]
 PROMPTS = ["Question: Which organ", "The image shows a chest", "Hmm", "Wait, the opacity could also be",
@@ -96,8 +98,10 @@ def requests(prompts=PROMPTS) -> list[GenerationRequest]:
 def tiny_llava(tokenizer, seed: int = 0) -> ModelBundle:
     """CLIP vision (hidden 32, image 32, patch 8) + Llama: the processor expands `<image>` to 16 tokens."""
     processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
+                                              crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
         image_token="<image>")
     torch.manual_seed(seed)
     config = LlavaConfig(
@@ -128,7 +132,8 @@ def closing_llama(tokenizer, end_bias: float = 0.3):
 
 
 def engine(batch_size: int = 4, **defaults) -> HFEngine:
-    return HFEngine(batch_size=batch_size, progress=False, **defaults)  # 6 prompts: a full and a partial batch
+    # 6 prompts: a full and a partial batch
+    return HFEngine(batch_size=batch_size, progress=False, **defaults)
 
 
 def forced(bundle, point: BudgetPoint, **params):

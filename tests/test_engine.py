@@ -32,7 +32,8 @@ def llama(tokenizer):
 
 
 def test_batched_greedy_equals_one_by_one_and_direct_generate(llama, tokenizer):
-    engine = HFEngine(batch_size=4, progress=False, max_new_tokens=12)  # 6 requests: a full and a partial batch
+    # 6 requests: a full and a partial batch
+    engine = HFEngine(batch_size=4, progress=False, max_new_tokens=12)
     batched = engine.generate(llama, requests())
     assert [(g.request_index, g.sample_index, g.id) for g in batched] == [(i, 0, f"q{i}") for i in range(6)]
     for i, (g, prompt) in enumerate(zip(batched, PROMPTS)):

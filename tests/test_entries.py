@@ -69,8 +69,8 @@ def test_every_experiment_composes_and_resolves(compose, name):
 
 
 def readme_commands() -> list[tuple[str, list[str]]]:
-    """(entry, argv) of every `python generate.py|train.py|evaluate.py|-m mvqa.train.memory` line in the README's
-    bash blocks, continuation lines joined and comments dropped."""
+    """(entry, argv) of every `python generate.py|train.py|evaluate.py|-m mvqa.train.memory` line in the
+    README's bash blocks, continuation lines joined and comments dropped."""
     text = (PROJECT_ROOT / "README.md").read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL):
@@ -86,13 +86,16 @@ def readme_commands() -> list[tuple[str, list[str]]]:
 
 
 def first_of_each_sweep(args: list[str]) -> list[str]:
-    """A multirun's overrides as one job's: `-m` dropped and each sweep (a,b / range(..)) at its first value."""
+    """A multirun's overrides as one job's: `-m` dropped, each sweep (a,b / range(..)) at its first value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     overrides = OverridesParser.create().parse_overrides([a for a in args if a not in ("-m", "--multirun")])
     single = []
     for o in overrides:
-        value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else o.get_value_element_as_str()
+        if o.is_sweep_override():
+            value = next(iter(o.sweep_string_iterator()))
+        else:
+            value = o.get_value_element_as_str()
         single.append(f"{o.get_key_element()}={value}")
     return single
 
@@ -105,7 +108,8 @@ def test_the_readme_has_commands_for_every_entry():
     assert len(README_COMMANDS) >= 20, README_COMMANDS
 
 
-@pytest.mark.parametrize("entry, args", README_COMMANDS, ids=[" ".join([e, *a])[:90] for e, a in README_COMMANDS])
+@pytest.mark.parametrize("entry, args", README_COMMANDS,
+                         ids=[" ".join([e, *a])[:90] for e, a in README_COMMANDS])
 def test_every_readme_command_composes(compose, entry, args):
     cfg = compose(entry, first_of_each_sweep(args))
     for override in first_of_each_sweep(args):

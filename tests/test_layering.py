@@ -19,14 +19,15 @@ import pytest
 
 from mvqa.config import PROJECT_ROOT
 
-LAYERS = {"data": 0, "models": 1, "generation": 2, "curate": 3, "train": 3, "eval": 3, "compare": 4, "demo": 4}
+LAYERS = {"data": 0, "models": 1, "generation": 2, "curate": 3, "train": 3, "eval": 3,
+          "compare": 4, "demo": 4}
 BASE = {"schemas", "config", "tracking"}
 BASE_MAY_IMPORT = {"schemas": {"schemas"}, "config": {"schemas"}, "tracking": {"schemas", "config"}}
 PACKAGE = PROJECT_ROOT / "mvqa"
 
 
 def _part(module: str) -> str | None:
-    """The top-level part of mvqa a dotted name belongs to (mvqa.data.records -> data); None for mvqa itself."""
+    """The part of mvqa a dotted name belongs to (mvqa.data.records -> data); None for mvqa itself."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else None
 
@@ -68,7 +69,8 @@ def violations(path: Path) -> list[str]:
         elif mine not in LAYERS:
             bad.append(f"{where}: mvqa.{mine} has no layer (add it to LAYERS)")
         elif LAYERS[theirs] > LAYERS[mine] or (LAYERS[theirs] == LAYERS[mine] and LAYERS[mine] == 3):
-            bad.append(f"{where}: {mine} (layer {LAYERS[mine]}) may not import {theirs} (layer {LAYERS[theirs]})")
+            bad.append(f"{where}: {mine} (layer {LAYERS[mine]}) may not import {theirs} "
+                       f"(layer {LAYERS[theirs]})")
     return bad
 
 
@@ -77,7 +79,8 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 def test_every_package_has_a_layer():
     parts = {p.relative_to(PACKAGE).parts[0].removesuffix(".py") for p in MODULES} - {"__init__"}
-    assert parts == set(LAYERS) | BASE, f"unplaced: {parts - set(LAYERS) - BASE}, gone: {set(LAYERS) | BASE - parts}"
+    placed = set(LAYERS) | BASE
+    assert parts == placed, f"unplaced: {parts - placed}, gone: {placed - parts}"
 
 
 @pytest.mark.parametrize("path", MODULES, ids=[str(p.relative_to(PACKAGE)) for p in MODULES])
@@ -90,4 +93,5 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: (
         "def f():\n    from mvqa.train.recipe import run_training\n" if self == fake else ""))
     assert violations(fake) == [
-        "mvqa/data/_layering_probe.py:2 imports mvqa.train.recipe: data (layer 0) may not import train (layer 3)"]
+        ("mvqa/data/_layering_probe.py:2 imports mvqa.train.recipe: "
+         "data (layer 0) may not import train (layer 3)")]

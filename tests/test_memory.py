@@ -93,9 +93,11 @@ def test_fsdp_shards_with_gpus_and_ddp_replicates(compose, lora8):
     base = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
     fsdp16 = [per_gpu(base, "fsdp", n, fp) for n in GPUS]
     assert all(a.total > b.total for a, b in pairwise(fsdp16))
-    assert all(0.5 < b.total / f < 0.7 for b, f in zip(fsdp16, fsdp32))  # the gathered units are 16-bit in both
+    # the gathered units are 16-bit in both
+    assert all(0.5 < b.total / f < 0.7 for b, f in zip(fsdp16, fsdp32))
     assert fsdp16[-1].total < ddp[0] < fsdp16[0].total
-    assert fsdp16[0].optimizer == 27_262_976  # AdamW's two states in bf16 like the adapters: 2 x 2 B x LORA_R8
+    # AdamW's two states in bf16 like the adapters: 2 x 2 B x LORA_R8
+    assert fsdp16[0].optimizer == 27_262_976
 
 
 def test_adapter_dtype_base_stores_adapters_in_16_bit(compose, lora8, qlora4):
@@ -119,11 +121,12 @@ def test_deepspeed_shards_the_optimizer_not_the_weights(lora8):
 
 
 def test_activations_pin_the_bench_configs(lora8, qwen8):
-    """bench/gpu_memory.py's two configs (batch 1 x 1024 tokens, checkpointing, one GPU): what the estimator gives,
-    against the H200's step peaks in bench/results/gpu_memory.json (14.94 and 6.11 GiB).
+    """bench/gpu_memory.py's two configs (batch 1 x 1024 tokens, checkpointing, one GPU): what the estimator
+    gives, against the H200's step peaks in bench/results/gpu_memory.json (14.94 and 6.11 GiB).
 
-    Checkpointed inputs of every layer (layers x 1024 tokens x hidden x 2 B), then the loss's three fp32 logits
-    copies (3 x 4 B x 1024 x vocab, larger than a recomputed layer in both): the Korthikanti layer adds nothing.
+    Checkpointed inputs of every layer (layers x 1024 tokens x hidden x 2 B), then the loss's three fp32
+    logits copies (3 x 4 B x 1024 x vocab, larger than a recomputed layer in both): the Korthikanti layer
+    adds nothing.
     LLaVA-Med: 32 x 1024 x 4096 x 2 = 268,435,456 + 12 x 1024 x 32,064 = 394,002,432.
     Qwen2-VL-2B: 28 x 1024 x 1536 x 2 = 88,080,384 + 12 x 1024 x 151,936 = 1,866,989,568.
     """

@@ -94,15 +94,18 @@ def test_schema_defaults_equal_the_target_defaults(name, cls):
             continue
         if _inherited_from_same_target(cls, field, target_path) is False:
             continue
-        if dataclasses.is_dataclass(schema_default) and p.default is None and _normal(schema_default) is not None:
+        nested = dataclasses.is_dataclass(schema_default) and _normal(schema_default) is not None
+        if nested and p.default is None:
             if (name, field) not in NESTED:
-                disagree.append(f"{field}: a nested schema, but {target_path} defaults to None (add it to NESTED)")
+                disagree.append(f"{field}: a nested schema, but {target_path} defaults to None "
+                                "(add it to NESTED)")
             elif dataclasses.asdict(schema_default) != dataclasses.asdict(get_object(NESTED[name, field])()):
                 disagree.append(f"{field}: schema {schema_default!r}, {NESTED[name, field]} differs")
             continue
         if _normal(schema_default) != _normal(p.default, target, field):
             disagree.append(f"{field}: schema {schema_default!r}, {target_path} {p.default!r}")
-    assert not disagree, f"{name} and its target disagree (give each default one home):\n" + "\n".join(disagree)
+    assert not disagree, (f"{name} and its target disagree (give each default one home):\n"
+                          + "\n".join(disagree))
 
 
 def test_the_synthetic_world_takes_its_defaults_from_the_schema():
@@ -114,5 +117,6 @@ def test_the_synthetic_world_takes_its_defaults_from_the_schema():
     for field in dataclasses.fields(WorldParams):
         if field.name != "seed":  # ${seed} in the schema
             assert getattr(world, field.name) == getattr(schema, field.name), field.name
-    world_params = set(inspect.signature(read_synthetic).parameters) & {f.name for f in dataclasses.fields(WorldParams)}
+    world_fields = {f.name for f in dataclasses.fields(WorldParams)}
+    world_params = set(inspect.signature(read_synthetic).parameters) & world_fields
     assert not world_params, f"read_synthetic repeats the world's fields {world_params}: take them as **world"

@@ -15,8 +15,9 @@ REAL_DATA_TEST = "tests/test_readers.py::test_compose_release_yields_the_1000_it
 
 def _run_without_data(tmp_path, **env) -> subprocess.CompletedProcess:
     environ = {**os.environ, "MVQA_DATA": str(tmp_path / "absent"), "CI": "", **env}
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", REAL_DATA_TEST],
-                          cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True, timeout=300, check=False)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", REAL_DATA_TEST]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 @pytest.mark.slow

@@ -194,7 +194,8 @@ def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
     kw = {"n_train": 600, "n_val": 0, "n_test": 240, "image_size": 64}
     train, _ = read_synthetic(str(tmp_path), **kw, split="train")
     test, _ = read_synthetic(str(tmp_path), **kw, split="test")
-    with threadpool_limits(limits=1):  # BLAS threads on a busy 2-core machine made these small fits 10x slower
+    # BLAS threads on a busy 2-core machine made these small fits 10x slower
+    with threadpool_limits(limits=1):
         per_type = probe_accuracy(train, test)
         blind = text_only_accuracy(train, test)
     overall = sum(per_type[it.content_type] for it in test) / len(test)

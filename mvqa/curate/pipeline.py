@@ -57,7 +57,8 @@ def _stages() -> dict[str, tuple[Stage, list[str]]]:
     from mvqa.curate import correctness, difficulty, export, sample, trace
 
     return {
-        "score": (difficulty.score_stage, ["scorer", "scorer_model", "seed"]),  # the model too: a new base rescores
+        # the model too: a new base rescores
+        "score": (difficulty.score_stage, ["scorer", "scorer_model", "seed"]),
         "hard": (difficulty.hard_stage, ["scorer"]),
         "trace": (trace.trace_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
         "merge": (trace.merge_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),

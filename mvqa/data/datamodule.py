@@ -28,8 +28,8 @@ class VQADataModule(pl.LightningDataModule):
         if self.trainer is not None and self.trainer.world_size > 1:
             # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way.
             return self._loader(self.train_items, self.train_collator, self.batch_size, shuffle=True)
-        # A one-replica DistributedSampler: the order depends on (seed, epoch) only, and Lightning sets the epoch,
-        # so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
+        # A one-replica DistributedSampler: the order depends on (seed, epoch) only, and Lightning sets the
+        # epoch, so a run resumed from a checkpoint sees exactly the batches an uninterrupted run would.
         sampler = DistributedSampler(self.train_items, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
         return self._loader(self.train_items, self.train_collator, self.batch_size, sampler=sampler)
 

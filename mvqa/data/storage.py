@@ -1,9 +1,9 @@
 """Writing item files so a kill never leaves output that looks complete, and reading them back.
 
 Every final output is written to a temporary name in the same directory and renamed into place (files with
-`atomic_path`, directories such as adapters, tiny models and synthetic worlds with `atomic_dir`: the one home of
-that logic); appendable JSONL shards (resumable trace generation) are flushed line by line and read back
-tolerating a torn last line.
+`atomic_path`, directories such as adapters, tiny models and synthetic worlds with `atomic_dir`: the one
+home of that logic); appendable JSONL shards (resumable trace generation) are flushed line by line and read
+back tolerating a torn last line.
 """
 
 from __future__ import annotations

@@ -79,8 +79,10 @@ class WorldParams:
     n_test: int = SyntheticConf.n_test
     image_size: int = SyntheticConf.image_size
     seed: int = 0  # the schema's is ${seed}, the entries' seed, whose default is also 0
-    difficulty: float = SyntheticConf.difficulty  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
-    hard_fraction: float = SyntheticConf.hard_fraction  # share of items whose difficulty is drawn from [0.6, 1]
+    # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
+    difficulty: float = SyntheticConf.difficulty
+    # share of items whose difficulty is drawn from [0.6, 1]
+    hard_fraction: float = SyntheticConf.hard_fraction
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -130,7 +132,8 @@ def _plan(params: WorldParams, split: str) -> list[dict]:
         modality = (offset + order) % len(MODALITIES)
         offset += len(idx)
         value = {"modality": modality, "modality_location": modality * 4 + order % 4}.get(qtype, order % 4)
-        hard = rng.permutation(len(idx)) < round(params.hard_fraction * len(idx))  # exactly that share per type
+        # exactly that share per type
+        hard = rng.permutation(len(idx)) < round(params.hard_fraction * len(idx))
         for i, v, m, letter, h in zip(idx, value, modality, _balanced(rng, len(idx), 4), hard):
             plan[i] = {"qtype": qtype, "value": int(v), "letter": LETTERS[letter], "modality": int(m), "hard": bool(h)}
     return plan

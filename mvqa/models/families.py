@@ -32,7 +32,8 @@ class Family:
     config_class: type
     processor_class: type
     vision_module: str  # below `model.`: not quantized, never given adapters
-    projector_module: str  # a module name (inside the vision tower for Qwen2-VL); recipe.train_projector trains it
+    # a module name (inside the vision tower for Qwen2-VL); recipe.train_projector trains it
+    projector_module: str
     chat_template: str  # the name in mvqa.models.chat_templates a tiny model of the family gets
     tokens: tuple[str, ...]  # the tokens its processor and chat template need, besides pad/bos/eos/unk
     end_of_turn: str | None  # the chat template's end-of-turn token, the tokenizer's eos; None: the base eos

@@ -18,7 +18,8 @@ from mvqa.data.storage import write_dir_atomically
 from mvqa.models.families import FAMILIES, LM_LAYERS, LORA_TARGETS, family_named
 
 ADAPTER_INFO = "mvqa_adapter.json"
-# recipe.adapter_dtype: float32 (PEFT upcasts adapters on 16-bit bases) | base (the adapted weights' own dtype).
+# recipe.adapter_dtype: float32 (PEFT upcasts adapters on 16-bit bases) | base (the adapted weights' own
+# dtype).
 ADAPTER_DTYPES = ("float32", "base")
 
 

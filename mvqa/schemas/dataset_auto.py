@@ -19,8 +19,8 @@ class AutoConf(SyntheticConf):
 
     _target_: str = "mvqa.data.auto.read_auto"
     name: str = "auto"
-    # Searched for generate.py run dirs (final.csv + items.jsonl of synthetic items + images/), relative to the
-    # launch dir like hydra.run.dir and hydra.sweep.dir; [] always picks the template traces.
+    # Searched for generate.py run dirs (final.csv + items.jsonl of synthetic items + images/), relative to
+    # the launch dir like hydra.run.dir and hydra.sweep.dir; [] always picks the template traces.
     curation_runs: list[str] = field(default_factory=lambda: ["outputs/generate", "multirun/generate"])
 
 

@@ -25,8 +25,9 @@ class TraceConf:
 
 @dataclass
 class FilterConf:
-    # normalised: "C", "C) MRI", " c " or the option's own text count as that letter; strict: exactly the seed's
-    # `generated_answer.strip() == Answer_label.strip()` (a Med-R1 run answers with bare letters either way).
+    # normalised: "C", "C) MRI", " c " or the option's own text count as that letter; strict: exactly the
+    # seed's `generated_answer.strip() == Answer_label.strip()` (a Med-R1 run answers with bare letters either
+    # way).
     mode: str = "normalised"
 
 

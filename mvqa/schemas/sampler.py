@@ -62,7 +62,8 @@ class SVDKMeansConf(ClusterConf):
     name: str = "svd_kmeans"
     n_components: int = 128
     svd_iter: int = 5
-    # kcenter: start k-means from the farthest-point picks (fast, deterministic); k-means++ | random: sklearn's.
+    # kcenter: start k-means from the farthest-point picks (fast, deterministic); k-means++ | random:
+    # sklearn's.
     init: str = "kcenter"
 
 

@@ -106,7 +106,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if val_items and "val/acc" not in metrics and trainer.limit_val_batches != 0:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps stopped before a validation
+        # max_steps stopped before a validation
+        trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     # 4. Save: the adapter alone for LoRA runs, the whole model for full fine-tunes; both with the processor.
