@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: demo test install bench lint clean
+.PHONY: demo test test-fast install bench lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,8 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mvqa.demo
 
+# The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA).
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The development loop: everything not marked slow (a spawned entry, a training run, a model build).
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check mvqa tests bench *.py

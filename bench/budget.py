@@ -125,7 +125,7 @@ def main() -> dict:
         "ratio_single_vs_multipass": t_multi / t_single,
         "single_equals_multipass": identical,
     }
-    print(f"model {params_m:.2f}M params, batch {args.batch}, {args.threads} thread(s), budget {point.label}: "
+    print(f"model {params_m:.2f}M params, batch {args.batch}, {args.threads} thread(s), budget {point.id}: "
           f"{steps} decode steps, {result['waits_used_mean']:.2f} Waits/row, {result['forced_share']:.0%} forced; "
           f"per row (thinking, Waits): {[(g.thinking_tokens, g.waits_used) for g in forced]}")
     print(f"plain generate        {result['plain_step_tokens_per_s']:8.1f} tokens/s ({t_plain:.3f} s)")

@@ -45,7 +45,8 @@ from mvqa.models.lora import count_parameters, prepare_trainable
 from mvqa.train.memory import GIB, compose_train, count_params, per_gpu
 from mvqa.train.module import VQAFineTuner
 
-# Shrunk dims for --dry-run: same families, image sizes, vocabularies and code paths, a few M parameters a layer.
+# Shrunk dims for --dry-run: same families, image sizes, vocabularies and code paths, a few M parameters a
+# layer.
 DRY = {
     "llava_med": {"text_config": {"num_hidden_layers": 2, "hidden_size": 256, "intermediate_size": 512,
                                   "num_attention_heads": 4, "num_key_value_heads": 2},
@@ -200,8 +201,8 @@ def measure(name: str, args, dry: bool) -> dict:
                   "measured_forward_peaks_gib": gib(steps.forward_peaks),
                   "measured_backward_starts_gib": gib(steps.backward_starts),
                   "measured_backward_peaks_gib": gib(steps.backward_peaks),
-                  # allocated at the last step's start that is neither weights nor .grad nor AdamW states: cuBLAS
-                  # workspaces (allocated by the first matmuls) and the batch
+                  # allocated at the last step's start that is neither weights nor .grad nor AdamW states:
+                  # cuBLAS workspaces (allocated by the first matmuls) and the batch
                   "measured_other_at_step_start_gib": (steps.starts[-1] - weights - steps.grads_and_states) / GIB,
                   "measured_peak_gib": peak / GIB, "measured_peak_reserved_gib": steps.reserved / GIB,
                   "measured_above_weights_gib": (peak - weights) / GIB,

@@ -85,7 +85,8 @@ def main() -> dict:
     lightning = (time.perf_counter() - start) / args.steps
 
     adapter = save_adapter(model, work / "adapter")
-    bundle.model.save_pretrained(work / "full")  # fresh base: the full checkpoint a full fine-tune would write
+    # fresh base: the full checkpoint a full fine-tune would write
+    bundle.model.save_pretrained(work / "full")
     result = {"steps": args.steps, "batch": args.batch, "seq_len": int(batches[0]["input_ids"].shape[1]),
               "bare_step_s": bare, "lightning_step_s": lightning, "ratio_lightning_vs_bare": lightning / bare,
               "goal_ratio_le_1_15": lightning / bare <= 1.15,

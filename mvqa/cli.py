@@ -33,7 +33,7 @@ def train(cfg: DictConfig) -> float | None:
     from mvqa.tracking import job_run
     from mvqa.train.recipe import run_training
 
-    resolve_dataset(cfg)  # dataset=auto -> curated or synthetic, before W&B records the config
+    cfg = resolve_dataset(cfg)  # dataset=auto -> curated or synthetic, before W&B records the config
     with job_run(cfg, "train") as run:
         result = run_training(cfg, cfg.paths.output_dir, run)
     return result.get("val_acc")  # the best val/acc: what hparams_search sweeps optimise

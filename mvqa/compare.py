@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from mvqa.eval.report import fmt_acc
+from mvqa.schemas.entries import GenerateConf
 
-DIVERSITY_METRIC = "mean_pairwise_distance"  # generate.py's default optimised metric
+DIVERSITY_METRIC = GenerateConf.optimized_metric  # generate.py's default optimised metric, read from its home
 ABSENT = "—"
 
 

@@ -35,8 +35,9 @@ SIZES = {
         "finetune": [],
         "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=200"],
     },
-    # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the rest
-    # of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 24 held-out items.
+    # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the
+    # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 24 held-out
+    # items.
     "reduced": {
         "curate": ["dataset.limit=200", "pipeline.trace.max_new_tokens=128"],
         "study_n": 30, "study_seeds": "[0,1]",
@@ -48,9 +49,10 @@ SIZES = {
 # Tiny models generate on CPU where each decoding step's fixed cost dominates: 32 rows a step instead of the
 # default 8 (sized for 7B models on a GPU) makes budget-forced evaluation 1.7x faster, same outputs.
 GENERATE_BATCH = ["engine.batch_size=32"]
-# The demo models answer with the option text: the base scores difficulty with the prompt and answer form it was
-# taught, and the normalised filter maps the reasoner's text answers to letters. The base is judged both ways:
-# over the budget grid like the fine-tune (s1's protocol) and once as it is used (its direct prompt, unforced).
+# The demo models answer with the option text: the base scores difficulty with the prompt and answer form it
+# was taught, and the normalised filter maps the reasoner's text answers to letters. The base is judged both
+# ways: over the budget grid like the fine-tune (s1's protocol) and once as it is used (its direct prompt,
+# unforced).
 CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "scorer.stratify_by=content_type",
            "pipeline.filter.mode=normalised", *GENERATE_BATCH, "pipeline.trace.batch_size=64"]
 EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=both", *GENERATE_BATCH, "eval.batch_size=64"]
@@ -176,8 +178,8 @@ def main(argv: list[str] | None = None) -> Path:
                       "bootstrapping again")
             jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
                                          out / f"bootstrap_{name}")
-    # Difficulty needs only the base: it is scored (one thread, into the stage cache that step 3 reads) while the
-    # reasoner is still training, or beside it when the base is reused.
+    # Difficulty needs only the base: it is scored (one thread, into the stage cache that step 3 reads) while
+    # the reasoner is still training, or beside it when the base is reused.
     curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
               f"pipeline.cache_dir={out}/stages"]
     score: tuple[str, Job] = ("score", ("generate.py", [*curate, "pipeline.stages=[score]"], out / "score"))

@@ -44,9 +44,15 @@ def entry_command(entry: str, overrides: list[str], multirun: bool = False) -> l
 def run_entry(entry: str, overrides: list[str], multirun: bool = False, threads: int | None = None) -> None:
     """One entry in a subprocess; its output streams to this console (progress, counts, drops)."""
     cmd = entry_command(entry, overrides, multirun)
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
-    print(f"\n$ {f'OMP_NUM_THREADS={threads} ' if threads else ''}python "
-          f"{' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+    env = {
+        **os.environ,
+        **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {}),
+    }
+    print(
+        f"\n$ {f'OMP_NUM_THREADS={threads} ' if threads else ''}python "
+        f"{' '.join(shlex.quote(c) for c in cmd[1:])}",
+        flush=True,
+    )
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=PROJECT_ROOT, check=False, env=env)
     if done.returncode:
@@ -65,8 +71,16 @@ def run_pool(cfg: DictConfig, study_dir: Path) -> Path:
         print(f"pool: finished earlier ({pool})")
         return pool
     stages = ",".join(cfg.study.pool_stages)
-    run_entry("generate.py", [*cfg.study.generate, f"pipeline.stages=[{stages}]", *common_overrides(cfg),
-                              f"seed={cfg.seed}", f"hydra.run.dir={pool}"])
+    run_entry(
+        "generate.py",
+        [
+            *cfg.study.generate,
+            f"pipeline.stages=[{stages}]",
+            *common_overrides(cfg),
+            f"seed={cfg.seed}",
+            f"hydra.run.dir={pool}",
+        ],
+    )
     return pool
 
 
@@ -80,8 +94,10 @@ def run_arms(cfg: DictConfig, pool: Path, study_dir: Path) -> dict[str, dict]:
     funnels = {}
     for name in cfg.study.run:
         if name not in cfg.study.arms:
-            raise ValueError(f"study.run names arm {name!r}, which study.arms does not define; "
-                             f"defined: {sorted(cfg.study.arms)}")
+            raise ValueError(
+                f"study.run names arm {name!r}, which study.arms does not define; "
+                f"defined: {sorted(cfg.study.arms)}"
+            )
         out = study_dir / "arms" / name
         if (out / "selection.json").is_file() and (out / "final.csv").is_file():
             funnels[name] = json.loads((out / "selection.json").read_text())
@@ -101,19 +117,32 @@ def train_dir(study_dir: Path, arm: str, seed: int) -> Path:
 
 def run_fine_tunes(cfg: DictConfig, study_dir: Path) -> None:
     for seed in cfg.study.seeds:
-        todo = [a for a in cfg.study.run if not (train_dir(study_dir, a, seed) / "adapter" / "adapter_config.json")
-                .is_file()]
+        todo = [
+            a
+            for a in cfg.study.run
+            if not (train_dir(study_dir, a, seed) / "adapter" / "adapter_config.json").is_file()
+        ]
         done = [a for a in cfg.study.run if a not in todo]
         if done:
             print(f"fine-tunes, seed {seed}: finished earlier: {done}")
         if not todo:
             continue
-        run_entry("train.py", [
-            *cfg.study.train, *cfg.study.launcher, *common_overrides(cfg), f"seed={seed}",
-            f"experiment_name={','.join(todo)}", "dataset=curated",
-            f"dataset.path={study_dir}/arms/${{experiment_name}}/final.csv",
-            f"hydra.sweep.dir={study_dir / 'train'}", "hydra.sweep.subdir=${experiment_name}-seed${seed}",
-        ], multirun=True, threads=cfg.study.train_threads)
+        run_entry(
+            "train.py",
+            [
+                *cfg.study.train,
+                *cfg.study.launcher,
+                *common_overrides(cfg),
+                f"seed={seed}",
+                f"experiment_name={','.join(todo)}",
+                "dataset=curated",
+                f"dataset.path={study_dir}/arms/${{experiment_name}}/final.csv",
+                f"hydra.sweep.dir={study_dir / 'train'}",
+                "hydra.sweep.subdir=${experiment_name}-seed${seed}",
+            ],
+            multirun=True,
+            threads=cfg.study.train_threads,
+        )
 
 
 def run_evaluation(cfg: DictConfig, study_dir: Path) -> Path:
@@ -124,10 +153,21 @@ def run_evaluation(cfg: DictConfig, study_dir: Path) -> Path:
         print(f"evaluation: finished earlier ({out})")
         return out
     base_prompt = [f"eval.base_prompt={cfg.study.base_prompt}"] if cfg.study.base_prompt else []
-    run_entry("evaluate.py", [
-        *cfg.study.evaluate, *cfg.study.launcher, *common_overrides(cfg), f"seed={cfg.seed}", f"adapters=[{','.join(adapters)}]",
-        "eval.base_budget=both", *base_prompt, f"hydra.sweep.dir={study_dir}", "hydra.sweep.subdir=eval",
-    ], multirun=True)
+    run_entry(
+        "evaluate.py",
+        [
+            *cfg.study.evaluate,
+            *cfg.study.launcher,
+            *common_overrides(cfg),
+            f"seed={cfg.seed}",
+            f"adapters=[{','.join(adapters)}]",
+            "eval.base_budget=both",
+            *base_prompt,
+            f"hydra.sweep.dir={study_dir}",
+            "hydra.sweep.subdir=eval",
+        ],
+        multirun=True,
+    )
     stamp.write_text(json.dumps(adapters))
     return out
 
@@ -136,8 +176,10 @@ def run_study(cfg: DictConfig, study_dir: Path) -> dict:
     from mvqa.eval.study_report import write_study_report
 
     study_dir.mkdir(parents=True, exist_ok=True)
-    print(f"study {cfg.study.name}: arms {list(cfg.study.run)}, {cfg.study.n} items each, fine-tune seeds "
-          f"{list(cfg.study.seeds)}, selection seed {cfg.seed} -> {study_dir}")
+    print(
+        f"study {cfg.study.name}: arms {list(cfg.study.run)}, {cfg.study.n} items each, fine-tune seeds "
+        f"{list(cfg.study.seeds)}, selection seed {cfg.seed} -> {study_dir}"
+    )
     pool = run_pool(cfg, study_dir)
     funnels = run_arms(cfg, pool, study_dir)
     run_fine_tunes(cfg, study_dir)

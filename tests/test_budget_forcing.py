@@ -13,13 +13,24 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
-from test_engine import PROMPTS, bundle_of, one_torch_thread, requests, tiny_llama, tiny_tokenizer  # noqa: F401
+from helpers import (
+    PROMPTS,
+    bundle_of,
+    closing_llama,
+    count_runs,
+    engine,
+    forced,
+    ids_of,
+    requests,
+    summary,
+    tiny_llama,
+    tiny_tokenizer,
+)
 
 from mvqa.generation import (
     BudgetPoint,
     GenerationParams,
     GenerationRequest,
-    HFEngine,
     VLLMEngine,
     budget_points,
 )
@@ -29,20 +40,7 @@ from mvqa.models.bundle import SpecialTokens
 END, ANSWER = SpecialTokens().think_end, SpecialTokens().answer_start
 
 
-def closing_llama(tokenizer, end_bias: float = 0.3):
-    """A tiny Llama that starts the end delimiter now and then and, when it is several tokens, finishes it.
-
-    Each later delimiter token gets an output row along its predecessor's input embedding (embeddings scaled
-    up to carry through the residual stream) and a negative bias: it wins right after its predecessor only.
-    """
-    end = tokenizer.encode(END, add_special_tokens=False)
-    model = tiny_llama(tokenizer, bias={end[0]: end_bias, **{t: -4.0 for t in end[1:]}})
-    with torch.no_grad():
-        embeddings = model.model.embed_tokens.weight
-        embeddings *= 2
-        for prev, nxt in itertools.pairwise(end):
-            model.lm_head.weight[nxt] += embeddings[prev] / embeddings[prev].norm()
-    return bundle_of(model, tokenizer)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", params=["single_token_end", "multi_token_end"])
@@ -53,36 +51,16 @@ def closer(request):
     return closing_llama(tokenizer)
 
 
-def engine(batch_size: int = 4, **defaults) -> HFEngine:
-    return HFEngine(batch_size=batch_size, progress=False, **defaults)  # 6 prompts: a full and a partial batch
-
-
-def forced(bundle, point: BudgetPoint, **params):
-    return engine().generate(bundle, requests(), GenerationParams(budget=point, **params))
-
-
-def ids_of(bundle, text: str) -> list[int]:
-    return bundle.tokenizer.encode(text, add_special_tokens=False)
-
-
-def count_runs(seq: list[int], sub: list[int]) -> int:
-    return sum(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
-
-
-def summary(gens) -> list[tuple]:
-    return [(g.token_ids, g.thinking_tokens, g.waits_used, g.forced_end, g.finish_reason) for g in gens]
-
-
 def test_budget_points_expand_the_configured_grid(compose):
     points = budget_points(compose("evaluate", ["budget=s1"]).budget)
     assert [(p.max_thinking_tokens, p.num_waits) for p in points] == list(
         itertools.product([128, 256, 512, 1024, 2048, 4096], [0, 1, 2, 4, 6]))
-    assert points[7] == BudgetPoint(max_thinking_tokens=256, num_waits=2) and points[7].label == "think256_wait2"
+    assert points[7] == BudgetPoint(max_thinking_tokens=256, num_waits=2) and points[7].id == "max256_min0_w2_Wait"
     cfg = compose("evaluate", ["budget=s1", "budget.max_thinking_tokens=[16,32,64]", "budget.num_waits=[0,2]",
                                "budget.wait_string=Hmm", "budget.min_thinking_tokens=8"])
     points = budget_points(cfg.budget)
-    assert [p.label for p in points] == ["think16_wait0", "think16_wait2", "think32_wait0", "think32_wait2",
-                                         "think64_wait0", "think64_wait2"]
+    assert [p.id for p in points] == ["max16_min8_w0_Hmm", "max16_min8_w2_Hmm", "max32_min8_w0_Hmm",
+                                      "max32_min8_w2_Hmm", "max64_min8_w0_Hmm", "max64_min8_w2_Hmm"]
     assert {(p.wait_string, p.min_thinking_tokens) for p in points} == {("Hmm", 8)}
     assert budget_points(compose("evaluate", ["budget=none"]).budget) == [None]
     with pytest.raises(ValueError, match="min_thinking_tokens=32, expected between 0 and max_thinking_tokens=16"):
@@ -92,7 +70,7 @@ def test_budget_points_expand_the_configured_grid(compose):
 
 @pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
                                    BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1)],
-                         ids=lambda p: f"{p.label}_min{p.min_thinking_tokens}")
+                         ids=lambda p: p.id)
 def test_single_pass_equals_multipass_reference_and_one_by_one(closer, point):
     batched = forced(closer, point)
     multipass = forced(closer, point, budget_impl="multi_pass")
@@ -252,7 +230,7 @@ def vllm_replay(monkeypatch, closer):
 @pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
                                    BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1),
                                    BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")],
-                         ids=lambda p: f"{p.label}_min{p.min_thinking_tokens}_{p.final_answer_string or 'plain'}")
+                         ids=lambda p: f"{p.id}_{p.final_answer_string or 'plain'}")
 def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, vllm_replay, point):
     """The engines share the rules but not the mechanics (a logits processor in one generate call vs s1's
     multi-pass loop over vLLM requests): on the same greedy model both give the same tokens and counts."""

@@ -1,4 +1,5 @@
-"""Checkpoints from the `callbacks` group, on real tiny Lightning runs: ranked by a monitored metric, the best N
+"""Checkpoints from the `callbacks` group, on real tiny Lightning runs: ranked by a monitored metric, the
+best N
 kept besides last.ckpt, the best weights saved as the run's adapter, early stopping, validation on a slice."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def _checkpoint_adapter(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _same_weights(saved: dict[str, torch.Tensor], checkpoint: dict[str, torch.Tensor]) -> bool:
-    """PEFT saves `base_model.model...lora_A.weight` where the module holds `model.base_model...lora_A.default`."""
+    """PEFT saves `base_model.model...lora_A.weight` where the module holds
+    `model.base_model...lora_A.default`."""
     by_suffix = {k.removeprefix("model.").replace(".default", ""): v for k, v in checkpoint.items()}
     assert set(by_suffix) == set(saved), (sorted(saved)[:2], sorted(by_suffix)[:2])
     return all(torch.equal(saved[k], by_suffix[k]) for k in saved)
@@ -39,16 +41,24 @@ def _same_weights(saved: dict[str, torch.Tensor], checkpoint: dict[str, torch.Te
 @pytest.mark.slow
 def test_best_two_by_val_loss_are_kept_and_the_best_is_the_saved_adapter(compose, tmp_path):
     out = tmp_path / "run"
-    cfg = compose("train", [*EPOCHS, "recipe.epochs=4", "checkpoint_keep=2", "callbacks.monitor=val/loss",
-                            "callbacks.mode=min"], out)
+    cfg = compose(
+        "train",
+        [*EPOCHS, "recipe.epochs=4", "checkpoint_keep=2", "callbacks.monitor=val/loss", "callbacks.mode=min"],
+        out,
+    )
     result = run_training(cfg, out)
     losses = [v["val/loss"] for v in _validations(out)]
     assert len(losses) == 4 and len(set(losses)) == 4
     ranked = sorted(range(4), key=losses.__getitem__)[:2]  # the epochs of the two lowest validation losses
     kept = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
-    assert kept == sorted(["last.ckpt", *(f"epoch={e}-step={4 * (e + 1)}-val_loss={losses[e]:.4f}.ckpt"
-                                         for e in ranked)])
-    best = out / "checkpoints" / f"epoch={ranked[0]}-step={4 * (ranked[0] + 1)}-val_loss={losses[ranked[0]]:.4f}.ckpt"
+    assert kept == sorted(
+        ["last.ckpt", *(f"epoch={e}-step={4 * (e + 1)}-val_loss={losses[e]:.4f}.ckpt" for e in ranked)]
+    )
+    best = (
+        out
+        / "checkpoints"
+        / f"epoch={ranked[0]}-step={4 * (ranked[0] + 1)}-val_loss={losses[ranked[0]]:.4f}.ckpt"
+    )
     assert result["best_checkpoint"] == str(best)
     saved = load_file(out / "adapter" / "adapter_model.safetensors")
     assert result["weights"] == ("last" if ranked[0] == 3 else "best")
@@ -76,8 +86,19 @@ def test_val_acc_is_the_best_seen_and_weights_last_saves_the_final_adapter(compo
 def test_early_stopping_ends_the_run_once_val_loss_stops_improving(compose, tmp_path):
     out = tmp_path / "run"
     # A learning rate that overshoots: validation loss rises after its first epochs.
-    cfg = compose("train", [*EPOCHS, "recipe.epochs=8", "recipe.lr=0.05", "callbacks=early_stopping",
-                            "callbacks.monitor=val/loss", "callbacks.mode=min", "callbacks.patience=1"], out)
+    cfg = compose(
+        "train",
+        [
+            *EPOCHS,
+            "recipe.epochs=8",
+            "recipe.lr=0.05",
+            "callbacks=early_stopping",
+            "callbacks.monitor=val/loss",
+            "callbacks.mode=min",
+            "callbacks.patience=1",
+        ],
+        out,
+    )
     result = run_training(cfg, out)
     losses = [v["val/loss"] for v in _validations(out)]
     assert len(losses) < 8 and result["global_step"] == 4 * len(losses)
@@ -89,8 +110,11 @@ def test_early_stopping_ends_the_run_once_val_loss_stops_improving(compose, tmp_
 @pytest.mark.slow
 def test_without_validation_keep_n_keeps_the_newest_n(compose, tmp_path):
     out = tmp_path / "run"
-    cfg = compose("train", [*TINY, "logger=none", "recipe.epochs=3", "trainer.limit_val_batches=0",
-                            "checkpoint_keep=2"], out)
+    cfg = compose(
+        "train",
+        [*TINY, "logger=none", "recipe.epochs=3", "trainer.limit_val_batches=0", "checkpoint_keep=2"],
+        out,
+    )
     result = run_training(cfg, out)
     kept = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
     assert kept == ["epoch=1-step=8.ckpt", "epoch=2-step=12.ckpt", "last.ckpt"]
@@ -110,7 +134,9 @@ def test_generated_accuracy_uses_a_fixed_slice_the_loss_every_val_item(tmp_path)
     loss_loader, generate_loader = dm.val_dataloader()
     assert [it.id for b in loss_loader for it in b] == [it.id for it in items]
     assert [it.id for b in generate_loader for it in b] == [it.id for it in items[:3]]
-    assert [it.id for b in generate_loader for it in b] == [it.id for b in generate_loader for it in b]  # fixed
+    assert [it.id for b in generate_loader for it in b] == [
+        it.id for b in generate_loader for it in b
+    ]  # fixed
 
 
 def test_callbacks_config_errors_name_the_key(compose, tmp_path):

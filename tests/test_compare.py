@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from mvqa.compare import differing_keys, load_runs, main
+from mvqa.compare import DIVERSITY_METRIC, differing_keys, load_runs, main
 from mvqa.eval import compute_metrics, write_report
 
 
@@ -116,15 +116,25 @@ def test_train_and_generate_runs_show_their_scores(tmp_path, capsys):
     for job, (w, div) in enumerate(((0.5, 0.8123), (0.8, 0.8457))):
         fake_run(tmp_path / "generate" / str(job), {"sampler": {"question_weight": w}, "optimized_metric": None},
                  [f"sampler.question_weight={w}"], {"sampler": "fast"},
-                 summary={"n_final": 10, "diversity": {"output": {"mean_pairwise_distance": div, "distinct": 10}}})
+                 summary={"n_final": 10, "diversity": {"output": {DIVERSITY_METRIC: div, "distinct": 10}}})
     assert main([str(tmp_path / "train"), "--width", "200"]) == 0
     out = capsys.readouterr().out
     assert "lora.r" in out and "lora.alpha" in out and "trainer.lr" not in out
     assert "val_acc" in out and "0.610" in out and "0.725" in out
     assert main([str(tmp_path / "generate"), "--width", "200"]) == 0
     out = capsys.readouterr().out
-    assert "sampler.question_weight" in out and "diversity.output.mean_pairwise_distance" in out
+    assert "sampler.question_weight" in out and "diversity.output.mean_pairwise_cosine_distance" in out
     assert "0.8123" in out and "0.8457" in out and "distinct" not in out
+
+
+def test_the_default_diversity_metric_is_one_curation_writes():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from mvqa.curate.diversity import set_figures
+    from mvqa.schemas.entries import GenerateConf
+
+    assert DIVERSITY_METRIC == GenerateConf.optimized_metric == "mean_pairwise_cosine_distance"
+    assert DIVERSITY_METRIC in set_figures([], TfidfVectorizer())  # the key the diversity report writes
 
 
 def test_dir_without_metrics_is_a_clear_error(eval_multirun, tmp_path, capsys):
@@ -182,6 +192,7 @@ main()
 '''
 
 
+@pytest.mark.slow
 def test_real_hydra_multirun(tmp_path, capsys):
     app = tmp_path / "app"
     (app / "dataset").mkdir(parents=True)

@@ -33,10 +33,19 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-import test_budget_forcing as cpu_rules
-from test_budget_forcing import closing_llama, count_runs, forced, summary
-from test_engine import requests, tiny_llava, tiny_tokenizer
-from test_training import TINY
+import test_budget_forcing as cpu_rules  # its rule tests, rerun on the GPU (the one test module imported)
+from helpers import (
+    TINY,
+    closing_llama,
+    count_runs,
+    engine,
+    forced,
+    ids_of,
+    requests,
+    summary,
+    tiny_llava,
+    tiny_tokenizer,
+)
 
 from mvqa.data.collators import VQACollator, model_inputs
 from mvqa.data.prompts import chat_prompt
@@ -248,19 +257,19 @@ def closer(request):
 
 @pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
                                    BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1)],
-                         ids=lambda p: f"{p.label}_min{p.min_thinking_tokens}")
+                         ids=lambda p: p.id)
 def test_bf16_batched_equals_one_by_one_and_the_multipass_reference(closer, point):
     assert (closer.model.device.type, closer.model.dtype) == ("cuda", torch.bfloat16)
     params = GenerationParams(budget=point)
     batched = forced(closer, point)
     for g in batched:
         assert g.thinking_tokens <= point.max_thinking_tokens and g.waits_used <= point.num_waits
-        assert count_runs(g.token_ids[:g.thinking_tokens], cpu_rules.ids_of(closer, point.wait_string)) == g.waits_used
+        assert count_runs(g.token_ids[:g.thinking_tokens], ids_of(closer, point.wait_string)) == g.waits_used
         assert point.min_thinking_tokens <= g.thinking_tokens
     multipass = forced(closer, point, budget_impl="multi_pass")
-    assert_same_up_to_bf16_ties(closer, requests(), params, batched, multipass, f"{point.label}: 1 pass vs multi-pass")
-    alone = [cpu_rules.engine().generate(closer, [r], params)[0] for r in requests()]
-    assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.label}: batched vs alone")
+    assert_same_up_to_bf16_ties(closer, requests(), params, batched, multipass, f"{point.id}: 1 pass vs multi-pass")
+    alone = [engine().generate(closer, [r], params)[0] for r in requests()]
+    assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.id}: batched vs alone")
 
 
 RULE_TESTS = [

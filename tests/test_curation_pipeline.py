@@ -32,7 +32,8 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(compose, tmp_path):
+@pytest.mark.slow
+def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(shared_data, compose, tmp_path):
     overrides = [*RELEASE, "sampler=kmeans_seed", "sampler.n=200", f"pipeline.cache_dir={tmp_path}/stages"]
     first = run_curation(compose("generate", overrides, tmp_path / "a"), tmp_path / "a")
     frame = pd.read_csv(tmp_path / "a" / "final.csv", keep_default_na=False)
@@ -51,7 +52,8 @@ def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(
     assert (tmp_path / "b" / "diversity.json").is_file()  # reports come back with cached stages too
 
 
-def test_another_seed_changes_a_random_sample_only_through_the_seed(compose, tmp_path):
+@pytest.mark.slow
+def test_another_seed_changes_a_random_sample_only_through_the_seed(shared_data, compose, tmp_path):
     def final(seed: int, out: str) -> str:
         cfg = compose("generate", [*RELEASE, "sampler=random", "sampler.n=50", f"sampler.seed={seed}",
                                    f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / out)
@@ -61,7 +63,7 @@ def test_another_seed_changes_a_random_sample_only_through_the_seed(compose, tmp
     assert final(1, "a") == final(1, "b") != final(2, "c")
 
 
-def test_more_samples_than_items_takes_all_with_a_warning(compose, tmp_path):
+def test_more_samples_than_items_takes_all_with_a_warning(shared_data, compose, tmp_path):
     cfg = compose("generate", [*RELEASE, "dataset.limit=30", "sampler=kmeans_seed", "sampler.n=100",
                                f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
     run_curation(cfg, tmp_path / "run")
@@ -78,7 +80,7 @@ def test_a_stage_that_empties_the_set_names_itself_and_the_counts(compose, tmp_p
     assert not (tmp_path / "run" / "final.csv").exists()
 
 
-def test_unknown_stage_is_refused(compose, tmp_path):
+def test_unknown_stage_is_refused(shared_data, compose, tmp_path):
     cfg = compose("generate", [*RELEASE, "pipeline.stages=[filter,smaple]"], tmp_path / "run")
     with pytest.raises(ValueError, match="smaple"):
         run_curation(cfg, tmp_path / "run")
@@ -247,7 +249,8 @@ def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compo
         assert -1 <= it.extra["sim_to_answer"] <= 1 and -1 <= it.extra["max_choice_sim"] <= 1
 
 
-def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(compose, tmp_path):
+@pytest.mark.slow
+def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(shared_data, compose, tmp_path):
     from mvqa.tracking import job_run
 
     cfg = compose("generate", ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "sampler.n=20",
@@ -297,6 +300,7 @@ def test_likelihood_continuations_match_how_the_scorer_was_taught_to_answer():
         LikelihoodScorer(continuation="txt")
 
 
+@pytest.mark.slow
 def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
     """Items of different prompt lengths share one right-padded batch; each choice still counts only itself."""
     from types import SimpleNamespace

@@ -14,9 +14,9 @@ import pytest
 from mvqa.config import PROJECT_ROOT
 from mvqa.data.prompts import parse_answer
 
-# The target for both bootstraps; measured (README: the demo, measured) 0.735 for each, the same in two
-# runs. The demo trains them on one thread each, so the numbers no longer move with the machine's thread count
-# (on two threads the base's earlier recipe gave 0.725, on one 0.655).
+# The target for both bootstraps; measured (README: the demo, measured) 0.735 for each, the same in
+# two runs. The demo trains them on one thread each, so the numbers no longer move with the machine's thread
+# count (on two threads the base's earlier recipe gave 0.725, on one 0.655).
 BOOTSTRAP_ACCURACY = {"base": 0.70, "reasoner": 0.70}
 
 
@@ -95,14 +95,16 @@ def check_chain(out) -> None:
     train = json.loads((out / "finetune" / "metrics.json").read_text())
     assert train["n_train"] + train["n_val"] == len(rows) and (out / "finetune" / "adapter" / "adapter_config.json").is_file()
 
-    # 5. Evaluation on 24 held-out items: the base once as it is used and at the 4 budget points, the fine-tune at
-    # the 4 points; each fine-tune point paired with the base at the same point and with the unforced base.
+    # 5. Evaluation on 24 held-out items: the base once as it is used and at the 4 budget points, the
+    # fine-tune at the 4 points; each fine-tune point paired with the base at the same point and with the
+    # unforced base.
     preds = [json.loads(line) for line in (out / "evaluate" / "predictions.jsonl").read_text().splitlines()]
     base = [p for p in preds if p["model"] == "base"]
     tuned = [p for p in preds if p["model"] != "base"]
     assert len(base) == 24 * 5 and len(tuned) == 24 * 4
     assert {p["budget_id"] for p in base} == {p["budget_id"] for p in tuned} | {"unforced"}
-    assert all("-test-" in p["item_id"] for p in preds)  # the world's held-out split, never the curated train rows
+    # the world's held-out split, never the curated train rows
+    assert all("-test-" in p["item_id"] for p in preds)
     for p in tuned:
         assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"] and p["waits_used"] <= p["budget"]["num_waits"]
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())

@@ -1,6 +1,6 @@
 """HF engine on a tiny random Llama (BPE tokenizer trained here) and a tiny LLaVA (processor with images).
 
-The builders below are also used by test_budget_forcing.py.
+The builders live in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -10,90 +10,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers import PROMPTS, bundle_of, requests, tiny_llama, tiny_llava, tiny_tokenizer
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from PIL import Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    PreTrainedTokenizerFast,
-)
-from transformers.models.clip import CLIPImageProcessorPil
 
 from mvqa.generation import GenerationParams, GenerationRequest, HFEngine, VLLMEngine
 from mvqa.generation.budget import BudgetPoint
-from mvqa.models.bundle import ModelBundle
 
-CORPUS = [
-    ("<think>The image shows a chest CT scan. The lesion is in the left lung, so the answer is B.</think>"
-    "<answer>B</answer>"),
-    "Question: Which organ is shown? Choices: A. liver B. lung C. heart D. kidney",
-    "Wait, the opacity could also be an effusion. Hmm, let me check the margins again. Alternatively it is C.",
-] * 4
-DELIMITERS = ["<image>", "<think>", "</think>", "<answer>", "</answer>"]
-PROMPTS = ["Question: Which organ", "The image shows a chest", "Hmm", "Wait, the opacity could also be",
-           "Choices: A. liver B. lung", "CT scan"]
-
-
-def tiny_tokenizer(single_token_delimiters: bool = True) -> PreTrainedTokenizerFast:
-    """Byte-level BPE; the delimiters are single added tokens, or (like Med-R1's `<think>`) plain text."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = ["<pad>", "<s>", "</s>"] + (DELIMITERS if single_token_delimiters else [])
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def text_config(tokenizer, hidden: int = 64, layers: int = 2) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-
-
-def with_logit_bias(head: torch.nn.Linear, bias: dict[int, float]) -> torch.nn.Linear:
-    """The same output head plus a bias: +b makes a token likelier at every step, -b rules it out."""
-    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
-    with torch.no_grad():
-        biased.weight.copy_(head.weight)
-        biased.bias.zero_()
-        for token, b in bias.items():
-            biased.bias[token] = b
-    return biased
-
-
-def tiny_llama(tokenizer, seed: int = 0, bias: dict[int, float] | None = None) -> LlamaForCausalLM:
-    """Random-init Llama (hidden 64, 2 layers), optionally with a logit bias on some tokens."""
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(text_config(tokenizer)).eval()
-    if bias:
-        model.lm_head = with_logit_bias(model.lm_head, bias)
-    return model
-
-
-def bundle_of(model, processor) -> ModelBundle:
-    return ModelBundle(model=model, processor=processor, chat_template="", name="tiny")
-
-
-def requests(prompts=PROMPTS) -> list[GenerationRequest]:
-    return [GenerationRequest(prompt=p, id=f"q{i}") for i, p in enumerate(prompts)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run several times faster on one thread: no OpenMP hand-off per small op on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +32,8 @@ def llama(tokenizer):
 
 
 def test_batched_greedy_equals_one_by_one_and_direct_generate(llama, tokenizer):
-    engine = HFEngine(batch_size=4, progress=False, max_new_tokens=12)  # 6 requests: a full and a partial batch
+    # 6 requests: a full and a partial batch
+    engine = HFEngine(batch_size=4, progress=False, max_new_tokens=12)
     batched = engine.generate(llama, requests())
     assert [(g.request_index, g.sample_index, g.id) for g in batched] == [(i, 0, f"q{i}") for i in range(6)]
     for i, (g, prompt) in enumerate(zip(batched, PROMPTS)):
@@ -180,24 +106,6 @@ def test_progress_bar_reports_items(llama, capfd):
     HFEngine(batch_size=3, progress=True, max_new_tokens=2).generate(llama, requests())
     err = capfd.readouterr().err
     assert "generate" in err and "6/6" in err and "item/s" in err
-
-
-def tiny_llava(tokenizer, seed: int = 0) -> ModelBundle:
-    """CLIP vision (hidden 32, image 32, patch 8) + Llama: the processor expands `<image>` to 16 tokens."""
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-        tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        image_token="<image>")
-    torch.manual_seed(seed)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=2, image_size=32, patch_size=8),
-        text_config=text_config(tokenizer), image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default")
-    model = LlavaForConditionalGeneration(config).eval()
-    # make it try to close its thinking now and then, so Waits get used
-    model.lm_head = with_logit_bias(model.lm_head, {tokenizer.convert_tokens_to_ids("</think>"): 0.3})
-    return bundle_of(model, processor)
 
 
 def test_processor_with_images_batched_equals_one_by_one_plain_and_forced(tokenizer):

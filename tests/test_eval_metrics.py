@@ -11,7 +11,7 @@ from scipy.stats import bootstrap
 
 from mvqa.eval import compute_metrics, format_table, write_report
 from mvqa.eval.metrics import bootstrap_accuracy_ci, mcnemar_exact_p, paired_bootstrap_diff_ci, s1_scaling
-from mvqa.eval.plots import plot_accuracy_vs_thinking
+from mvqa.eval.plots import accuracy_figure, plot_accuracy_vs_thinking
 
 
 def budget(cap, waits=0, minimum=0, wait="Wait"):
@@ -226,6 +226,15 @@ def test_plot_one_line_per_wait_setting(tmp_path):
     preds = [pred(model, f"q{i}", i % 3 == 0, cap, cap // 2, waits_used=w, num_waits=w) for model in ("base", "tuned")
              for cap in (16, 32) for w in (0, 2) for i in range(6)]
     m = compute_metrics(preds, n_bootstrap=50)
+    ax = accuracy_figure(m, models=["tuned"]).axes[0]
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}  # errorbar: (data line, caps, bars)
+    assert sorted(lines) == ["tuned, waits=0", "tuned, waits=2"], sorted(lines)
+    for w in (0, 2):
+        runs = sorted((r for r in m["runs"] if r["model"] == "tuned" and r["budget"]["num_waits"] == w),
+                      key=lambda r: r["mean_thinking_tokens"])
+        x, y = lines[f"tuned, waits={w}"].get_data()
+        assert list(x) == [r["mean_thinking_tokens"] for r in runs] == [8, 16]  # cap // 2 thinking tokens
+        assert list(y) == [r["accuracy"] for r in runs] == [2 / 6, 2 / 6]  # i % 3 == 0: q0 and q3 right
     path = plot_accuracy_vs_thinking(m, tmp_path / "p.png", models=["tuned"])
     with Image.open(path) as img:
         assert img.format == "PNG"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import markdown_table
 
 from mvqa.eval.runner import run_evaluation
 from mvqa.train.recipe import run_training
@@ -46,14 +47,18 @@ def test_base_and_adapter_over_a_budget_grid(compose, tmp_path, adapter):
         assert p["correct"] == (p["parsed_answer"] == p["answer_label"])
         assert p["raw_output"].startswith("<think>")
     # A random tiny model never closes its thinking: every answer is forced, and still produced.
-    assert any(p["forced_end"] for p in preds)
+    assert all(p["forced_end"] for p in preds)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for cell in metrics["runs"]:
         rows = [p for p in preds if p["model"] == cell["model"] and p["budget_id"] == cell["budget_id"]]
         assert cell["accuracy"] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
     assert len(metrics["comparisons"]) == 4  # the adapter vs the base at each budget point
     assert result["best_accuracy"] == max(r["accuracy"] for r in metrics["runs"] if r["model"] != "base")
-    assert (tmp_path / "run" / "report.md").read_text().count("|") > 10
+    table = markdown_table((tmp_path / "run" / "report.md").read_text(), "Accuracy by model and thinking budget")
+    assert len(table) == len(metrics["runs"]) == 2 * 4  # a row per model and budget point
+    for row, cell in zip(table, metrics["runs"], strict=True):
+        assert (row["model"], row["budget"], row["n"]) == (cell["model"], cell["budget_id"], "8")
+        assert row["accuracy [95% CI]"].startswith(f"{cell['accuracy']:.3f}") and row["forced"] == "100.0%"
     assert (tmp_path / "run" / "acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -31,8 +31,12 @@ def test_merged_export_loads_back_with_the_logits_of_base_plus_adapter(compose, 
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
     out = tmp_path / "merged"
-    subprocess.run([sys.executable, "-m", "mvqa.export", str(run), str(out)], check=True, cwd=PROJECT_ROOT,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "mvqa.export", str(run), str(out)],
+        check=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+    )
     assert sorted(p.name for p in out.glob("*.safetensors")) and not list(out.glob("adapter_*"))
     family = family_of(cfg.model)
     merged = family.model_class.from_pretrained(out).eval()
@@ -54,7 +58,9 @@ def test_merged_export_loads_back_with_the_logits_of_base_plus_adapter(compose, 
     assert float((want - base).abs().max()) > 1e-3  # the adapter trained: merging it changed the model
 
     card = (out / "README.md").read_text()
-    assert "python train.py" in card and "trainer.max_steps=4" in card and f"python -m mvqa.export {run}" in card
+    assert (
+        "python train.py" in card and "trainer.max_steps=4" in card and f"python -m mvqa.export {run}" in card
+    )
     assert '"name": "synthetic"' in card and "recipe:" in card and "lora_r8" in card
     assert json.loads((out / "mvqa_export.json").read_text())["run_dir"] == str(run.resolve())
 

@@ -1,4 +1,5 @@
-"""The whole curation chain driven through faults, as real generate.py processes: nothing lost, nothing doubled.
+"""The whole curation chain driven through faults, as real generate.py processes: nothing lost, nothing
+doubled.
 
 Faults: two runs started at once on one cache, a kill -9 mid-trace, then a resume; the input holds exact
 duplicate rows, a row whose image is missing and one whose image is corrupt. The final set must equal an
@@ -24,14 +25,27 @@ from mvqa.config import PROJECT_ROOT
 from mvqa.data.storage import read_items_jsonl
 from mvqa.data.synthetic import read_synthetic
 
-TINY = ["scorer_model.size=unit", "scorer_model.path=null", "reasoner.size=unit", "reasoner.path=null",
-        "pipeline.trace.max_new_tokens=12", "pipeline.trace.batch_size=2", "pipeline.trace.progress=false",
-        "scorer.progress=false", "scorer.fraction=1.0", "logger=none", "sampler=random", "sampler.n=100",
-        "pipeline.stages=[score,hard,trace,sample,export]", "pipeline.export.require_images=true"]
+TINY = [
+    "scorer_model.size=unit",
+    "scorer_model.path=null",
+    "reasoner.size=unit",
+    "reasoner.path=null",
+    "pipeline.trace.max_new_tokens=12",
+    "pipeline.trace.batch_size=2",
+    "pipeline.trace.progress=false",
+    "scorer.progress=false",
+    "scorer.fraction=1.0",
+    "logger=none",
+    "sampler=random",
+    "sampler.n=100",
+    "pipeline.stages=[score,hard,trace,sample,export]",
+    "pipeline.export.require_images=true",
+]
 
 
 def _faulty_input(tmp_path: Path) -> tuple[Path, Path]:
-    """The tiny world's train CSV plus 3 exact repeats, a row with a missing image and one with a corrupt one."""
+    """The tiny world's train CSV plus 3 exact repeats, a row with a missing image and one with a corrupt
+    one."""
     read_synthetic(str(tmp_path / "world"), n_train=24, n_val=4, n_test=4, image_size=32)
     world = next((tmp_path / "world").glob("*/train.csv")).parent
     frame = pd.read_csv(world / "train.csv", dtype=str, keep_default_na=False)
@@ -44,12 +58,22 @@ def _faulty_input(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _generate(tmp_path: Path, run: str, cache: str, data: Path, images: Path) -> subprocess.Popen:
-    args = [sys.executable, str(PROJECT_ROOT / "generate.py"), *TINY, "dataset=pmc_vqa", f"dataset.path={data}",
-            f"dataset.image_root={images}", "dataset.on_bad_image=skip", "dataset.extra_columns=[trace]",
-            f"pipeline.cache_dir={tmp_path / cache}", f"hydra.run.dir={tmp_path / run}"]
+    args = [
+        sys.executable,
+        str(PROJECT_ROOT / "generate.py"),
+        *TINY,
+        "dataset=pmc_vqa",
+        f"dataset.path={data}",
+        f"dataset.image_root={images}",
+        "dataset.on_bad_image=skip",
+        "dataset.extra_columns=[trace]",
+        f"pipeline.cache_dir={tmp_path / cache}",
+        f"hydra.run.dir={tmp_path / run}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _output(proc: subprocess.Popen) -> str:
@@ -81,8 +105,10 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
     assert 4 <= done_before < 24 and not (partial.parent / "items.jsonl").exists()
 
     # 3. The resume on the same cache, and a clean uninterrupted run on another.
-    resumed, fresh = _generate(tmp_path, "resumed", "stages", data, images), _generate(
-        tmp_path, "fresh", "fresh-stages", data, images)
+    resumed, fresh = (
+        _generate(tmp_path, "resumed", "stages", data, images),
+        _generate(tmp_path, "fresh", "fresh-stages", data, images),
+    )
     log_resumed, log_fresh = _output(resumed), _output(fresh)
     assert resumed.returncode == 0, log_resumed[-3000:]
     assert fresh.returncode == 0, log_fresh[-3000:]
@@ -102,6 +128,8 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
     assert {it.id for it in items} == good
     assert len(set(zip(final["figure_path"], final["question"]))) == 24
     for name in ("final.csv", "items.jsonl"):
-        assert hashlib.sha256((tmp_path / "resumed" / name).read_bytes()).digest() == hashlib.sha256(
-            (tmp_path / "fresh" / name).read_bytes()).digest(), name
+        assert (
+            hashlib.sha256((tmp_path / "resumed" / name).read_bytes()).digest()
+            == hashlib.sha256((tmp_path / "fresh" / name).read_bytes()).digest()
+        ), name
     assert len(list((tmp_path / "resumed" / "images").rglob("*.png"))) == 24  # require_images held

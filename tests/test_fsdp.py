@@ -70,7 +70,8 @@ def test_the_fsdp_trainer_fails_before_wrapping_and_names_the_fix(cache):
     with pytest.raises(ValueError, match=r"layers.0' holds bfloat16 and float32.*recipe.adapter_dtype=base.*"
                                          r"model.dtype=float32"):
         check_fsdp_dtypes(model, strategy)
-    # The training module runs the check in its setup hook, which Lightning calls before the strategy wraps it.
+    # The training module runs the check in its setup hook, which Lightning calls before the strategy wraps
+    # it.
     module = VQAFineTuner(model, None, RecipeConf())
     module.trainer = SimpleNamespace(strategy=strategy)
     with pytest.raises(ValueError, match="recipe.adapter_dtype=base"):
@@ -90,13 +91,16 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
         def wrap(module):
             return FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy(WRAP), use_orig_params=True,
                                             sharding_strategy=ShardingStrategy.FULL_SHARD,
-                                            mixed_precision=MixedPrecision(*[torch.bfloat16] * 3),  # bf16-mixed
+                                            # bf16-mixed
+                                            mixed_precision=MixedPrecision(*[torch.bfloat16] * 3),
                                             device_id=torch.device("cpu"))
 
-        with pytest.raises(ValueError, match="Must flatten tensors with uniform dtype"):  # the original failure
+        # the original failure
+        with pytest.raises(ValueError, match="Must flatten tensors with uniform dtype"):
             wrap(VQAFineTuner(lora(cache), None, RecipeConf()))
         recipe = RecipeConf(adapter_dtype="base")
-        # As the README's 7B commands train: gradient checkpointing on (HF's, non-reentrant, set before wrapping).
+        # As the README's 7B commands train: gradient checkpointing on (HF's, non-reentrant, set before
+        # wrapping).
         module = VQAFineTuner(lora(cache, adapter_dtype="base"), None, recipe, gradient_checkpointing=True)
         module.on_fit_start()  # train mode, as Lightning starts a fit (checkpointing only runs in train mode)
         before = {n: p.detach().clone() for n, p in module.named_parameters() if "lora_B" in n}
@@ -106,7 +110,8 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
         loss = fsdp(inputs)
         loss.loss.backward()
         norm = float(fsdp.clip_grad_norm_(float("inf")))  # measures, clips nothing
-        module.configure_gradient_clipping(optimizer, 1e-3, "norm")  # Lightning's plugin refuses norm under FSDP
+        # Lightning's plugin refuses norm under FSDP
+        module.configure_gradient_clipping(optimizer, 1e-3, "norm")
         clipped = float(fsdp.clip_grad_norm_(float("inf")))
         grad_dtypes = {p.grad.dtype for p in fsdp.parameters() if p.grad is not None}
         checkpointed = [m.gradient_checkpointing for m in fsdp.modules() if isinstance(m, tuple(WRAP))]
@@ -121,9 +126,11 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache):
     bundle = bf16_base(cache)  # built once: the ranks load it from the cache
-    # Spawned, not forked: forked after earlier tests ran OpenMP-parallel ops, the ranks hung in their collectives.
+    # Spawned, not forked: forked after earlier tests ran OpenMP-parallel ops, the ranks hung in their
+    # collectives.
     with mp.get_context("spawn").Manager() as manager:
         shared = manager.dict()
         mp.start_processes(_rank, args=(2, tempfile.mktemp(prefix="fsdp-init-"), cache, batch(bundle), shared),

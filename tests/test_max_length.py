@@ -59,7 +59,8 @@ def test_image_tokens_filling_max_length_fail_with_a_working_value(llava, items)
 
 
 def test_a_prompt_longer_than_max_length_names_its_image_tokens(llava, items):
-    # Room for the image tokens but not for the rest of the prompt and the answer: the message says so, no "alone".
+    # Room for the image tokens but not for the rest of the prompt and the answer: the message says so, no
+    # "alone".
     collator = VQACollator(llava.processor, "direct", max_length=24)
     with pytest.raises(ValueError, match=r"exceeds data.max_length=24 before any thinking \(prompt with 16 image "
                                          r"tokens, and the answer\); set data.max_length to at least \d+") as err:

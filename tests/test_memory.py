@@ -1,4 +1,8 @@
-"""Per-GPU memory of the 7B LLaVA-Med fine-tunes, computed from the configs on the meta device."""
+"""Per-GPU memory of the 7B LLaVA-Med fine-tunes, computed from the configs on the meta device.
+
+The expected figures are worked out by hand from the configs' dimensions (the arithmetic is in the comments),
+not recomputed with the estimator's formulas. Each meta model is built once per module (a fixture).
+"""
 
 from __future__ import annotations
 
@@ -22,26 +26,60 @@ from mvqa.train.memory import (
 # 576 image tokens + 448 text tokens: the collator counts both in max_length (the README's 7B commands).
 LLAVA = ["model=llava_med", "data.max_length=1024", "data.batch_size=1", "gradient_checkpointing=true"]
 GPUS = (1, 2, 4, 8)
+LORA_R8 = 6_815_744  # 8 x 32 layers x (q, o: 4096 + 4096; k, v: 4096 + 1024 under GQA) = 8 x 32 x 26,624
 
 
-def test_counts_are_what_training_prepares(compose):
-    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
-    fp = count_params(cfg)
+@pytest.fixture(scope="module")
+def train_cfg():
+    """compose("train", overrides) for the whole module: composing is cheap, the meta models are not."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mvqa.config import CONFIG_DIR, setup
+
+    setup()
+
+    def _compose(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="train"):
+            return compose(config_name="train", overrides=["paths.output_dir=/nonexistent", *overrides])
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def lora8(train_cfg):
+    """(config, parameter counts) of LoRA r 8 on the 7B LLaVA-Med, its meta model built once."""
+    cfg = train_cfg([*LLAVA, "recipe=lora_r8"])
+    return cfg, count_params(cfg)
+
+
+@pytest.fixture(scope="module")
+def qlora4(train_cfg):
+    cfg = train_cfg([*LLAVA, "recipe=qlora", "model.quantize=4bit"])
+    return cfg, count_params(cfg)
+
+
+@pytest.fixture(scope="module")
+def qwen8(train_cfg):
+    cfg = train_cfg(["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
+    return cfg, count_params(cfg)
+
+
+def test_counts_are_what_training_prepares(lora8):
+    cfg, fp = lora8
     trainable, total = count_parameters(prepare_trainable(build_empty(cfg.model), cfg.recipe, None))
     assert (fp.trainable, fp.total) == (trainable, total)
-    assert (trainable, total) == (6_815_744, 7_573_559_296)  # cross-check: tests/test_meta_architectures.py
-    # From the config's dimensions: r x (in + out) per adapted q/k/v/o projection, GQA's narrower k and v.
-    text, vision = cfg.model.architecture.text_config, cfg.model.architecture.vision_config
-    h, kv = text.hidden_size, text.hidden_size // text.num_attention_heads * text.num_key_value_heads
-    assert fp.trainable == cfg.recipe.r * text.num_hidden_layers * (2 * (h + h) + 2 * (h + kv))
-    assert fp.projector == vision.hidden_size * h + h + h * h + h  # LLaVA's two-layer MLP projector
+    assert (trainable, total) == (LORA_R8, 7_573_559_296)  # cross-check: tests/test_meta_architectures.py
+    # LLaVA's two-layer MLP projector: 1024 x 4096 + 4096, then 4096 x 4096 + 4096.
+    assert fp.projector == 4_194_304 + 4_096 + 16_777_216 + 4_096 == 20_979_712
     assert 0.29e9 < fp.vision < 0.31e9  # CLIP ViT-L/14-336
-    assert fp.image_tokens == (vision.image_size // vision.patch_size) ** 2 == 576
+    assert fp.image_tokens == 576  # (336 / 14)^2
 
 
-def test_fsdp_shards_with_gpus_and_ddp_replicates(compose):
-    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
-    fp = count_params(cfg)
+def test_fsdp_shards_with_gpus_and_ddp_replicates(compose, lora8):
+    cfg, fp = lora8
     ddp = [per_gpu(cfg, "ddp", n, fp).total for n in GPUS]
     assert len(set(ddp)) == 1
     # FSDP flattens each decoder layer into one tensor: bf16 weights and PEFT's fp32 adapters cannot share it.
@@ -55,57 +93,64 @@ def test_fsdp_shards_with_gpus_and_ddp_replicates(compose):
     base = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
     fsdp16 = [per_gpu(base, "fsdp", n, fp) for n in GPUS]
     assert all(a.total > b.total for a, b in pairwise(fsdp16))
-    assert all(0.5 < b.total / f < 0.7 for b, f in zip(fsdp16, fsdp32))  # the gathered units are 16-bit in both
+    # the gathered units are 16-bit in both
+    assert all(0.5 < b.total / f < 0.7 for b, f in zip(fsdp16, fsdp32))
     assert fsdp16[-1].total < ddp[0] < fsdp16[0].total
-    assert fsdp16[0].optimizer == 2 * 2 * fp.trainable  # AdamW's two states in bf16, like the adapters
+    # AdamW's two states in bf16 like the adapters: 2 x 2 B x LORA_R8
+    assert fsdp16[0].optimizer == 27_262_976
 
 
-def test_adapter_dtype_base_stores_adapters_in_16_bit(compose):
-    f32 = compose("train", [*LLAVA, "recipe=lora_r8"])
+def test_adapter_dtype_base_stores_adapters_in_16_bit(compose, lora8, qlora4):
+    f32, fp = lora8
     b16 = compose("train", [*LLAVA, "recipe=lora_r8", "recipe.adapter_dtype=base"])
-    fp = count_params(f32)
     a, b = per_gpu(f32, "ddp", 1, fp), per_gpu(b16, "ddp", 1, fp)
-    assert a.optimizer == 2 * 4 * fp.trainable and b.optimizer == 2 * 2 * fp.trainable
-    assert a.weights - b.weights == 2 * fp.trainable
+    assert (a.optimizer, b.optimizer) == (54_525_952, 27_262_976)  # AdamW's 2 states x 4 B or 2 B x LORA_R8
+    assert a.weights - b.weights == 13_631_488  # the adapters themselves: 2 B saved on each of LORA_R8
     # A 4-bit base keeps fp32 adapters whatever adapter_dtype says (PEFT casts only to floating base weights).
-    q = ["recipe=qlora", "model.quantize=4bit"]
-    q32, q16 = compose("train", [*LLAVA, *q]), compose("train", [*LLAVA, *q, "recipe.adapter_dtype=base"])
-    qfp = count_params(q32)
+    q32, qfp = qlora4
+    q16 = compose("train", [*LLAVA, "recipe=qlora", "model.quantize=4bit", "recipe.adapter_dtype=base"])
     assert per_gpu(q32, "ddp", 1, qfp) == per_gpu(q16, "ddp", 1, qfp)
 
 
-def test_deepspeed_shards_the_optimizer_not_the_weights(compose):
-    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
-    fp = count_params(cfg)
+def test_deepspeed_shards_the_optimizer_not_the_weights(lora8):
+    cfg, fp = lora8
     zero2 = [per_gpu(cfg, "deepspeed_stage2", n, fp) for n in GPUS]
     assert all(a.optimizer > b.optimizer for a, b in pairwise(zero2))
-    assert zero2[0].optimizer == 12 * fp.trainable  # fp32 master + AdamW's two fp32 states
+    assert zero2[0].optimizer == 81_788_928  # fp32 master + AdamW's two fp32 states: 12 B x LORA_R8
     assert len({b.weights for b in zero2}) == 1
 
 
-def test_activations_pin_the_bench_configs(compose):
-    """bench/gpu_memory.py's two configs (batch 1 x 1024 tokens, checkpointing, one GPU): what the estimator gives,
-    against the H200's step peaks in bench/results/gpu_memory.json (14.94 and 6.11 GiB)."""
-    llava = compose("train", [*LLAVA, "recipe=lora_r8"])
-    qwen = compose("train", ["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
-    for cfg, vocab, acts, total in ((llava, 32064, 0.617, 14.838), (qwen, 151936, 1.821, 5.976)):
-        fp = count_params(cfg)
-        text = cfg.model.architecture.text_config
-        assert text.vocab_size == vocab
+def test_activations_pin_the_bench_configs(lora8, qwen8):
+    """bench/gpu_memory.py's two configs (batch 1 x 1024 tokens, checkpointing, one GPU): what the estimator
+    gives, against the H200's step peaks in bench/results/gpu_memory.json (14.94 and 6.11 GiB).
+
+    Checkpointed inputs of every layer (layers x 1024 tokens x hidden x 2 B), then the loss's three fp32
+    logits copies (3 x 4 B x 1024 x vocab, larger than a recomputed layer in both): the Korthikanti layer
+    adds nothing.
+    LLaVA-Med: 32 x 1024 x 4096 x 2 = 268,435,456 + 12 x 1024 x 32,064 = 394,002,432.
+    Qwen2-VL-2B: 28 x 1024 x 1536 x 2 = 88,080,384 + 12 x 1024 x 151,936 = 1,866,989,568.
+    """
+    for (cfg, fp), acts, gib in ((lora8, 268_435_456 + 394_002_432, (0.617, 14.838)),
+                                 (qwen8, 88_080_384 + 1_866_989_568, (1.821, 5.976))):
         b = per_gpu(cfg, "ddp", 1, fp)
-        # Checkpointed inputs of every layer, then the loss's three fp32 logits copies (larger than a recomputed
-        # layer in both): the Korthikanti layer does not add to them.
-        checkpoints = text.num_hidden_layers * 1024 * text.hidden_size * 2
-        assert b.activations == checkpoints + 12 * 1024 * vocab
-        assert (round(b.activations / GIB, 3), round(b.total / GIB, 3)) == (acts, total)
+        assert b.activations == acts
+        assert (round(b.activations / GIB, 3), round(b.total / GIB, 3)) == gib
 
 
-def test_logits_term_scales_with_vocab_times_tokens(compose):
-    assert logits_bytes(1024, 151936) == 3 * 4 * 1024 * 151936  # fp32 log-softmax, its gradient, the logits' gradient
-    assert logits_bytes(2048, 151936) == 2 * logits_bytes(1024, 151936) == logits_bytes(1024, 2 * 151936)
-    cfg = compose("train", ["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])
-    fp = count_params(cfg)
+def test_logits_term_scales_with_vocab_times_tokens(compose, qwen8):
+    # fp32 log-softmax, its gradient, the logits' gradient: 3 x 4 B x 1024 x 151,936
+    assert logits_bytes(1024, 151936) == 1_866_989_568
+    assert logits_bytes(2048, 151936) == logits_bytes(1024, 2 * 151936) == 3_733_979_136
+    cfg = compose("train", ["model=qwen2_vl_2b", *LLAVA[1:], "recipe=lora_r8"])  # its own, mutated below
+    fp = qwen8[1]
     text = fp.model.config.get_text_config()
+    try:
+        _vocab_free_rest(cfg, fp, text)
+    finally:
+        text.vocab_size = 151936  # the module's shared meta model
+
+
+def _vocab_free_rest(cfg, fp, text):
     for checkpointing in (True, False):
         cfg.gradient_checkpointing = checkpointing
         base = {}
@@ -117,24 +162,24 @@ def test_logits_term_scales_with_vocab_times_tokens(compose):
                 # What is not the logits term does not depend on the vocabulary
                 assert base.setdefault((b, s), rest) == rest
         text.vocab_size = 151936
-    # A small vocabulary: the recomputed layer, not the logits, sets the checkpointed peak.
+    # A small vocabulary: the recomputed layer, not the logits, sets the checkpointed peak. Korthikanti's
+    # s x h x (34 + 5 a s / h) = 1024 x 1536 x (34 + 5 x 12 x 1024 / 1536 = 74) = 116,391,936, over the
+    # checkpoints 88,080,384.
     cfg.gradient_checkpointing, cfg.data.batch_size, cfg.data.max_length = True, 1, 1024
     text.vocab_size = 1000
-    layer = 1024 * text.hidden_size * (34 + 5 * text.num_attention_heads * 1024 / text.hidden_size)
-    assert activation_bytes(cfg, fp, 2) == text.num_hidden_layers * 1024 * text.hidden_size * 2 + layer
+    assert activation_bytes(cfg, fp, 2) == 88_080_384 + 116_391_936
 
 
-def test_gradient_checkpointing_lowers_activations(compose):
-    on = compose("train", [*LLAVA, "recipe=lora_r8"])
+def test_gradient_checkpointing_lowers_activations(compose, lora8):
+    on, fp = lora8
     off = compose("train", [*LLAVA, "recipe=lora_r8", "gradient_checkpointing=false"])
-    fp = count_params(on)
     assert per_gpu(on, "ddp", 1, fp).activations < per_gpu(off, "ddp", 1, fp).activations / 4
 
 
-def test_qlora_weights_are_a_fraction_of_bf16(compose):
-    qlora = compose("train", [*LLAVA, "recipe=qlora", "model.quantize=4bit"])
+def test_qlora_weights_are_a_fraction_of_bf16(compose, qlora4):
+    qlora, q = qlora4
     bf16 = compose("train", [*LLAVA, "recipe=lora_r16_attn_mlp"])  # the same adapters on a bf16 base
-    q, b = count_params(qlora), count_params(bf16)
+    b = count_params(bf16)
     assert q.trainable == b.trainable
     quantized = sum(p.numel for p in q.params if p.kind == "nf4")
     assert quantized > 0.9 * q.total  # the language model's linears
@@ -146,20 +191,20 @@ def test_qlora_weights_are_a_fraction_of_bf16(compose):
         count_params(compose("train", [*LLAVA, "recipe=qlora"]))
 
 
-def test_full_finetune_needs_far_more_than_lora(compose):
+def test_full_finetune_needs_far_more_than_lora(compose, lora8):
     full = compose("train", [*LLAVA, "recipe=s1_full"])
-    lora = compose("train", [*LLAVA, "recipe=lora_r8"])
-    f, lo = count_params(full), count_params(lora)
+    lora, lo = lora8
+    f = count_params(full)
     assert f.trainable > 0.9 * f.total and lo.trainable < 0.001 * lo.total
     for n in (1, 8):
         assert per_gpu(full, "ddp", n, f).total > 3 * per_gpu(lora, "ddp", n, lo).total
     assert per_gpu(full, "deepspeed_stage2", 8, f).total < per_gpu(full, "ddp", 8, f).total / 2
 
 
-def test_unknown_strategy_is_named(compose):
-    cfg = compose("train", [*LLAVA, "recipe=lora_r8"])
+def test_unknown_strategy_is_named(lora8):
+    cfg, fp = lora8
     with pytest.raises(ValueError, match=r"'ddpp'.*'ddp', 'deepspeed_stage2', 'fsdp'"):
-        per_gpu(cfg, "ddpp", 2)
+        per_gpu(cfg, "ddpp", 2, fp)
 
 
 def test_cli_prints_a_row_per_strategy_and_gpu_count(capsys):

@@ -1,4 +1,5 @@
-"""A user's benchmark-style CSV (image, question, free-text answer; images in a folder; only the column mapping
+"""A user's benchmark-style CSV (image, question, free-text answer; images in a folder; only the column
+mapping
 configured) through every stage: generate.py's stages, train.py dataset=curated, evaluate.py budget=s1."""
 
 from __future__ import annotations
@@ -18,17 +19,38 @@ from mvqa.eval.runner import run_evaluation
 from mvqa.train.recipe import run_training
 
 ROWS = [  # (question, answer): half yes/no, half open; yes and no balanced
-    ("Is there a lesion in the upper left quadrant?", "yes"), ("Is the liver enlarged?", "No"),
-    ("Is this a CT scan?", "Yes."), ("Is the lung clear?", "no"), ("Is there a fracture?", "yes"),
+    ("Is there a lesion in the upper left quadrant?", "yes"),
+    ("Is the liver enlarged?", "No"),
+    ("Is this a CT scan?", "Yes."),
+    ("Is the lung clear?", "no"),
+    ("Is there a fracture?", "yes"),
     ("Is the heart enlarged?", "no"),
-    ("Which organ is abnormal?", "the liver"), ("Where is the lesion?", "upper left"),
-    ("What modality is this?", "CT"), ("How many lesions are there?", "two"),
-    ("Which side is affected?", "left lung"), ("What is the abnormality?", "a round mass"),
+    ("Which organ is abnormal?", "the liver"),
+    ("Where is the lesion?", "upper left"),
+    ("What modality is this?", "CT"),
+    ("How many lesions are there?", "two"),
+    ("Which side is affected?", "left lung"),
+    ("What is the abnormality?", "a round mass"),
 ]
-COLUMNS = ["dataset=csv", "dataset.columns.image=img", "dataset.columns.question=q", "dataset.columns.answer=a"]
-UNIT_MODELS = ["scorer_model.size=unit", "scorer_model.path=null", "reasoner.size=unit", "reasoner.path=null",
-               "pipeline.trace.max_new_tokens=8", "pipeline.trace.batch_size=6", "pipeline.trace.progress=false",
-               "scorer.progress=false", "scorer.fraction=1.0", "sampler.n=4", "logger=none"]
+COLUMNS = [
+    "dataset=csv",
+    "dataset.columns.image=img",
+    "dataset.columns.question=q",
+    "dataset.columns.answer=a",
+]
+UNIT_MODELS = [
+    "scorer_model.size=unit",
+    "scorer_model.path=null",
+    "reasoner.size=unit",
+    "reasoner.path=null",
+    "pipeline.trace.max_new_tokens=8",
+    "pipeline.trace.batch_size=6",
+    "pipeline.trace.progress=false",
+    "scorer.progress=false",
+    "scorer.fraction=1.0",
+    "sampler.n=4",
+    "logger=none",
+]
 
 
 def write_benchmark_csv(folder: Path, traces: bool = False) -> Path:
@@ -68,10 +90,15 @@ def test_every_generate_stage_runs_on_closed_and_open_items(compose, tmp_path, c
     assert len(closed) == 6 and all(len(it["extra"]["choice_logprobs"]) == 2 for it in closed)  # yes vs no
     assert all(len(it["extra"]["choice_logprobs"]) == 1 for it in score_items if it["kind"] == "open")
     traced = [it.to_dict() for it in stage_items(out, "trace")]
-    assert {it["kind"] for it in traced} == {"closed", "open"} and all("raw_output" in it["extra"] for it in traced)
-    # The unit-size random reasoner answers nothing right: the filter then stops the chain, saying why, and the
+    assert {it["kind"] for it in traced} == {"closed", "open"} and all(
+        "raw_output" in it["extra"] for it in traced
+    )
+    # The unit-size random reasoner answers nothing right: the filter then stops the chain, saying why, and
+    # the
     # traces stay cached for a rerun with a better reasoner.
-    with pytest.raises(RuntimeError, match=r"stage 'filter' emptied the set: 12 in, 0 out \(\{'(unparseable|wrong)"):
+    with pytest.raises(
+        RuntimeError, match=r"stage 'filter' emptied the set: 12 in, 0 out \(\{'(unparseable|wrong)"
+    ):
         run_curation(compose("generate", common, tmp_path / "gen2"), tmp_path / "gen2")
     assert not (tmp_path / "gen2" / "final.csv").exists()
 
@@ -79,9 +106,19 @@ def test_every_generate_stage_runs_on_closed_and_open_items(compose, tmp_path, c
 def test_curated_free_text_traces_export_train_and_evaluate(compose, tmp_path, capsys):
     path = write_benchmark_csv(tmp_path / "data", traces=True)
     gen = tmp_path / "gen"
-    cfg = compose("generate", [*COLUMNS, f"dataset.path={path}", "dataset.extra_columns=[raw_output]",
-                               "pipeline.stages=[filter,sample,export]", "sampler.n=10", "logger=none",
-                               f"pipeline.cache_dir={tmp_path}/stages"], gen)
+    cfg = compose(
+        "generate",
+        [
+            *COLUMNS,
+            f"dataset.path={path}",
+            "dataset.extra_columns=[raw_output]",
+            "pipeline.stages=[filter,sample,export]",
+            "sampler.n=10",
+            "logger=none",
+            f"pipeline.cache_dir={tmp_path}/stages",
+        ],
+        gen,
+    )
     result = run_curation(cfg, gen)
     assert [f["n_out"] for f in result["funnel"]] == [12, 12, 10, 10]
     final = pd.read_csv(gen / "final.csv", keep_default_na=False)
@@ -91,10 +128,22 @@ def test_curated_free_text_traces_export_train_and_evaluate(compose, tmp_path, c
     assert len(list((gen / "images" / "images").iterdir())) == 10
 
     train_out = tmp_path / "train"
-    tcfg = compose("train", ["dataset=curated", f"dataset.path={gen / 'final.csv'}", "model=tiny_llava",
-                             "model.size=unit", "data.batch_size=4", "data.val_max_new_tokens=8",
-                             "data.max_length=768", "trainer.max_steps=3", "trainer.enable_progress_bar=false",
-                             "logger=none"], train_out)
+    tcfg = compose(
+        "train",
+        [
+            "dataset=curated",
+            f"dataset.path={gen / 'final.csv'}",
+            "model=tiny_llava",
+            "model.size=unit",
+            "data.batch_size=4",
+            "data.val_max_new_tokens=8",
+            "data.max_length=768",
+            "trainer.max_steps=3",
+            "trainer.enable_progress_bar=false",
+            "logger=none",
+        ],
+        train_out,
+    )
     metrics = run_training(tcfg, train_out)
     assert (train_out / "adapter" / "adapter_config.json").is_file()
     printed = capsys.readouterr().out
@@ -104,10 +153,22 @@ def test_curated_free_text_traces_export_train_and_evaluate(compose, tmp_path, c
     assert metrics is not None
 
     eval_out = tmp_path / "eval"
-    ecfg = compose("evaluate", [*COLUMNS, f"dataset.path={path}", "model=tiny_llava", "model.size=unit",
-                                f"adapters=[{train_out / 'adapter'}]", "budget.max_thinking_tokens=[4,8]",
-                                "budget.num_waits=[0,1]", "eval.n_bootstrap=50", "logger=none",
-                                "trainer.enable_progress_bar=false"], eval_out)
+    ecfg = compose(
+        "evaluate",
+        [
+            *COLUMNS,
+            f"dataset.path={path}",
+            "model=tiny_llava",
+            "model.size=unit",
+            f"adapters=[{train_out / 'adapter'}]",
+            "budget.max_thinking_tokens=[4,8]",
+            "budget.num_waits=[0,1]",
+            "eval.n_bootstrap=50",
+            "logger=none",
+            "trainer.enable_progress_bar=false",
+        ],
+        eval_out,
+    )
     run_evaluation(ecfg, eval_out)
     printed = capsys.readouterr().out
     assert "12 -> 12 items (mcq 0, closed 6, open 6)" in printed

@@ -24,13 +24,23 @@ from mvqa.eval.metrics import compute_metrics
 
 
 def free(answer: str, kind: str = "", question: str = "What is shown?") -> VQAItem:
-    return VQAItem(id=f"i-{answer}", image="x.png", question=question, choices=[], answer_label=None,
-                   answer=answer, kind=kind)
+    return VQAItem(
+        id=f"i-{answer}",
+        image="x.png",
+        question=question,
+        choices=[],
+        answer_label=None,
+        answer=answer,
+        kind=kind,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ record
 def test_kind_is_inferred_or_taken_from_the_source():
-    assert VQAItem(id="m", image="x", question="q", choices=["a", "b"], answer_label="A", answer="a").kind == "mcq"
+    assert (
+        VQAItem(id="m", image="x", question="q", choices=["a", "b"], answer_label="A", answer="a").kind
+        == "mcq"
+    )
     assert free("Yes").kind == "closed" and free("no.").kind == "closed"
     assert free("left lung").kind == "open"
     assert free("Left", kind="closed").kind == "closed"  # SLAKE's CLOSED answers are not all yes/no
@@ -39,7 +49,9 @@ def test_kind_is_inferred_or_taken_from_the_source():
 
 def test_kind_contradictions_are_refused():
     with pytest.raises(ValueError, match="a closed item has no choices"):
-        VQAItem(id="c", image="x", question="q", choices=["a", "b"], answer_label="A", answer="a", kind="closed")
+        VQAItem(
+            id="c", image="x", question="q", choices=["a", "b"], answer_label="A", answer="a", kind="closed"
+        )
     with pytest.raises(ValueError, match="kind 'free'"):
         free("x", kind="free")
     with pytest.raises(ValueError, match="answer_label 'A' given but there are no choices"):
@@ -54,11 +66,23 @@ def test_replacing_choices_or_answer_reinfers_the_kind():
 
 
 # ------------------------------------------------------------------------------------------------ normaliser
-@pytest.mark.parametrize("raw, normal", [
-    ("The Liver.", "liver"), ("  an  MRI scan ", "mri scan"), ("Two", "2"), ("three lesions", "3 lesions"),
-    ("Yes.", "yes"), ("Yeah", "yes"), ("TRUE", "yes"), ("No!", "no"), ("nope", "no"), ("not present", "no"),
-    ("left-lung", "left lung"), ("", ""),
-])
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("The Liver.", "liver"),
+        ("  an  MRI scan ", "mri scan"),
+        ("Two", "2"),
+        ("three lesions", "3 lesions"),
+        ("Yes.", "yes"),
+        ("Yeah", "yes"),
+        ("TRUE", "yes"),
+        ("No!", "no"),
+        ("nope", "no"),
+        ("not present", "no"),
+        ("left-lung", "left lung"),
+        ("", ""),
+    ],
+)
 def test_normalise_answer_examples(raw, normal):
     assert normalise_answer(raw) == normal
 
@@ -72,7 +96,9 @@ def test_normalise_is_idempotent(text):
     assert normalise_answer(normalise_answer(text)) == normalise_answer(text)
 
 
-@given(answers, st.sampled_from(["", "The ", "the ", "A ", "an "]), st.sampled_from(["", ".", "!", " ?", "  "]))
+@given(
+    answers, st.sampled_from(["", "The ", "the ", "A ", "an "]), st.sampled_from(["", ".", "!", " ?", "  "])
+)
 def test_case_punctuation_articles_and_spacing_never_change_the_answer(text, article, tail):
     variant = article + text.upper().replace(" ", "  ") + tail
     assert normalise_answer(variant) == normalise_answer(text)
@@ -138,16 +164,39 @@ def test_grading_each_kind():
 # ------------------------------------------------------------------------------------------------ metrics
 def record(item_id, kind, correct, recall=None, model="base", modality="CT"):
     recall = float(correct) if recall is None else recall
-    return {"model": model, "budget_id": "unforced", "item_id": item_id, "kind": kind, "modality": modality,
-            "content_type": "t", "answer_label": None, "parse_status": "ok", "correct": correct,
-            "exact_match": correct, "recall": recall, "f1": recall, "thinking_tokens": 0, "waits_used": 0,
-            "forced_end": False, "budget": {"max_thinking_tokens": None, "min_thinking_tokens": 0, "num_waits": 0,
-                                            "wait_string": None}}
+    return {
+        "model": model,
+        "budget_id": "unforced",
+        "item_id": item_id,
+        "kind": kind,
+        "modality": modality,
+        "content_type": "t",
+        "answer_label": None,
+        "parse_status": "ok",
+        "correct": correct,
+        "exact_match": correct,
+        "recall": recall,
+        "f1": recall,
+        "thinking_tokens": 0,
+        "waits_used": 0,
+        "forced_end": False,
+        "budget": {
+            "max_thinking_tokens": None,
+            "min_thinking_tokens": 0,
+            "num_waits": 0,
+            "wait_string": None,
+        },
+    }
 
 
 def test_metrics_split_by_kind_hand_computed():
-    base = [record("c1", "closed", True), record("c2", "closed", False), record("o1", "open", False, 0.5),
-            record("o2", "open", True, 1.0), record("o3", "open", False, 0.0)]
+    base = [
+        record("c1", "closed", True),
+        record("c2", "closed", False),
+        record("o1", "open", False, 0.5),
+        record("o2", "open", True, 1.0),
+        record("o3", "open", False, 0.0),
+    ]
     tuned = [dict(r, model="tuned") for r in base]
     tuned[1].update(correct=True, exact_match=True, recall=1.0, f1=1.0)  # c2 right -> one wrong->right flip
     tuned[4].update(recall=0.5, f1=0.5)  # o3 partly recalled
@@ -155,7 +204,9 @@ def test_metrics_split_by_kind_hand_computed():
     cell = m["runs"][0]["by_kind"]
     assert (cell["closed"]["n"], cell["closed"]["accuracy"]) == (2, 0.5)
     assert (cell["open"]["n"], cell["open"]["accuracy"]) == (3, pytest.approx(1 / 3))
-    assert cell["open"]["open"]["recall"] == pytest.approx(0.5) and cell["open"]["open"]["exact_match"] == 1 / 3
+    assert (
+        cell["open"]["open"]["recall"] == pytest.approx(0.5) and cell["open"]["open"]["exact_match"] == 1 / 3
+    )
     lo, hi = cell["open"]["open"]["recall_ci95"]
     assert 0.0 <= lo <= 0.5 <= hi <= 1.0
     assert "open" not in cell["closed"]

@@ -72,7 +72,7 @@ def test_release_real_rows(release, shared_data):
     assert any("Crohn's disease" in it.choices for it in items)  # an inner apostrophe is kept
 
 
-def test_release_extra_carries_traces(release):
+def test_release_extra_carries_traces(shared_data, release):
     items, _ = release
     for it in items:
         assert set(it.extra) == set(RELEASE_TRACE_COLUMNS)
@@ -284,7 +284,7 @@ def test_prefix_stripping_property(letter, text, pad, sep):
 
 # ---------------------------------------------------------------------------------------------- config
 
-def test_compose_release_yields_the_1000_items(compose):
+def test_compose_release_yields_the_1000_items(shared_data, compose):
     cfg = compose("generate", ["dataset=mvqa1k_release"])
     items, stats = load_dataset(cfg.dataset)
     assert len(items) == 1000 and stats.stage == "load"
@@ -298,7 +298,7 @@ def test_compose_misspelt_key_fails(compose):
         compose("generate", ["dataset=csv", "dataset.columns.imgae=x"])
 
 
-def test_compose_slake_csv_and_curated(compose, tmp_path):
+def test_compose_slake_csv_and_curated(shared_data, compose, tmp_path):
     cfg = compose("evaluate", ["dataset=slake", "dataset.limit=5", "seed=3"])
     items, _ = load_dataset(cfg.dataset)
     assert len(items) == 5 and cfg.dataset.seed == 3

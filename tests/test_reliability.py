@@ -1,4 +1,5 @@
-"""Faults a careful user hits: a second writer, a doubled cache entry, the seed, duplicate and undecodable rows,
+"""Faults a careful user hits: a second writer, a doubled cache entry, the seed, duplicate and undecodable
+rows,
 images missing or linked out of their root, an adapter on another base. Each test reproduces the fault."""
 
 from __future__ import annotations
@@ -35,10 +36,19 @@ def sha(path: Path) -> str:
 def test_a_second_process_on_a_locked_stage_stops_naming_the_writer_then_gets_it_once_freed(tmp_path):
     lock = tmp_path / "trace-abc" / ".lock"
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import sys, time; from mvqa.data.storage import exclusive_lock\n"
-                                f"with exclusive_lock({str(lock)!r}, 'x'):\n"
-                                "    print('locked', flush=True); time.sleep(3)")],
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from mvqa.data.storage import exclusive_lock\n"
+                f"with exclusive_lock({str(lock)!r}, 'x'):\n"
+                "    print('locked', flush=True); time.sleep(3)"
+            ),
+        ],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     busy = rf"stage trace-abc is being written by pid {holder.pid}; wait or use"
     with pytest.raises(BusyError, match=busy), exclusive_lock(lock, "stage trace-abc"):
@@ -73,9 +83,18 @@ def test_a_stage_output_with_a_doubled_id_is_an_error_never_a_cache_entry(compos
 # ---------------------------------------------------------------------------------------- 3. one seed
 def test_the_top_level_seed_reaches_every_component_and_changes_the_random_sample(compose, tmp_path):
     def final(seed: int | None, out: str) -> str:
-        cfg = compose("generate", [*RELEASE, "sampler=random", "sampler.n=50", "pipeline.export.images=none",
-                                   f"pipeline.cache_dir={tmp_path}/stages",
-                                   *([f"seed={seed}"] if seed is not None else [])], tmp_path / out)
+        cfg = compose(
+            "generate",
+            [
+                *RELEASE,
+                "sampler=random",
+                "sampler.n=50",
+                "pipeline.export.images=none",
+                f"pipeline.cache_dir={tmp_path}/stages",
+                *([f"seed={seed}"] if seed is not None else []),
+            ],
+            tmp_path / out,
+        )
         if seed is not None:
             assert cfg.sampler.seed == cfg.engine.seed == seed
         run_curation(cfg, tmp_path / out)
@@ -102,9 +121,13 @@ COLUMNS = {"image": "image", "question": "question", "answer": "answer"}
 
 
 def test_exact_duplicate_rows_are_dropped_loudly_kept_or_refused(tmp_path, caplog):
-    rows = [["a.png", "What is shown?", "liver"], ["b.png", "What is shown?", "lung"],
-            ["a.png", "What is shown?", "liver"], ["a.png", "What is shown?", "liver"],
-            ["a.png", "What is shown?", "heart"]]
+    rows = [
+        ["a.png", "What is shown?", "liver"],
+        ["b.png", "What is shown?", "lung"],
+        ["a.png", "What is shown?", "liver"],
+        ["a.png", "What is shown?", "liver"],
+        ["a.png", "What is shown?", "heart"],
+    ]
     path = _csv(tmp_path, rows)
     with caplog.at_level(logging.WARNING):
         items, stats = read_csv_dataset(path, COLUMNS)
@@ -119,8 +142,10 @@ def test_exact_duplicate_rows_are_dropped_loudly_kept_or_refused(tmp_path, caplo
 
 
 def test_a_repeated_row_with_its_id_is_a_duplicate_row_a_reused_id_with_other_content_an_error(tmp_path):
-    frame = pd.DataFrame([["q1", "a.png", "Q?", "x"], ["q2", "b.png", "Q?", "y"], ["q1", "a.png", "Q?", "x"]],
-                         columns=["id", "image", "question", "answer"])
+    frame = pd.DataFrame(
+        [["q1", "a.png", "Q?", "x"], ["q2", "b.png", "Q?", "y"], ["q1", "a.png", "Q?", "x"]],
+        columns=["id", "image", "question", "answer"],
+    )
     frame.to_csv(tmp_path / "d.csv", index=False)
     items, stats = read_csv_dataset(tmp_path / "d.csv", COLUMNS)
     assert [it.id for it in items] == ["q1", "q2"] and stats.drop_reasons == {"duplicate_row": 1}
@@ -162,44 +187,86 @@ def test_a_symlink_out_of_the_image_root_is_refused_at_load_and_never_exported(c
     Image.new("RGB", (8, 8)).save(root / "a.png")
     Image.new("RGB", (8, 8)).save(outside / "s.png")
     (root / "b.png").symlink_to(outside / "s.png")
-    item = VQAItem(id="q2", image="b.png", question="?", choices=[], answer_label=None, answer="x",
-                   image_root=str(root))
+    item = VQAItem(
+        id="q2", image="b.png", question="?", choices=[], answer_label=None, answer="x", image_root=str(root)
+    )
     with pytest.raises(BadImageError, match=r"resolves to .*secret/s.png, outside the image root") as err:
         load_image(item)
     assert err.value.reason == "image_outside_root"
-    csv = pd.DataFrame({"Figure_path": ["a.png", "b.png"], "Question": ["Q1?", "Q2?"], "Answer": ["x", "y"],
-                        "Choice A": ["x", "x"], "Choice B": ["y", "y"], "Choice C": ["", ""], "Choice D": ["", ""],
-                        "Answer_label": ["A", "B"]})
+    csv = pd.DataFrame(
+        {
+            "Figure_path": ["a.png", "b.png"],
+            "Question": ["Q1?", "Q2?"],
+            "Answer": ["x", "y"],
+            "Choice A": ["x", "x"],
+            "Choice B": ["y", "y"],
+            "Choice C": ["", ""],
+            "Choice D": ["", ""],
+            "Answer_label": ["A", "B"],
+        }
+    )
     csv.to_csv(root / "d.csv", index=False)
     items, stats = read_pmc_vqa(root / "d.csv", on_bad_image="skip")
     assert [it.image for it in items] == ["a.png"] and stats.drop_reasons == {"image_outside_root": 1}
     # Export (which does not open images) copies what resolves inside the root only, says so, and can fail.
-    base = ["dataset=pmc_vqa", f"dataset.path={root / 'd.csv'}", "pipeline.stages=[export]", "logger=none",
-            f"pipeline.cache_dir={tmp_path}/stages"]
+    base = [
+        "dataset=pmc_vqa",
+        f"dataset.path={root / 'd.csv'}",
+        "pipeline.stages=[export]",
+        "logger=none",
+        f"pipeline.cache_dir={tmp_path}/stages",
+    ]
     run_curation(compose("generate", base, tmp_path / "run"), tmp_path / "run")
-    assert (tmp_path / "run" / "images" / "a.png").is_file() and not (tmp_path / "run" / "images" / "b.png").exists()
+    assert (tmp_path / "run" / "images" / "a.png").is_file() and not (
+        tmp_path / "run" / "images" / "b.png"
+    ).exists()
     export = pd.read_json(tmp_path / "run" / "export_stats.json", typ="series")
     assert export["warning_reasons"] == {"image_outside_root": 1, "images_not_exported": 1}
     with pytest.raises(RuntimeError, match=r"export: 1 of 2 images were not exported"):
-        run_curation(compose("generate", [*base, "pipeline.export.require_images=true"], tmp_path / "r2"),
-                     tmp_path / "r2")
+        run_curation(
+            compose("generate", [*base, "pipeline.export.require_images=true"], tmp_path / "r2"),
+            tmp_path / "r2",
+        )
 
 
-def test_every_stage_line_gives_counts_drops_and_warnings_and_export_says_it_wrote_no_images(compose, tmp_path,
-                                                                                             caplog):
-    cfg = compose("generate", [*RELEASE, "dataset.limit=30", "sampler=random", "sampler.n=100",
-                               f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+def test_every_stage_line_gives_counts_drops_and_warnings_and_export_says_it_wrote_no_images(
+    compose, tmp_path, caplog
+):
+    cfg = compose(
+        "generate",
+        [
+            *RELEASE,
+            "dataset.limit=30",
+            "sampler=random",
+            "sampler.n=100",
+            f"pipeline.cache_dir={tmp_path}/stages",
+        ],
+        tmp_path / "run",
+    )
     with caplog.at_level(logging.INFO, logger="mvqa.curate.pipeline"):
         run_curation(cfg, tmp_path / "run")
     lines = [r.getMessage() for r in caplog.records if r.name == "mvqa.curate.pipeline"]
     assert any(line.startswith("load: 30 -> 30") for line in lines)
-    assert any(line.startswith("sample: 30 -> 30 (warned n_exceeds_pool: 1; first: sampler random: n=100 > 30")
-               for line in lines)
+    assert any(
+        line.startswith("sample: 30 -> 30 (warned n_exceeds_pool: 1; first: sampler random: n=100 > 30")
+        for line in lines
+    )
     export = next(line for line in lines if line.startswith("export:"))
-    assert export.startswith("export: 30 -> 30 (warned images_not_exported: 1, missing_image: 30; first: image")
-    cfg = compose("generate", [*RELEASE, "dataset.limit=30", "sampler=random", "sampler.n=100",
-                               "pipeline.export.require_images=true", f"pipeline.cache_dir={tmp_path}/stages"],
-                  tmp_path / "strict")
+    assert export.startswith(
+        "export: 30 -> 30 (warned images_not_exported: 1, missing_image: 30; first: image"
+    )
+    cfg = compose(
+        "generate",
+        [
+            *RELEASE,
+            "dataset.limit=30",
+            "sampler=random",
+            "sampler.n=100",
+            "pipeline.export.require_images=true",
+            f"pipeline.cache_dir={tmp_path}/stages",
+        ],
+        tmp_path / "strict",
+    )
     with pytest.raises(RuntimeError, match=r"export: 30 of 30 images were not exported"):
         run_curation(cfg, tmp_path / "strict")
     assert not (tmp_path / "strict" / "final.csv").exists()  # final.csv marks a finished export
@@ -213,7 +280,9 @@ def test_an_adapter_on_a_base_with_other_weights_warns_or_fails_under_strict(tmp
     from mvqa.schemas.recipe import RecipeConf
 
     def base(seed: int):
-        return load_model(tiny_conf("llava", size="unit", cache_dir=str(tmp_path / "models"), seed=seed)).model
+        return load_model(
+            tiny_conf("llava", size="unit", cache_dir=str(tmp_path / "models"), seed=seed)
+        ).model
 
     trained = attach_lora(base(0), RecipeConf())
     path = save_adapter(trained, tmp_path / "adapter")

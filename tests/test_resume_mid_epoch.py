@@ -1,4 +1,5 @@
-"""Training killed mid-epoch (a real process, hard exit) and resumed sees exactly the uninterrupted run's batches."""
+"""Training killed mid-epoch (a real process, hard exit) and resumed sees exactly the uninterrupted run's
+batches."""
 
 from __future__ import annotations
 
@@ -46,16 +47,37 @@ run_training(cfg, out)
 
 # 20 items, batch 4: 5 steps an epoch, 2 epochs. Checkpoints every 3 steps: the last one before the kill at
 # step 7 is step 6, one batch into the second epoch.
-COMMON = ["dataset=synthetic", "dataset.n_train=20", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32",
-          "model=tiny_llava", "model.size=unit", "data.batch_size=4", "data.max_length=768", "data.prompt=direct",
-          "trainer.enable_progress_bar=false", "recipe.dropout=0.0", "logger=none", "recipe.epochs=2",
-          "trainer.limit_val_batches=0", "trainer.log_every_n_steps=1", "checkpoint_every_n_steps=3"]
+COMMON = [
+    "dataset=synthetic",
+    "dataset.n_train=20",
+    "dataset.n_val=4",
+    "dataset.n_test=4",
+    "dataset.image_size=32",
+    "model=tiny_llava",
+    "model.size=unit",
+    "data.batch_size=4",
+    "data.max_length=768",
+    "data.prompt=direct",
+    "trainer.enable_progress_bar=false",
+    "recipe.dropout=0.0",
+    "logger=none",
+    "recipe.epochs=2",
+    "trainer.limit_val_batches=0",
+    "trainer.log_every_n_steps=1",
+    "checkpoint_every_n_steps=3",
+]
 
 
 def _train(run_dir: Path, ids: Path, kill_at: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(run_dir), str(ids), str(kill_at), *COMMON, *extra],
-                            cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, str(run_dir), str(ids), str(kill_at), *COMMON, *extra],
+        cwd=run_dir.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _steps(ids: Path) -> list[tuple[int, list[str]]]:
@@ -73,12 +95,19 @@ def test_kill_mid_epoch_then_resume_sees_the_same_batches_and_ends_at_the_same_a
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 6 and ckpt["epoch"] == 1  # mid-epoch: one of five batches of epoch 1 done
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches_done": 1, "seed": 0, "n": 20, "batch_size": 4}]
+        {"epoch": 1, "batches_done": 1, "seed": 0, "n": 20, "batch_size": 4}
+    ]
     before = _steps(tmp_path / "run.ids")
-    assert [s for s, _ in before] == list(range(7))  # step 7 (the 7th batch) ran past the checkpoint, then exit
+    assert [s for s, _ in before] == list(
+        range(7)
+    )  # step 7 (the 7th batch) ran past the checkpoint, then exit
 
-    resumed = _train(tmp_path / "run", tmp_path / "resumed.ids", -1,
-                     f"resume_from='{tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}'")
+    resumed = _train(
+        tmp_path / "run",
+        tmp_path / "resumed.ids",
+        -1,
+        f"resume_from='{tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}'",
+    )
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out[-3000:]
     assert "not resumable" not in out  # Lightning's warning for a loader that restarts the epoch

@@ -1,4 +1,5 @@
-"""The data-selection study end to end on the synthetic world and unit-size models: pool, arms of N, fine-tunes
+"""The data-selection study end to end on the synthetic world and unit-size models: pool, arms of N,
+fine-tunes
 per arm and seed through Hydra's multirun, one evaluation, the report; and a resume after kill -9."""
 
 from __future__ import annotations
@@ -27,15 +28,41 @@ def hydra_list(overrides: list[str]) -> str:
 def study_command(study_dir: Path) -> list[str]:
     # The world's template traces are the pool's traces (no trace stage): every one is correct, so the arms
     # pick from all 48 items; unit-size random models keep each fine-tune to a few seconds.
-    return [sys.executable, "-m", "mvqa.study", f"hydra.run.dir={study_dir}", "study.n=8", "study.seeds=[0,1]",
-            "study.run=[curated,random]", "study.pool_stages=[score,filter,export]", "logger=wandb",
-            "study.generate=" + hydra_list([*WORLD, "scorer_model.size=unit", "scorer_model.path=null",
-                                            "scorer.progress=false"]),
-            "study.train=" + hydra_list([*UNIT, "data.batch_size=4", "data.val_max_new_tokens=8",
-                                         "data.max_length=768", "trainer.max_steps=2",
-                                         "trainer.enable_progress_bar=false"]),
-            "study.evaluate=" + hydra_list([*WORLD, *UNIT, "budget.max_thinking_tokens=[4,8]", "budget.num_waits=[0]",
-                                            "eval.n_bootstrap=50", "trainer.enable_progress_bar=false"])]
+    return [
+        sys.executable,
+        "-m",
+        "mvqa.study",
+        f"hydra.run.dir={study_dir}",
+        "study.n=8",
+        "study.seeds=[0,1]",
+        "study.run=[curated,random]",
+        "study.pool_stages=[score,filter,export]",
+        "logger=wandb",
+        "study.generate="
+        + hydra_list([*WORLD, "scorer_model.size=unit", "scorer_model.path=null", "scorer.progress=false"]),
+        "study.train="
+        + hydra_list(
+            [
+                *UNIT,
+                "data.batch_size=4",
+                "data.val_max_new_tokens=8",
+                "data.max_length=768",
+                "trainer.max_steps=2",
+                "trainer.enable_progress_bar=false",
+            ]
+        ),
+        "study.evaluate="
+        + hydra_list(
+            [
+                *WORLD,
+                *UNIT,
+                "budget.max_thinking_tokens=[4,8]",
+                "budget.num_waits=[0]",
+                "eval.n_bootstrap=50",
+                "trainer.enable_progress_bar=false",
+            ]
+        ),
+    ]
 
 
 @pytest.mark.slow
@@ -43,8 +70,14 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
     study = tmp_path / "study"
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
     log = (tmp_path / "first.log").open("w")
-    first = subprocess.Popen(study_command(study), cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    first = subprocess.Popen(
+        study_command(study),
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     finished = study / "train" / "curated-seed0" / "adapter" / "adapter_config.json"
     deadline = time.monotonic() + 900
     while not finished.is_file() and first.poll() is None and time.monotonic() < deadline:
@@ -55,8 +88,15 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
     stamp = finished.stat().st_mtime_ns
     assert not (study / "study.json").exists()
 
-    second = subprocess.run(study_command(study), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True,
-                            timeout=1800, check=False)
+    second = subprocess.run(
+        study_command(study),
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-4000:]
     assert "pool: finished earlier" in out and "arm curated: selected earlier, 8 items" in out
@@ -82,15 +122,23 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
     report = json.loads((study / "study.json").read_text())
     rows = report["metrics"]["rows"]
     assert {(r["arm"], r["budget_id"]) for r in rows} == {
-        (a, b) for a in ("base (forced)", "curated", "random") for b in ("max4_min0_w0_Wait", "max8_min0_w0_Wait")}
+        (a, b)
+        for a in ("base (forced)", "curated", "random")
+        for b in ("max4_min0_w0_Wait", "max8_min0_w0_Wait")
+    }
     for r in rows:
         lo, hi = r["accuracy"]["ci95"]
         assert lo <= r["accuracy"]["mean"] <= hi and r["n_items"] == 30
         assert len(r["seed_accuracies"]) == (0 if r["arm"] == "base (forced)" else 2)
         assert set(r["by_kind"]) == {"mcq", "closed", "open"}
     pairs = {(c["arm"], c["against"]) for c in report["metrics"]["comparisons"]}
-    assert pairs == {("curated", "random"), ("curated", "base (forced)"), ("curated", "base (as used)"),
-                     ("random", "base (forced)"), ("random", "base (as used)")}
+    assert pairs == {
+        ("curated", "random"),
+        ("curated", "base (forced)"),
+        ("curated", "base (as used)"),
+        ("random", "base (forced)"),
+        ("random", "base (as used)"),
+    }
     assert all(0.0 <= c["accuracy"]["wilcoxon_p"] <= 1.0 for c in report["metrics"]["comparisons"])
     assert report["metrics"]["base_as_used"]["accuracy"]["mean"] >= 0.0
     assert (study / "study_acc_vs_thinking.png").stat().st_size > 10_000
@@ -105,6 +153,12 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
     assert set(groups) == {"generate", "train", "evaluate", "study"}, groups
     assert set(groups.values()) == {"study-selection"}, groups
 
-    compare = subprocess.run([sys.executable, "-m", "mvqa.compare", str(study)], cwd=PROJECT_ROOT, capture_output=True,
-                             text=True, timeout=300, check=True)
+    compare = subprocess.run(
+        [sys.executable, "-m", "mvqa.compare", str(study)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     assert "Paired: each arm against random and the base" in compare.stdout and "curated" in compare.stdout

@@ -201,6 +201,7 @@ def text_only_accuracy(train, test) -> float:
     return float(np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
 
 
+@pytest.mark.slow
 def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
     from threadpoolctl import threadpool_limits
 
@@ -208,7 +209,8 @@ def test_learnable_from_32px_pixels_but_not_from_text(tmp_path):
     kw = {"n_train": 600, "n_val": 0, "n_test": 240, "image_size": 64, "closed_share": 0.0, "open_share": 0.0}
     train, _ = read_synthetic(str(tmp_path), **kw, split="train")
     test, _ = read_synthetic(str(tmp_path), **kw, split="test")
-    with threadpool_limits(limits=1):  # BLAS threads on a busy 2-core machine made these small fits 10x slower
+    # BLAS threads on a busy 2-core machine made these small fits 10x slower
+    with threadpool_limits(limits=1):
         per_type = probe_accuracy(train, test)
         blind = text_only_accuracy(train, test)
     overall = sum(per_type[it.content_type] for it in test) / len(test)

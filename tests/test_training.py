@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY, UNIT_RUN, WORLD
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -16,13 +17,6 @@ from mvqa.models.load import load_model
 from mvqa.models.tiny import tiny_conf
 from mvqa.train.recipe import run_training
 from mvqa.train.trace_format import TraceFormatter
-
-# A unit-size model on a tiny world: a few seconds per run, every path the real one.
-WORLD = ["dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=4", "dataset.image_size=32"]
-UNIT_RUN = ["model=tiny_llava", "model.size=unit", "data.batch_size=4", "data.val_max_new_tokens=8",
-            "data.max_length=768", "data.prompt=direct", "trainer.enable_progress_bar=false", "recipe.dropout=0.0"]
-# dataset=synthetic: train.py's default (dataset=auto) would take a curation run found under the launch dir.
-TINY = ["dataset=synthetic", *WORLD, *UNIT_RUN]
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +240,11 @@ def test_default_dataset_is_the_newest_synthetic_curation_run_else_the_template_
     short = [*WORLD, *UNIT_RUN, "trainer.max_steps=1", "trainer.limit_val_batches=0"]
 
     # No curation run yet: the synthetic world the auto node describes, template traces.
-    result = run_training(compose("train", [*short, "logger=none"], tmp_path / "plain"), tmp_path / "plain")
+    composed = compose("train", [*short, "logger=none"], tmp_path / "plain")
+    with pytest.raises(ValueError, match="dataset=auto is not resolved"):
+        run_training(composed, tmp_path / "plain")
+    result = run_training(resolve_dataset(composed), tmp_path / "plain")
+    assert composed.dataset.name == "auto"  # resolving made a new config
     assert result["dataset"]["name"] == "synthetic" and result["dataset"]["n_train"] == 16
     assert result["n_train"] == 16 and result["n_val"] == 4  # the world's own val split
     assert "no curation run of the synthetic world" in caplog.text
@@ -263,12 +261,12 @@ def test_default_dataset_is_the_newest_synthetic_curation_run_else_the_template_
 
     # Explicit choices win over the search.
     cfg = compose("train", [*short, "dataset=synthetic"])
-    assert resolve_dataset(cfg) is None and cfg.dataset.name == "synthetic"
+    assert resolve_dataset(cfg) is cfg and cfg.dataset.name == "synthetic"
     cfg = compose("train", [*UNIT_RUN, "dataset=curated", f"dataset.path={older}/final.csv"])
-    assert resolve_dataset(cfg) is None and cfg.dataset.path == f"{older}/final.csv"
+    assert resolve_dataset(cfg) is cfg and cfg.dataset.path == f"{older}/final.csv"
 
     caplog.clear()
-    cfg = compose("train", [*short, "logger=wandb"], tmp_path / "curated")
+    cfg = resolve_dataset(compose("train", [*short, "logger=wandb"], tmp_path / "curated"))
     with job_run(cfg, "train") as run:  # W&B offline: the curated input cannot be declared, the run goes on
         result = run_training(cfg, tmp_path / "curated", run)
     assert result["dataset"]["name"] == "curated"
@@ -331,3 +329,13 @@ def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(c
         assert entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode() and entry.size == len(data)
         assert Path(entry.local_path).is_relative_to(tmp_path / "wandb-data")
         assert Path(entry.local_path).read_bytes() == data
+
+
+def test_each_logger_kind_logs_somewhere_else(tmp_path):
+    from pytorch_lightning.loggers import CSVLogger
+
+    from mvqa.train.recipe import _loggers
+
+    assert _loggers("none", tmp_path, None) == []
+    (csv,) = _loggers("csv", tmp_path, None)
+    assert isinstance(csv, CSVLogger) and Path(csv.log_dir) == tmp_path / "csv"

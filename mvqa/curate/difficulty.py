@@ -29,7 +29,7 @@ import pandas as pd
 
 from mvqa.data.answers import closed_correct, exact_match
 from mvqa.data.readers import clean_text
-from mvqa.data.records import VQAItem, kind_counts
+from mvqa.data.records import STRATA_FIELDS, VQAItem, kind_counts
 from mvqa.data.stats import StageStats
 
 # Keys the scorers write into item.extra.
@@ -290,8 +290,6 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     stats.metrics.update(key=key, fraction=fraction, threshold=threshold, stratify_by=stratify_by)
     return kept, stats
 
-
-STRATA_FIELDS = ("content_type", "modality", "kind", "answer_label", "source", "split")
 
 
 def check_stratify_by(field: str | None, key: str = "stratify_by") -> None:

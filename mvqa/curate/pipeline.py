@@ -70,7 +70,8 @@ def _stages() -> dict[str, tuple[Stage, list[str]]]:
     from mvqa.curate import correctness, difficulty, export, sample, scoring, trace
 
     return {
-        "score": (scoring.score_stage, ["scorer", "scorer_model", "seed"]),  # the model too: a new base rescores
+        # the model too: a new base rescores
+        "score": (scoring.score_stage, ["scorer", "scorer_model", "seed"]),
         "hard": (difficulty.hard_stage, ["scorer"]),
         "trace": (trace.trace_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),
         "merge": (trace.merge_stage, ["reasoner", "engine", "pipeline.trace", "seed"]),

@@ -22,10 +22,8 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
-from mvqa.data.records import VQAItem
+from mvqa.data.records import STRATA_FIELDS, VQAItem
 from mvqa.data.stats import StageStats
-
-STRATA_FIELDS = ("modality", "kind", "answer_label", "content_type", "source", "split")
 
 
 def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None,
@@ -186,7 +184,7 @@ class ClusterSampler(Sampler):
             raise ValueError(f"sampler.pick must be 'random' or 'centroid', got {pick!r}")
         self.pick = pick
 
-    def cluster(self, X, k) -> tuple[np.ndarray, np.ndarray]:
+    def cluster(self, X, k) -> tuple[Any, np.ndarray, np.ndarray]:  # (features clustered, labels, centres)
         raise NotImplementedError
 
     def select(self, X, k):

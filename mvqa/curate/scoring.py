@@ -47,7 +47,9 @@ def read_chunks(path: Path, allow_torn_tail: bool = False) -> list[dict[str, Any
                 break
             raise ValueError(f"{path}:{n}: not a score chunk record ({err})") from err
         if not {"input_ids", "stats", "items"} <= set(record):
-            raise ValueError(f"{path}:{n}: a score chunk needs input_ids, stats and items; got {sorted(record)}")
+            raise ValueError(
+                f"{path}:{n}: a score chunk needs input_ids, stats and items; got {sorted(record)}"
+            )
         chunks.append(record)
     return chunks
 
@@ -66,8 +68,10 @@ def merge_stats(records: list[dict[str, Any]], n_in: int) -> StageStats:
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 weighted[k] = weighted.get(k, 0.0) + v * s["n_out"]
             elif stats.metrics.setdefault(k, v) != v:
-                raise ValueError(f"score chunks disagree on metric {k!r}: {stats.metrics[k]!r} vs {v!r}; were "
-                                 "they scored with the same scorer?")
+                raise ValueError(
+                    f"score chunks disagree on metric {k!r}: {stats.metrics[k]!r} vs {v!r}; were "
+                    "they scored with the same scorer?"
+                )
     stats.metrics.update({k: total / max(stats.n_out, 1) for k, total in weighted.items()})
     return stats
 
@@ -85,14 +89,22 @@ def _score_my_shard(items: list[VQAItem], ctx) -> None:
     # A predictions join is model-free and its unmatched-row report is over the whole file: one chunk.
     size = len(todo) if isinstance(scorer, PredictionsScorer) else cfg.pipeline.score.chunk_size
     if done:
-        log.info("score shard %d of %d: resuming, %d of %d items already scored", cfg.shard, cfg.num_shards,
-                 len(done), len(mine))
+        log.info(
+            "score shard %d of %d: resuming, %d of %d items already scored",
+            cfg.shard,
+            cfg.num_shards,
+            len(done),
+            len(mine),
+        )
     with open(partial, "a", encoding="utf-8") as f:
         for start in range(0, len(todo), max(size, 1)):
-            chunk = todo[start:start + size]
+            chunk = todo[start : start + size]
             scored, stats = scorer.score(chunk, ctx)
-            record = {"input_ids": [it.id for it in chunk], "stats": stats.to_dict(),
-                      "items": [json.loads(item_to_json(it)) for it in scored]}
+            record = {
+                "input_ids": [it.id for it in chunk],
+                "stats": stats.to_dict(),
+                "items": [json.loads(item_to_json(it)) for it in scored],
+            }
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -107,9 +119,11 @@ def score_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     files = [chunk_file(ctx.stage_dir, i, n) for i in range(n)]
     missing = [i for i, f in enumerate(files) if not f.exists()]
     if missing and merging:
-        raise FileNotFoundError(f"score: shard(s) {missing} of num_shards={n} have not finished scoring "
-                                f"(expected {[str(files[i]) for i in missing]}); run generate.py shard=i "
-                                f"num_shards={n} pipeline.stages=[score] first")
+        raise FileNotFoundError(
+            f"score: shard(s) {missing} of num_shards={n} have not finished scoring "
+            f"(expected {[str(files[i]) for i in missing]}); run generate.py shard=i "
+            f"num_shards={n} pipeline.stages=[score] first"
+        )
     if missing:
         stats = StageStats("score", n_in=len(shard_items(items, cfg.shard, n)))
         stats.metrics.update(shard=cfg.shard, num_shards=n, waiting_for_shards=missing)
@@ -118,11 +132,15 @@ def score_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     scored_inputs = [i for c in records for i in c["input_ids"]]
     expected = {it.id for it in items}
     if set(scored_inputs) != expected or len(scored_inputs) != len(expected):
-        raise ValueError(f"score: the shards cover {len(set(scored_inputs) & expected)} of {len(expected)} items "
-                         f"with {len(scored_inputs) - len(set(scored_inputs))} scored twice; were they made from "
-                         f"the same input and num_shards={n}?")
+        raise ValueError(
+            f"score: the shards cover {len(set(scored_inputs) & expected)} of {len(expected)} items "
+            f"with {len(scored_inputs) - len(set(scored_inputs))} scored twice; were they made from "
+            f"the same input and num_shards={n}?"
+        )
     rank = {it.id: i for i, it in enumerate(items)}
-    scored = sorted((item_from_json(json.dumps(d)) for c in records for d in c["items"]), key=lambda it: rank[it.id])
+    scored = sorted(
+        (item_from_json(json.dumps(d)) for c in records for d in c["items"]), key=lambda it: rank[it.id]
+    )
     stats = merge_stats(records, len(items))
     stats.metrics["num_shards"] = n
     return scored, stats

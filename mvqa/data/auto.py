@@ -4,12 +4,13 @@ else the world's template traces.
 A curation run is a generate.py run dir that finished its export: `final.csv` (written last), `items.jsonl`
 whose items came from the synthetic world, and the exported `images/` (read from there, so the run's world need
 not be the one the `auto` fields describe, nor still be on disk). The newest one by the time its final.csv was
-written wins. `resolve_dataset` swaps the `auto` node for the `curated` or `synthetic` node it stands for, so
+written wins. `resolve_dataset` returns the config with the `auto` node swapped for the `curated` or `synthetic` node it stands for, so
 everything downstream (validation split, W&B config and input artifact, metrics.json) sees the real dataset.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -87,15 +88,17 @@ def resolve_auto(auto: DictConfig) -> tuple[DictConfig, str]:
     return _synthetic_node(auto), why
 
 
-def resolve_dataset(cfg: DictConfig) -> str | None:
-    """Replace `cfg.dataset` by what `dataset=auto` stands for (in place, logged); None for any other dataset."""
+def resolve_dataset(cfg: DictConfig) -> DictConfig:
+    """`cfg` with `dataset=auto` replaced by the node it stands for (logged), as a new config: `cfg` itself is
+    left as it is. Any other dataset: `cfg` unchanged. train.py calls it once, before W&B records the config."""
     if OmegaConf.select(cfg, "dataset.name") != AUTO:
-        return None
+        return cfg
     node, why = resolve_auto(cfg.dataset)
-    with read_write(cfg), open_dict(cfg):
-        cfg.dataset = node
+    resolved = copy.deepcopy(cfg)
+    with read_write(resolved), open_dict(resolved):
+        resolved.dataset = node
     log.info(why)
-    return why
+    return resolved
 
 
 def read_auto(split: str = "train", **fields: Any) -> tuple[list[VQAItem], StageStats]:

@@ -5,16 +5,25 @@ online; every reader otherwise reads a local copy and, when the copy is in no la
 expects. Images embedded as bytes (Hub parquet, VLMEvalKit's base64) are written once to `image_cache`, named
 by their content (`images.store_image_bytes`), so later stages open them by path like any other image.
 
-| reader              | layouts (`path` is the folder or file)                                                   |
-| read_vqa_rad        | hub: data/{train,test}-*.parquet (image, question, answer); osf: "VQA_RAD Dataset Public.json" + "VQA_RAD Image Folder/"; tsv |
-| read_path_vqa       | hub: data/{train,validation,test}-*.parquet (image, question, answer); tsv                  |
-| read_pmc_vqa_test   | csv: test_clean.csv + images/ (the Hub repo's CSV with images.zip extracted)              |
-| read_omnimedvqa     | json: QA_information/<access>/*.json + Images/; tsv                                        |
-| read_mmmu           | hub: <Subject>/{dev,validation}-*.parquet (id, question, options, answer, image_1..7); tsv |
-| read_vlmevalkit_tsv | VLMEvalKit's TSV: index, image (base64), question, answer, [A..E], [category], [answer_type] |
+| reader              | layouts (`path` is the folder or file)                                               
+   |
+| read_vqa_rad        | hub: data/{train,test}-*.parquet (image, question, answer); osf: "VQA_RAD Dataset
+Public.json" + "VQA_RAD Image Folder/"; tsv |
+| read_path_vqa       | hub: data/{train,validation,test}-*.parquet (image, question, answer); tsv           
+      |
+| read_pmc_vqa_test   | csv: test_clean.csv + images/ (the Hub repo's CSV with images.zip extracted)         
+    |
+| read_omnimedvqa     | json: QA_information/<access>/*.json + Images/; tsv                                  
+     |
+| read_mmmu           | hub: <Subject>/{dev,validation}-*.parquet (id, question, options, answer,
+image_1..7); tsv |
+| read_vlmevalkit_tsv | VLMEvalKit's TSV: index, image (base64), question, answer, [A..E], [category],
+[answer_type] |
 
-SLAKE (JSON + imgs/) is `readers.read_slake`. Kinds: choices make an mcq; an answer-type column (CLOSED/OPEN) says
-closed or open where the source has one; otherwise a yes/no answer makes a closed item and any other an open one.
+SLAKE (JSON + imgs/) is `readers.read_slake`. Kinds: choices make an mcq; an answer-type column (CLOSED/OPEN)
+says
+closed or open where the source has one; otherwise a yes/no answer makes a closed item and any other an open
+one.
 """
 
 from __future__ import annotations
@@ -38,8 +47,13 @@ from mvqa.data.stats import StageStats
 
 IMAGE_CACHE_NAME = "benchmark-images"
 # MMMU's "Health & Medicine" discipline.
-MMMU_MEDICAL_SUBJECTS = ("Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine",
-                         "Pharmacy", "Public_Health")
+MMMU_MEDICAL_SUBJECTS = (
+    "Basic_Medical_Science",
+    "Clinical_Medicine",
+    "Diagnostics_and_Laboratory_Medicine",
+    "Pharmacy",
+    "Public_Health",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TSV_MAX_OPTIONS = "ABCDEFGHIJ"  # VLMEvalKit writes up to I/J for MMMU; more than MAX_CHOICES is dropped
 
@@ -56,8 +70,10 @@ class LayoutError(ValueError):
 
 def layout_error(benchmark: str, path: Path | str, layouts: Sequence[str], found: str = "") -> LayoutError:
     expected = "; ".join(layouts)
-    return LayoutError(f"{benchmark}: {path} is not a copy in a layout this reader knows"
-                       f"{f' ({found})' if found else ''}. Expected {expected}")
+    return LayoutError(
+        f"{benchmark}: {path} is not a copy in a layout this reader knows"
+        f"{f' ({found})' if found else ''}. Expected {expected}"
+    )
 
 
 def is_hub_id(path: str) -> bool:
@@ -70,21 +86,28 @@ def _hub_offline() -> bool:
     return any(f in ("1", "ON", "YES", "TRUE") for f in flags)
 
 
-def load_hub_dataset(repo_id: str, split: str, benchmark: str, layouts: Sequence[str], config: str | None = None):
+def load_hub_dataset(
+    repo_id: str, split: str, benchmark: str, layouts: Sequence[str], config: str | None = None
+):
     """`datasets.load_dataset(repo_id, config, split=split)` with embedded images left as bytes."""
     where = f"{benchmark}: dataset.path {repo_id!r} is no local folder"
-    advice = (f"copy the benchmark to a folder and set dataset.path to it; {benchmark} reads "
-              + "; ".join(layouts))
+    advice = f"copy the benchmark to a folder and set dataset.path to it; {benchmark} reads " + "; ".join(
+        layouts
+    )
     if _hub_offline():
-        raise ValueError(f"{where}, and as a Hugging Face Hub id it cannot be loaded offline "
-                         f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set): {advice}")
+        raise ValueError(
+            f"{where}, and as a Hugging Face Hub id it cannot be loaded offline "
+            f"(HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set): {advice}"
+        )
     import datasets
 
     try:
         ds = datasets.load_dataset(repo_id, config, split=split)
     except Exception as err:  # network, auth, a missing repo or split: all end here with the same advice
-        raise ValueError(f"{where}, and loading it as a Hugging Face Hub id failed "
-                         f"({type(err).__name__}: {str(err)[:300]}): {advice}") from err
+        raise ValueError(
+            f"{where}, and loading it as a Hugging Face Hub id failed "
+            f"({type(err).__name__}: {str(err)[:300]}): {advice}"
+        ) from err
     return _bytes_images(ds)
 
 
@@ -105,8 +128,12 @@ def read_parquet_files(files: Sequence[Path], split: str, image_cache: Path):
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # a local file: seconds at most, and each bar would be a console line
     try:
-        ds = datasets.load_dataset("parquet", data_files={split: [str(f) for f in files]}, split=split,
-                                   cache_dir=str(Path(image_cache).parent / "hf-datasets"))
+        ds = datasets.load_dataset(
+            "parquet",
+            data_files={split: [str(f) for f in files]},
+            split=split,
+            cache_dir=str(Path(image_cache).parent / "hf-datasets"),
+        )
     finally:
         if bars:
             datasets.enable_progress_bars()
@@ -115,7 +142,12 @@ def read_parquet_files(files: Sequence[Path], split: str, image_cache: Path):
 
 def _split_parquet(root: Path, split: str) -> list[Path]:
     """The Hub's parquet names for a split: data/<split>-00000-of-00001.parquet and variants."""
-    for pattern in (f"data/{split}-*.parquet", f"data/{split}.parquet", f"{split}-*.parquet", f"{split}.parquet"):
+    for pattern in (
+        f"data/{split}-*.parquet",
+        f"data/{split}.parquet",
+        f"{split}-*.parquet",
+        f"{split}.parquet",
+    ):
         found = sorted(root.glob(pattern))
         if found:
             return found
@@ -145,8 +177,9 @@ def _resolve_cache(image_cache) -> Path:
     return Path(image_cache) if image_cache else default_image_cache()
 
 
-def _free_text_parquet(ds, where: str, *, name: str, split: str, source: str, image_cache: Path,
-                       layout: str) -> list[VQAItem]:
+def _free_text_parquet(
+    ds, where: str, *, name: str, split: str, source: str, image_cache: Path, layout: str
+) -> list[VQAItem]:
     """image/question/answer rows (VQA-RAD's and PathVQA's Hub copies): no choices, kind from the answer."""
     _check_columns(where, ds.column_names, ("image", "question", "answer"), layout)
     items = []
@@ -154,11 +187,19 @@ def _free_text_parquet(ds, where: str, *, name: str, split: str, source: str, im
         at = f"{where}: row {i}"
         try:
             image = store_image_bytes(image_bytes(row["image"], at), image_cache, at)
-            items.append(VQAItem(
-                id=f"{name}:{split}:{i}", image=image, question=str(row["question"]).strip(), choices=[],
-                answer_label=None, answer=str(row["answer"]).strip(), image_root=str(image_cache), split=split,
-                source=source,
-            ))
+            items.append(
+                VQAItem(
+                    id=f"{name}:{split}:{i}",
+                    image=image,
+                    question=str(row["question"]).strip(),
+                    choices=[],
+                    answer_label=None,
+                    answer=str(row["answer"]).strip(),
+                    image_root=str(image_cache),
+                    split=split,
+                    source=source,
+                )
+            )
         except ValueError as err:
             raise ValueError(f"{at}: {err}" if not str(err).startswith(at) else str(err)) from None
     return items
@@ -171,15 +212,26 @@ VQA_RAD_JSON, VQA_RAD_IMAGES = "VQA_RAD Dataset Public.json", "VQA_RAD Image Fol
 VQA_RAD_KEYS = ("qid", "image_name", "question", "answer", "answer_type", "phrase_type")
 VQA_RAD_LAYOUTS = (
     "the Hub's parquet: <path>/data/{train,test}-*.parquet with columns image (bytes), question, answer",
-    (f"the OSF release: <path>/{VQA_RAD_JSON} (qid, image_name, question, answer, answer_type, phrase_type) "
-    f"and <path>/{VQA_RAD_IMAGES}/"),
+    (
+        f"the OSF release: <path>/{VQA_RAD_JSON} (qid, image_name, question, answer, answer_type, "
+        "phrase_type) "
+        f"and <path>/{VQA_RAD_IMAGES}/"
+    ),
     "VLMEvalKit's TSV (a .tsv file)",
 )
 
 
-def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str = "vqa_rad",
-                 image_cache=None, on_bad_image: str = "error", check_images: bool = False,
-                 limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
+def read_vqa_rad(
+    path,
+    split: str = "test",
+    name: str = "vqa_rad",
+    source: str = "vqa_rad",
+    image_cache=None,
+    on_bad_image: str = "error",
+    check_images: bool = False,
+    limit: int | None = None,
+    on_duplicate: str = "drop",
+) -> tuple[list[VQAItem], StageStats]:
     """VQA-RAD (Lau et al., 2018): 1,793 train / 451 test questions, half yes/no.
 
     The OSF JSON says CLOSED/OPEN per question and its test split is the `test_*` phrase types; the Hub copy
@@ -188,8 +240,15 @@ def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str =
     check_on_bad_image(on_bad_image)
     if split not in VQA_RAD_SPLITS:
         raise ValueError(f"VQA-RAD split {split!r}: expected one of {list(VQA_RAD_SPLITS)}")
-    kw = {"name": name, "source": source, "image_cache": image_cache, "on_bad_image": on_bad_image,
-              "check_images": check_images, "limit": limit, "on_duplicate": on_duplicate}
+    kw = {
+        "name": name,
+        "source": source,
+        "image_cache": image_cache,
+        "on_bad_image": on_bad_image,
+        "check_images": check_images,
+        "limit": limit,
+        "on_duplicate": on_duplicate,
+    }
     root, cache = Path(path), _resolve_cache(image_cache)
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(path, split=split, **kw)
@@ -204,14 +263,22 @@ def read_vqa_rad(path, split: str = "test", name: str = "vqa_rad", source: str =
             raise layout_error("VQA-RAD", path, VQA_RAD_LAYOUTS, f"no {split} parquet and no {VQA_RAD_JSON}")
         ds, where = read_parquet_files(files, split, cache), str(files[0])
     stats = StageStats(LOAD_STAGE, n_in=len(ds))
-    items = _free_text_parquet(_limit(ds, limit), where, name=name, split=split, source=source,
-                               image_cache=cache, layout=VQA_RAD_LAYOUTS[0])
+    items = _free_text_parquet(
+        _limit(ds, limit),
+        where,
+        name=name,
+        split=split,
+        source=source,
+        image_cache=cache,
+        layout=VQA_RAD_LAYOUTS[0],
+    )
     stats.metrics.update(path=str(path), layout="hub")
     return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
 
 
-def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_bad_image, check_images, limit,
-                      on_duplicate):
+def _read_vqa_rad_osf(
+    root: Path, split: str, *, name, source, image_cache, on_bad_image, check_images, limit, on_duplicate
+):
     path = root / VQA_RAD_JSON
     rows = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(rows, list) or not rows:
@@ -220,22 +287,38 @@ def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_b
         missing = [k for k in VQA_RAD_KEYS if k not in r]
         if missing:
             raise ValueError(f"{path}: row {i}: missing keys {missing}; keys present: {sorted(r)}")
-    # The official test set is the 451 questions whose phrase type starts with test_ (test_freeform, test_para).
-    chosen = [(i, r) for i, r in enumerate(rows) if str(r["phrase_type"]).startswith("test") == (split == "test")]
+    # The official test set is the 451 questions whose phrase type starts with test_ (test_freeform,
+    # test_para).
+    chosen = [
+        (i, r) for i, r in enumerate(rows) if str(r["phrase_type"]).startswith("test") == (split == "test")
+    ]
     stats = StageStats(LOAD_STAGE, n_in=len(chosen))
     items = []
     for i, r in chosen[:limit]:
         where = f"{path}: row {i}"
         try:
             check_image_path(str(r["image_name"]))
-            items.append(VQAItem(
-                id=f"{name}:{r['qid']}", image=str(r["image_name"]), question=str(r["question"]).strip(),
-                choices=[], answer_label=None, answer=str(r["answer"]).strip(), image_root=str(root / VQA_RAD_IMAGES),
-                content_type=str(r.get("question_type", "")).strip(), modality=str(r.get("image_organ", "")).strip(),
-                split=split, source=source, kind=kind_from_answer_type(r["answer_type"], "answer_type"),
-                extra={"qid": r["qid"], "answer_type": str(r["answer_type"]).strip().upper(),
-                       "phrase_type": r["phrase_type"]},
-            ))
+            items.append(
+                VQAItem(
+                    id=f"{name}:{r['qid']}",
+                    image=str(r["image_name"]),
+                    question=str(r["question"]).strip(),
+                    choices=[],
+                    answer_label=None,
+                    answer=str(r["answer"]).strip(),
+                    image_root=str(root / VQA_RAD_IMAGES),
+                    content_type=str(r.get("question_type", "")).strip(),
+                    modality=str(r.get("image_organ", "")).strip(),
+                    split=split,
+                    source=source,
+                    kind=kind_from_answer_type(r["answer_type"], "answer_type"),
+                    extra={
+                        "qid": r["qid"],
+                        "answer_type": str(r["answer_type"]).strip().upper(),
+                        "phrase_type": r["phrase_type"],
+                    },
+                )
+            )
         except ValueError as err:
             raise ValueError(f"{where}: {err}") from None
     check_unique_ids(items, str(path))
@@ -247,23 +330,40 @@ def _read_vqa_rad_osf(root: Path, split: str, *, name, source, image_cache, on_b
 
 PATH_VQA_SPLITS = ("train", "validation", "test")
 PATH_VQA_LAYOUTS = (
-    "the Hub's parquet: <path>/data/{train,validation,test}-*.parquet with columns image (bytes), question, answer",
+    "the Hub's parquet: <path>/data/{train,validation,test}-*.parquet with columns image (bytes), question, "
+    "answer",
     "VLMEvalKit's TSV (a .tsv file)",
 )
 
 
-def read_path_vqa(path, split: str = "test", name: str = "path_vqa", source: str = "path_vqa", image_cache=None,
-                  on_bad_image: str = "error", check_images: bool = False,
-                  limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
+def read_path_vqa(
+    path,
+    split: str = "test",
+    name: str = "path_vqa",
+    source: str = "path_vqa",
+    image_cache=None,
+    on_bad_image: str = "error",
+    check_images: bool = False,
+    limit: int | None = None,
+    on_duplicate: str = "drop",
+) -> tuple[list[VQAItem], StageStats]:
     """PathVQA (He et al., 2020): pathology images, about half yes/no (closed) and half open questions."""
     check_on_bad_image(on_bad_image)
     if split not in PATH_VQA_SPLITS:
         raise ValueError(f"PathVQA split {split!r}: expected one of {list(PATH_VQA_SPLITS)}")
     root, cache = Path(path), _resolve_cache(image_cache)
     if str(path).endswith(".tsv"):
-        return read_vlmevalkit_tsv(path, split=split, name=name, source=source, image_cache=image_cache,
-                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit,
-                                   on_duplicate=on_duplicate)
+        return read_vlmevalkit_tsv(
+            path,
+            split=split,
+            name=name,
+            source=source,
+            image_cache=image_cache,
+            on_bad_image=on_bad_image,
+            check_images=check_images,
+            limit=limit,
+            on_duplicate=on_duplicate,
+        )
     if is_hub_id(str(path)):
         ds, where = load_hub_dataset(str(path), split, "PathVQA", PATH_VQA_LAYOUTS), f"{path}[{split}]"
     else:
@@ -272,32 +372,56 @@ def read_path_vqa(path, split: str = "test", name: str = "path_vqa", source: str
             raise layout_error("PathVQA", path, PATH_VQA_LAYOUTS, f"no {split} parquet")
         ds, where = read_parquet_files(files, split, cache), str(files[0])
     stats = StageStats(LOAD_STAGE, n_in=len(ds))
-    items = _free_text_parquet(_limit(ds, limit), where, name=name, split=split, source=source,
-                               image_cache=cache, layout=PATH_VQA_LAYOUTS[0])
+    items = _free_text_parquet(
+        _limit(ds, limit),
+        where,
+        name=name,
+        split=split,
+        source=source,
+        image_cache=cache,
+        layout=PATH_VQA_LAYOUTS[0],
+    )
     stats.metrics.update(path=str(path), layout="hub")
     return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
 
 
 # --------------------------------------------------------------------------------------------- PMC-VQA test
 
-PMC_VQA_TEST_LAYOUT = ("<path>/test_clean.csv (Figure_path, Question, Answer, Choice A-D, Answer_label) and "
-                       "<path>/images/ (the Hub repo's CSV with images.zip extracted)")
+PMC_VQA_TEST_LAYOUT = (
+    "<path>/test_clean.csv (Figure_path, Question, Answer, Choice A-D, Answer_label) and "
+    "<path>/images/ (the Hub repo's CSV with images.zip extracted)"
+)
 
 
-def read_pmc_vqa_test(path, file: str = "test_clean.csv", name: str = "pmc_vqa_test", source: str = "pmc_vqa",
-                      split: str = "test", **kwargs) -> tuple[list[VQAItem], StageStats]:
-    """PMC-VQA's test split (the cleaned 2k questions by default; `file=test.csv` for the full one): all mcq."""
+def read_pmc_vqa_test(
+    path,
+    file: str = "test_clean.csv",
+    name: str = "pmc_vqa_test",
+    source: str = "pmc_vqa",
+    split: str = "test",
+    **kwargs,
+) -> tuple[list[VQAItem], StageStats]:
+    """PMC-VQA's test split (the cleaned 2k questions by default; `file=test.csv` for the full one): all
+    mcq."""
     from mvqa.data.readers import read_pmc_vqa
 
     root = Path(path)
     csv = root / file
     if is_hub_id(str(path)):
-        raise layout_error("PMC-VQA", path, [PMC_VQA_TEST_LAYOUT],
-                           "the Hub repo ships its images as a zip: download and extract it")
+        raise layout_error(
+            "PMC-VQA",
+            path,
+            [PMC_VQA_TEST_LAYOUT],
+            "the Hub repo ships its images as a zip: download and extract it",
+        )
     if not csv.is_file() or not (root / "images").is_dir():
-        raise layout_error("PMC-VQA", path, [PMC_VQA_TEST_LAYOUT],
-                           f"{file}: {'found' if csv.is_file() else 'missing'}, "
-                           f"images/: {'found' if (root / 'images').is_dir() else 'missing'}")
+        raise layout_error(
+            "PMC-VQA",
+            path,
+            [PMC_VQA_TEST_LAYOUT],
+            f"{file}: {'found' if csv.is_file() else 'missing'}, "
+            f"images/: {'found' if (root / 'images').is_dir() else 'missing'}",
+        )
     return read_pmc_vqa(csv, image_root=root / "images", name=name, split=split, source=source, **kwargs)
 
 
@@ -305,16 +429,26 @@ def read_pmc_vqa_test(path, file: str = "test_clean.csv", name: str = "pmc_vqa_t
 
 OMNIMEDVQA_KEYS = ("question_id", "question", "gt_answer", "image_path", "option_A", "option_B")
 OMNIMEDVQA_LAYOUTS = (
-    ("<path>/QA_information/<access>/*.json (question_id, question, gt_answer, image_path, option_A..D, "
-    "question_type, modality_type) with image_path relative to <path> (Images/...)"),
+    (
+        "<path>/QA_information/<access>/*.json (question_id, question, gt_answer, image_path, option_A..D, "
+        "question_type, modality_type) with image_path relative to <path> (Images/...)"
+    ),
     "VLMEvalKit's TSV (a .tsv file)",
 )
 
 
-def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
-                    access: Sequence[str] = ("Open-access",), subsets: Sequence[str] = (), image_cache=None,
-                    on_bad_image: str = "error", check_images: bool = False,
-                    limit: int | None = None, on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
+def read_omnimedvqa(
+    path,
+    name: str = "omnimedvqa",
+    source: str = "omnimedvqa",
+    access: Sequence[str] = ("Open-access",),
+    subsets: Sequence[str] = (),
+    image_cache=None,
+    on_bad_image: str = "error",
+    check_images: bool = False,
+    limit: int | None = None,
+    on_duplicate: str = "drop",
+) -> tuple[list[VQAItem], StageStats]:
     """OmniMedVQA (Hu et al., 2024): mcq only, one JSON per source dataset, no splits (all of it is test).
 
     `access` picks the QA_information folders (Open-access, Restricted-access), `subsets` the JSON files by
@@ -323,9 +457,17 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
     check_on_bad_image(on_bad_image)
     root = Path(path)
     if str(path).endswith(".tsv"):
-        return read_vlmevalkit_tsv(path, split="test", name=name, source=source, image_cache=image_cache,
-                                   on_bad_image=on_bad_image, check_images=check_images, limit=limit,
-                                   on_duplicate=on_duplicate)
+        return read_vlmevalkit_tsv(
+            path,
+            split="test",
+            name=name,
+            source=source,
+            image_cache=image_cache,
+            on_bad_image=on_bad_image,
+            check_images=check_images,
+            limit=limit,
+            on_duplicate=on_duplicate,
+        )
     folders = [root / "QA_information" / a for a in access]
     missing = [str(f) for f in folders if not f.is_dir()]
     if is_hub_id(str(path)) or missing:
@@ -334,8 +476,9 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
     unknown = sorted(set(subsets) - {f.stem for f in files})
     if unknown or not files:
         present = sorted(f.stem for folder in folders for f in folder.glob("*.json"))
-        raise ValueError(f"OmniMedVQA: no JSON for subsets {unknown or list(subsets)} under {folders}; "
-                         f"present: {present}")
+        raise ValueError(
+            f"OmniMedVQA: no JSON for subsets {unknown or list(subsets)} under {folders}; present: {present}"
+        )
     stats = StageStats(LOAD_STAGE)
     items: list[VQAItem] = []
     for file in files:
@@ -350,7 +493,9 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
             missing_keys = [k for k in OMNIMEDVQA_KEYS if k not in r]
             if missing_keys:
                 raise ValueError(f"{where}: missing keys {missing_keys}; keys present: {sorted(r)}")
-            choices = [str(r[f"option_{x}"]).strip() for x in "ABCDE" if str(r.get(f"option_{x}") or "").strip()]
+            choices = [
+                str(r[f"option_{x}"]).strip() for x in "ABCDE" if str(r.get(f"option_{x}") or "").strip()
+            ]
             answer = str(r["gt_answer"]).strip()
             hits = [k for k, c in enumerate(choices) if c.lower() == answer.lower()]
             item_id = f"{name}:{file.stem}:{r['question_id']}"
@@ -359,13 +504,22 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
                 continue
             try:
                 check_image_path(str(r["image_path"]))
-                items.append(VQAItem(
-                    id=item_id, image=str(r["image_path"]), question=str(r["question"]).strip(), choices=choices,
-                    answer_label=LETTERS[hits[0]], answer=choices[hits[0]], image_root=str(root),
-                    modality=str(r.get("modality_type") or r.get("modality") or "").strip(),
-                    content_type=str(r.get("question_type", "")).strip(), split="test", source=source,
-                    extra={"subset": file.stem, "access": file.parent.name},
-                ))
+                items.append(
+                    VQAItem(
+                        id=item_id,
+                        image=str(r["image_path"]),
+                        question=str(r["question"]).strip(),
+                        choices=choices,
+                        answer_label=LETTERS[hits[0]],
+                        answer=choices[hits[0]],
+                        image_root=str(root),
+                        modality=str(r.get("modality_type") or r.get("modality") or "").strip(),
+                        content_type=str(r.get("question_type", "")).strip(),
+                        split="test",
+                        source=source,
+                        extra={"subset": file.stem, "access": file.parent.name},
+                    )
+                )
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
     check_unique_ids(items, str(root))
@@ -378,39 +532,72 @@ def read_omnimedvqa(path, name: str = "omnimedvqa", source: str = "omnimedvqa",
 MMMU_SPLITS = ("dev", "validation")
 MMMU_COLUMNS = ("id", "question", "options", "answer", "question_type", "image_1")
 MMMU_LAYOUTS = (
-    ("the Hub's parquet: <path>/<Subject>/{dev,validation}-*.parquet (id, question, options, answer, "
-    "question_type, image_1..image_7) for each subject"),
+    (
+        "the Hub's parquet: <path>/<Subject>/{dev,validation}-*.parquet (id, question, options, answer, "
+        "question_type, image_1..image_7) for each subject"
+    ),
     "VLMEvalKit's TSV (MMMU_DEV_VAL.tsv)",
 )
 
 
-def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_MEDICAL_SUBJECTS,
-              name: str = "mmmu_med", source: str = "mmmu", image_cache=None, on_bad_image: str = "error",
-              check_images: bool = False, limit: int | None = None,
-              on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
-    """MMMU's medical subjects (Yue et al., 2024): mostly mcq, some open. One image per item here, so a question
-    with several images is dropped ("multi_image"), as is one with more than five options ("too_many_choices").
+def read_mmmu(
+    path,
+    split: str = "validation",
+    subjects: Sequence[str] = MMMU_MEDICAL_SUBJECTS,
+    name: str = "mmmu_med",
+    source: str = "mmmu",
+    image_cache=None,
+    on_bad_image: str = "error",
+    check_images: bool = False,
+    limit: int | None = None,
+    on_duplicate: str = "drop",
+) -> tuple[list[VQAItem], StageStats]:
+    """MMMU's medical subjects (Yue et al., 2024): mostly mcq, some open. One image per item here, so a
+    question
+    with several images is dropped ("multi_image"), as is one with more than five options
+    ("too_many_choices").
     The test split's answers are withheld, so only dev and validation load."""
     check_on_bad_image(on_bad_image)
     if split not in MMMU_SPLITS:
-        raise ValueError(f"MMMU split {split!r}: expected one of {list(MMMU_SPLITS)} (test answers are withheld)")
+        raise ValueError(
+            f"MMMU split {split!r}: expected one of {list(MMMU_SPLITS)} (test answers are withheld)"
+        )
     if str(path).endswith(".tsv"):
-        return read_vlmevalkit_tsv(path, split=split, name=name, source=source, image_cache=image_cache,
-                                   subjects=subjects, on_bad_image=on_bad_image, check_images=check_images,
-                                   limit=limit, on_duplicate=on_duplicate)
+        return read_vlmevalkit_tsv(
+            path,
+            split=split,
+            name=name,
+            source=source,
+            image_cache=image_cache,
+            subjects=subjects,
+            on_bad_image=on_bad_image,
+            check_images=check_images,
+            limit=limit,
+            on_duplicate=on_duplicate,
+        )
     root, cache = Path(path), _resolve_cache(image_cache)
     parts = []
     if is_hub_id(str(path)):
         for subject in subjects:
-            parts.append((subject, f"{path}/{subject}[{split}]",
-                          load_hub_dataset(str(path), split, "MMMU", MMMU_LAYOUTS, config=subject)))
+            parts.append(
+                (
+                    subject,
+                    f"{path}/{subject}[{split}]",
+                    load_hub_dataset(str(path), split, "MMMU", MMMU_LAYOUTS, config=subject),
+                )
+            )
     else:
         files = {subject: _split_parquet(root / subject, split) for subject in subjects}
         missing = [f"{subject}/{split}-*.parquet" for subject, found in files.items() if not found]
         if missing:
             present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-            raise layout_error("MMMU", path, MMMU_LAYOUTS, f"no {', '.join(missing)}; subject folders: {present}")
-        parts = [(subject, str(found[0]), read_parquet_files(found, split, cache)) for subject, found in files.items()]
+            raise layout_error(
+                "MMMU", path, MMMU_LAYOUTS, f"no {', '.join(missing)}; subject folders: {present}"
+            )
+        parts = [
+            (subject, str(found[0]), read_parquet_files(found, split, cache))
+            for subject, found in files.items()
+        ]
     stats = StageStats(LOAD_STAGE, n_in=sum(len(ds) for _, _, ds in parts))
     items: list[VQAItem] = []
     for subject, where_file, ds in parts:
@@ -426,9 +613,17 @@ def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_ME
             except ValueError as err:
                 raise ValueError(f"{where}: {err}") from None
             mcq = str(row["question_type"]).strip() == "multiple-choice"
-            reason = ("multi_image" if len(images) > 1 else "no_image" if not images
-                      else "too_many_choices" if mcq and len(options) > MAX_CHOICES
-                      else "too_few_choices" if mcq and len(options) < MIN_CHOICES else "")
+            reason = (
+                "multi_image"
+                if len(images) > 1
+                else "no_image"
+                if not images
+                else "too_many_choices"
+                if mcq and len(options) > MAX_CHOICES
+                else "too_few_choices"
+                if mcq and len(options) < MIN_CHOICES
+                else ""
+            )
             label = str(row["answer"]).strip().upper() if mcq else None
             if not reason and mcq and label not in LETTERS[: len(options)]:
                 reason = "answer_not_one_option"
@@ -437,14 +632,24 @@ def read_mmmu(path, split: str = "validation", subjects: Sequence[str] = MMMU_ME
                 continue
             try:
                 image = store_image_bytes(image_bytes(images[0], where), cache, where)
-                items.append(VQAItem(
-                    id=item_id, image=image, question=str(row["question"]).strip(),
-                    choices=[str(o).strip() for o in options] if mcq else [], answer_label=label,
-                    answer=str(options[LETTERS.index(label)]).strip() if mcq else str(row["answer"]).strip(),
-                    image_root=str(cache), modality=_img_type(row.get("img_type")),
-                    content_type=str(row.get("subfield") or "").strip(), split=split, source=source,
-                    extra={"subject": subject, "question_type": row["question_type"]},
-                ))
+                items.append(
+                    VQAItem(
+                        id=item_id,
+                        image=image,
+                        question=str(row["question"]).strip(),
+                        choices=[str(o).strip() for o in options] if mcq else [],
+                        answer_label=label,
+                        answer=str(options[LETTERS.index(label)]).strip()
+                        if mcq
+                        else str(row["answer"]).strip(),
+                        image_root=str(cache),
+                        modality=_img_type(row.get("img_type")),
+                        content_type=str(row.get("subfield") or "").strip(),
+                        split=split,
+                        source=source,
+                        extra={"subject": subject, "question_type": row["question_type"]},
+                    )
+                )
             except ValueError as err:
                 raise ValueError(f"{where}: {err}" if not str(err).startswith(where) else str(err)) from None
     stats.metrics.update(path=str(path), layout="hub", subjects=list(subjects))
@@ -473,15 +678,25 @@ def _img_type(cell: Any) -> str:
 
 # --------------------------------------------------------------------------------------- VLMEvalKit's TSV
 
-TSV_LAYOUT = ("VLMEvalKit's TSV: columns index, image (base64; a short cell names the index of the row that "
-              "holds the image), question, answer; A..E options for mcq (answer is then the letter); optional "
-              "category, answer_type (CLOSED/OPEN), split, id")
+TSV_LAYOUT = (
+    "VLMEvalKit's TSV: columns index, image (base64; a short cell names the index of the row that "
+    "holds the image), question, answer; A..E options for mcq (answer is then the letter); optional "
+    "category, answer_type (CLOSED/OPEN), split, id"
+)
 
 
-def read_vlmevalkit_tsv(path, split: str = "", name: str = "tsv", source: str = "vlmevalkit",
-                        subjects: Sequence[str] = (), image_cache=None, on_bad_image: str = "error",
-                        check_images: bool = False, limit: int | None = None,
-              on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
+def read_vlmevalkit_tsv(
+    path,
+    split: str = "",
+    name: str = "tsv",
+    source: str = "vlmevalkit",
+    subjects: Sequence[str] = (),
+    image_cache=None,
+    on_bad_image: str = "error",
+    check_images: bool = False,
+    limit: int | None = None,
+    on_duplicate: str = "drop",
+) -> tuple[list[VQAItem], StageStats]:
     """A VLMEvalKit benchmark TSV. A `split` column, when present, selects rows equal to `split`; `subjects`
     keeps rows whose MMMU-style id (`validation_Clinical_Medicine_3`) or category names one of them."""
     check_on_bad_image(on_bad_image)
@@ -508,8 +723,15 @@ def read_vlmevalkit_tsv(path, split: str = "", name: str = "tsv", source: str = 
         if len(cell) <= 64 and cell in images_by_index:  # VLMEvalKit stores a repeated image once
             cell = images_by_index[cell].strip()
         encoded = _literal_list(cell, "image") if cell.startswith("[") else [cell]
-        reason = ("multi_image" if len(encoded) > 1 else "too_many_choices" if len(options) > MAX_CHOICES
-                  else "too_few_choices" if len(options) == 1 else "")
+        reason = (
+            "multi_image"
+            if len(encoded) > 1
+            else "too_many_choices"
+            if len(options) > MAX_CHOICES
+            else "too_few_choices"
+            if len(options) == 1
+            else ""
+        )
         label = None
         if not reason and options:
             if answer.upper() in LETTERS[: len(options)]:
@@ -524,13 +746,22 @@ def read_vlmevalkit_tsv(path, split: str = "", name: str = "tsv", source: str = 
         try:
             data = base64.b64decode(encoded[0], validate=True)
             image = store_image_bytes(data, cache, where)
-            items.append(VQAItem(
-                id=item_id, image=image, question=r["question"].strip(), choices=options, answer_label=label,
-                answer=options[LETTERS.index(label)] if label else answer, image_root=str(cache),
-                modality=r.get("modality", "").strip(), content_type=r.get("category", "").strip(),
-                split=r.get("split", "").strip() or split, source=source,
-                kind="" if options else kind_from_answer_type(r.get("answer_type"), "answer_type"),
-            ))
+            items.append(
+                VQAItem(
+                    id=item_id,
+                    image=image,
+                    question=r["question"].strip(),
+                    choices=options,
+                    answer_label=label,
+                    answer=options[LETTERS.index(label)] if label else answer,
+                    image_root=str(cache),
+                    modality=r.get("modality", "").strip(),
+                    content_type=r.get("category", "").strip(),
+                    split=r.get("split", "").strip() or split,
+                    source=source,
+                    kind="" if options else kind_from_answer_type(r.get("answer_type"), "answer_type"),
+                )
+            )
         except (ValueError, binascii.Error) as err:
             message = str(err) if str(err).startswith(where) else f"{where}: {err}"
             raise ValueError(message) from None

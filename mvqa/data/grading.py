@@ -3,7 +3,8 @@ filter, training's validation and evaluation all use.
 
 - mcq: the answer letter equals the label (the letter is read from "C", "(C)", "C) MRI" or the option's text).
 - closed: accuracy under mvqa.data.answers.closed_correct (a yes/no gold answer matches the leading yes/no).
-- open: `correct` is normalised exact match; token recall (LLaVA-Med's open-set recall) and token F1 beside it.
+- open: `correct` is normalised exact match; token recall (LLaVA-Med's open-set recall) and token F1 beside
+it.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def grade_answer(item: VQAItem, parsed: ParsedAnswer) -> Grade:
         right = parsed.letter is not None and parsed.letter == item.answer_label
         return Grade(item.kind, parsed.letter, parsed.status, right, right, float(right), float(right))
     score = score_free_text(parsed.answer_text if parsed.status == OK else None, item.answer, item.kind)
-    return Grade(item.kind, parsed.answer_text, parsed.status, score.correct, score.exact_match, score.recall,
-                 score.f1)
+    return Grade(
+        item.kind, parsed.answer_text, parsed.status, score.correct, score.exact_match, score.recall, score.f1
+    )
 
 
 def grade_output(item: VQAItem, text: str) -> Grade:

@@ -30,7 +30,8 @@ def check_on_bad_image(on_bad_image: str) -> None:
         raise ValueError(f"on_bad_image={on_bad_image!r}: expected one of {list(ON_BAD_IMAGE)}")
 
 
-# Absolute (/x, \\x, C:x) or a `..` part, with either separator: a CSV written on Windows must not escape either.
+# Absolute (/x, \\x, C:x) or a `..` part, with either separator: a CSV written on Windows must not escape
+# either.
 _LEAVES_ROOT = re.compile(r"^(?:[\\/]|[A-Za-z]:)|(?:^|[\\/])\.\.(?:[\\/]|$)")
 
 

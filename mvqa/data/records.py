@@ -25,6 +25,10 @@ MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
 MCQ, CLOSED, OPEN = "mcq", "closed", "open"
 KINDS = (MCQ, CLOSED, OPEN)
 
+# The item fields curation may stratify by: the sampler's quotas (sampler.stratify) and the hard stage's
+# per-stratum cut (mvqa.curate.difficulty).
+STRATA_FIELDS = ("modality", "kind", "answer_label", "content_type", "source", "split")
+
 
 def letter_index(letter: str) -> int:
     """Index of a choice letter ("A" -> 0)."""

@@ -1,9 +1,11 @@
 """Writing item files so a kill never leaves output that looks complete, and reading them back.
 
-Every final output is written to a temporary name in the same directory and renamed into place; appendable
-JSONL shards (resumable trace generation) are flushed line by line and read back tolerating a torn last line.
-A file that one process appends to is guarded by `exclusive_lock`, so a second writer stops instead of doubling
-its rows; `check_unique_ids` refuses a stage output that holds an id twice.
+Every final output is written to a temporary name in the same directory and renamed into place (files with
+`atomic_path`, directories such as adapters, tiny models and synthetic worlds with `atomic_dir`: the one
+home of that logic); appendable JSONL shards (resumable trace generation) are flushed line by line and read
+back tolerating a torn last line. A file that one process appends to is guarded by `exclusive_lock`, so a
+second writer stops instead of doubling its rows; `check_unique_ids` refuses a stage output that holds an id
+twice.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,6 +38,43 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
+    """Yield a fresh temporary sibling directory of `path`; it becomes `path` only if the block finishes.
+
+    replace=True swaps out a `path` that exists (an adapter saved again), putting it back if the swap fails;
+    replace=False is for cache entries made by content hash: when another process renamed its copy into place
+    first, that copy is identical and is kept.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        yield tmp
+        if replace and path.exists():
+            os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if replace or not path.is_dir():  # not a lost race with another writer: a real failure
+                raise
+    except BaseException:
+        if old.exists() and not path.exists():  # put the previous version back
+            os.rename(old, path)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_dir_atomically(write, path: str | os.PathLike) -> Path:
+    """`write(tmp_dir)`, then swap the result into place at `path` (see atomic_dir)."""
+    with atomic_dir(path) as tmp:
+        write(tmp)
+    return Path(path)
 
 
 def write_items_jsonl(items: Iterable[VQAItem], path: str | os.PathLike) -> Path:
@@ -65,15 +106,6 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, used by manifests to tell whether an input changed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def items_fingerprint(items: Iterable[VQAItem]) -> str:
     h = hashlib.sha256()
     for it in items:
@@ -86,8 +118,11 @@ class BusyError(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_path: str | os.PathLike, what: str, wait_s: float = 0.0, hint: str = "") -> Iterator[None]:
-    """Hold an OS lock (flock) on `lock_path` for the block; another holder -> BusyError after `wait_s` seconds.
+def exclusive_lock(
+    lock_path: str | os.PathLike, what: str, wait_s: float = 0.0, hint: str = ""
+) -> Iterator[None]:
+    """Hold an OS lock (flock) on `lock_path` for the block; another holder -> BusyError after `wait_s`
+    seconds.
 
     The kernel drops the lock when its process dies (kill -9 included), so a crashed writer never blocks the
     next run; the file itself stays (removing it would let two processes lock two different files). The holder
@@ -106,8 +141,10 @@ def exclusive_lock(lock_path: str | os.PathLike, what: str, wait_s: float = 0.0,
                 if time.monotonic() >= deadline:
                     holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
                     on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
-                    raise BusyError(f"{what} is being written by pid {holder[0]}{on}; wait or use another cache"
-                                    f"{hint} (lock: {lock_path})") from None
+                    raise BusyError(
+                        f"{what} is being written by pid {holder[0]}{on}; wait or use another cache"
+                        f"{hint} (lock: {lock_path})"
+                    ) from None
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
@@ -127,5 +164,7 @@ def check_unique_ids(items: Iterable[VQAItem], where: str) -> None:
     dups = duplicate_ids(items)
     if dups:
         shown = ", ".join(f"{i!r} x{n}" for i, n in list(dups.items())[:10])
-        raise ValueError(f"{where}: {len(dups)} ids occur more than once ({shown}"
-                         f"{', ...' if len(dups) > 10 else ''}); nothing is cached from it")
+        raise ValueError(
+            f"{where}: {len(dups)} ids occur more than once ({shown}"
+            f"{', ...' if len(dups) > 10 else ''}); nothing is cached from it"
+        )

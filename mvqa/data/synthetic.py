@@ -20,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,8 @@ from mvqa.data.prompts import CONVERSATIONS, PROMPTS, format_conversation, forma
 from mvqa.data.readers import read_pmc_vqa
 from mvqa.data.records import LETTERS, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.data.storage import atomic_dir
+from mvqa.schemas.dataset_synthetic import SyntheticConf
 
 VERSION = 4  # bump when rendering, questions or traces change: it is part of the cache key
 SPLITS = ("train", "val", "test")
@@ -86,15 +88,20 @@ OPENERS = ["Let me look.", "First, the scan.", ""]
 
 @dataclass(frozen=True)
 class WorldParams:
-    n_train: int = 2000
-    n_val: int = 200
-    n_test: int = 300
-    image_size: int = 64
-    seed: int = 0
-    difficulty: float = 0.1  # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
-    hard_fraction: float = 0.1  # share of items whose difficulty is drawn from [0.6, 1]
-    closed_share: float = 0.2  # share of each question type asked as yes/no
-    open_share: float = 0.2  # share of each question type asked open (answered in words)
+    """What a world is made from (its cache key). The defaults are `dataset/synthetic`'s: one home, the schema."""
+
+    n_train: int = SyntheticConf.n_train
+    n_val: int = SyntheticConf.n_val
+    n_test: int = SyntheticConf.n_test
+    image_size: int = SyntheticConf.image_size
+    seed: int = 0  # the schema's is ${seed}, the entries' seed, whose default is also 0
+    # per-item difficulty of ordinary items, 0 (clear) .. 1 (barely visible)
+    difficulty: float = SyntheticConf.difficulty
+    # share of items whose difficulty is drawn from [0.6, 1]
+    hard_fraction: float = SyntheticConf.hard_fraction
+    # share of each question type asked as yes/no (closed) and open (answered in words)
+    closed_share: float = SyntheticConf.closed_share
+    open_share: float = SyntheticConf.open_share
 
     def __post_init__(self) -> None:
         if self.image_size < 16:
@@ -326,10 +333,7 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
     final = world_dir(root, params)
     if (final / "world.json").is_file():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_dir(final, replace=False) as tmp:  # another process's identical world may win the race
         stats = {}
         for split in SPLITS:
             (tmp / "images" / split).mkdir(parents=True)
@@ -344,31 +348,26 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
             stats[split] = split_stats(frame)
         (tmp / "world.json").write_text(json.dumps({"params": asdict(params), "version": VERSION,
                                                     "stats": stats}, indent=2, sort_keys=True))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same world first: theirs is identical
-            if not (final / "world.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
-def read_synthetic(root: str, n_train: int = 2000, n_val: int = 200, n_test: int = 300, image_size: int = 64,
-                   seed: int = 0, difficulty: float = 0.1, hard_fraction: float = 0.1, closed_share: float = 0.2,
-                   open_share: float = 0.2, split: str = "train",
-                   name: str = "synthetic", on_bad_image: str = "error", check_images: bool = False,
-                   limit: int | None = None, describe: bool = False,
-                   on_duplicate: str = "drop") -> tuple[list[VQAItem], StageStats]:
+def read_synthetic(root: str, split: str = "train", name: str = SyntheticConf.name, on_bad_image: str = "error",
+                   check_images: bool = False, limit: int | None = None, describe: bool = SyntheticConf.describe,
+                   on_duplicate: str = "drop", **world: Any) -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
+
+    `world` holds WorldParams' fields (n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction,
+    closed_share, open_share).
 
     `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its caption), like
     LLaVA's caption stage: dense supervision that teaches a from-scratch vision tower what to look at.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
-    params = WorldParams(n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction, closed_share,
-                         open_share)
+    try:
+        params = WorldParams(**world)
+    except TypeError as e:  # a key of neither the reader nor the world
+        raise TypeError(f"read_synthetic: {e}; the world's fields are {list(WorldParams.__dataclass_fields__)}") from e
     world = make_world(root, params)
     items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
                                 source="synthetic", on_bad_image=on_bad_image, check_images=check_images,

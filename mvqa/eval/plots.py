@@ -42,9 +42,19 @@ def measure_of(run: Mapping[str, Any], measure: tuple[str, str | None, str]) -> 
 
 def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, models: Sequence[str] | None = None,
                               title: str | None = None, measure: tuple[str, str | None, str] = OVERALL) -> Path:
-    """One line per model (and per wait count / wait string when several were run), with 95% CI bars.
+    """accuracy_figure saved as a PNG at `path` (atomically)."""
+    fig = accuracy_figure(metrics, models, title, measure)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    return path
 
-    `measure` picks the y axis: accuracy over all items (default) or one kind's metric (KIND_MEASURES)."""
+
+def accuracy_figure(metrics: Mapping[str, Any], models: Sequence[str] | None = None,
+                    title: str | None = None, measure: tuple[str, str | None, str] = OVERALL) -> Figure:
+    """One line per model (and per wait count / wait string when several were run), with 95% CI bars; each
+    line is an errorbar container of the axes labelled "model[, series]". `measure` picks the y axis: accuracy
+    over all items (default) or one kind's metric (KIND_MEASURES)."""
     runs = [r for r in metrics["runs"] if (models is None or r["model"] in models)
             and measure_of(r, measure) is not None]
     if not runs:
@@ -71,8 +81,9 @@ def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, mode
         if len(lines) <= 2:  # name each point's cap; on a crowded plot the labels would overlap
             for r in points:
                 cap = r["budget"].get("max_thinking_tokens")
-                ax.annotate(f"≤{cap}" if cap is not None else "∞", (r["mean_thinking_tokens"], measure_of(r, measure)[0]),
-                            textcoords="offset points", xytext=(4, 4 if k % 2 == 0 else -12), fontsize=7, alpha=0.7)
+                ax.annotate(f"≤{cap}" if cap is not None else "∞",
+                            (r["mean_thinking_tokens"], measure_of(r, measure)[0]), textcoords="offset points",
+                            xytext=(4, 4 if k % 2 == 0 else -12), fontsize=7, alpha=0.7)
     xs = [r["mean_thinking_tokens"] for r in runs]
     if min(xs) > 0 and max(xs) / min(xs) > 20:  # budget grids are geometric (128 ... 4096)
         ax.set_xscale("log")
@@ -85,10 +96,7 @@ def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, mode
         fig.legend(fontsize=8, loc="outside lower center")
     else:
         ax.legend(fontsize=8, loc="best")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    return path
+    return fig
 
 
 def write_plots(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:

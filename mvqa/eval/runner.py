@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def budget_id(point: BudgetPoint | None) -> str:
     if point is None:
         return UNFORCED
-    return f"max{point.max_thinking_tokens}_min{point.min_thinking_tokens}_w{point.num_waits}_{point.wait_string}"
+    return point.id
 
 
 def budget_dict(point: BudgetPoint | None) -> dict[str, Any]:

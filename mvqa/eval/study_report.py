@@ -1,8 +1,11 @@
 """The selection study's report: every arm against `random` and the base, per budget point and question kind.
 
-Each arm is fine-tuned once per seed and every fine-tune answers the same held-out items at every budget point,
-so per item an arm's score is its mean over seeds (closed/mcq: correct; open: correct is exact match and recall
-is reported beside it). Intervals are percentile bootstraps over items of those per-item means; an arm's spread
+Each arm is fine-tuned once per seed and every fine-tune answers the same held-out items at every budget
+point,
+so per item an arm's score is its mean over seeds (closed/mcq: correct; open: correct is exact match and
+recall
+is reported beside it). Intervals are percentile bootstraps over items of those per-item means; an arm's
+spread
 is the range of its seeds' accuracies. A paired comparison takes, per item, the arm's mean minus the other's
 (random's mean over the same seeds; the base's single run), with a bootstrap interval over items and the
 Wilcoxon signed-rank p of the per-item differences.
@@ -41,7 +44,8 @@ def _rng(*key: str) -> np.random.Generator:
 
 
 def per_item(preds: list[dict]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-    """{(arm, budget_id): {item_id: {kind, correct, recall, thinking_tokens} averaged over the arm's seeds}}."""
+    """{(arm, budget_id): {item_id: {kind, correct, recall, thinking_tokens}}}, averaged over the arm's
+    seeds."""
     by_cell: dict[tuple[str, str], dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     seeds: dict[str, set[int]] = defaultdict(set)
     for p in preds:
@@ -56,10 +60,16 @@ def per_item(preds: list[dict]) -> dict[tuple[str, str], dict[str, dict[str, Any
         by_cell[arm, p["budget_id"]][str(p["item_id"])].append(p)
     out = {}
     for key, items in by_cell.items():
-        out[key] = {i: {"kind": rs[0].get("kind", "mcq"), "correct": float(np.mean([r["correct"] for r in rs])),
-                        "recall": float(np.mean([r.get("recall", float(r["correct"])) for r in rs])),
-                        "thinking_tokens": float(np.mean([r["thinking_tokens"] for r in rs])), "n_seeds": len(rs)}
-                    for i, rs in items.items()}
+        out[key] = {
+            i: {
+                "kind": rs[0].get("kind", "mcq"),
+                "correct": float(np.mean([r["correct"] for r in rs])),
+                "recall": float(np.mean([r.get("recall", float(r["correct"])) for r in rs])),
+                "thinking_tokens": float(np.mean([r["thinking_tokens"] for r in rs])),
+                "n_seeds": len(rs),
+            }
+            for i, rs in items.items()
+        }
     return out
 
 
@@ -74,7 +84,11 @@ def _seed_accuracies(preds: list[dict], arm: str, budget_id: str) -> list[float]
 
 def _summary(cell: dict[str, dict], ids: list[str], metric: str, *key: str) -> dict[str, Any]:
     values = np.array([cell[i][metric] for i in ids])
-    return {"n": len(ids), "mean": float(values.mean()), "ci95": list(bootstrap_mean_ci(values, 1000, _rng(*key)))}
+    return {
+        "n": len(ids),
+        "mean": float(values.mean()),
+        "ci95": list(bootstrap_mean_ci(values, 1000, _rng(*key))),
+    }
 
 
 def _paired(a: dict[str, dict], b: dict[str, dict], ids: list[str], metric: str, *key: str) -> dict[str, Any]:
@@ -98,43 +112,70 @@ def study_metrics(preds: list[dict], arms: list[str]) -> dict[str, Any]:
             if cell is None:
                 continue
             ids = sorted(cell)
-            row = {"arm": arm, "budget_id": b, "budget": budgets[b], "n_items": len(ids),
-                   "accuracy": _summary(cell, ids, "correct", arm, b),
-                   "mean_thinking_tokens": float(np.mean([cell[i]["thinking_tokens"] for i in ids])),
-                   "seed_accuracies": _seed_accuracies(preds, arm, b) if arm != BASE else [],
-                   "by_kind": {}}
+            row = {
+                "arm": arm,
+                "budget_id": b,
+                "budget": budgets[b],
+                "n_items": len(ids),
+                "accuracy": _summary(cell, ids, "correct", arm, b),
+                "mean_thinking_tokens": float(np.mean([cell[i]["thinking_tokens"] for i in ids])),
+                "seed_accuracies": _seed_accuracies(preds, arm, b) if arm != BASE else [],
+                "by_kind": {},
+            }
             for kind in ("mcq", "closed", "open"):
                 kind_ids = [i for i in ids if cell[i]["kind"] == kind]
                 if kind_ids:
-                    row["by_kind"][kind] = {"metric": "recall" if kind == "open" else "accuracy",
-                                            **_summary(cell, kind_ids, KIND_METRIC[kind], arm, b, kind)}
+                    row["by_kind"][kind] = {
+                        "metric": "recall" if kind == "open" else "accuracy",
+                        **_summary(cell, kind_ids, KIND_METRIC[kind], arm, b, kind),
+                    }
             rows.append(row)
             if arm == BASE:
                 continue
-            others = [("random", cells.get(("random", b))), (BASE, cells.get((BASE, b))),
-                      (BASE_AS_USED, cells.get((BASE_AS_USED, UNFORCED)))]
+            others = [
+                ("random", cells.get(("random", b))),
+                (BASE, cells.get((BASE, b))),
+                (BASE_AS_USED, cells.get((BASE_AS_USED, UNFORCED))),
+            ]
             for other, other_cell in others:
                 if other == arm or other_cell is None:
                     continue
                 shared = sorted(set(ids) & set(other_cell))
-                comp = {"arm": arm, "against": other, "budget_id": b,
-                        "accuracy": _paired(cell, other_cell, shared, "correct", arm, other, b), "by_kind": {}}
+                comp = {
+                    "arm": arm,
+                    "against": other,
+                    "budget_id": b,
+                    "accuracy": _paired(cell, other_cell, shared, "correct", arm, other, b),
+                    "by_kind": {},
+                }
                 for kind in ("mcq", "closed", "open"):
                     kind_ids = [i for i in shared if cell[i]["kind"] == kind]
                     if kind_ids:
-                        comp["by_kind"][kind] = _paired(cell, other_cell, kind_ids, KIND_METRIC[kind], arm, other,
-                                                        b, kind)
+                        comp["by_kind"][kind] = _paired(
+                            cell, other_cell, kind_ids, KIND_METRIC[kind], arm, other, b, kind
+                        )
                 comparisons.append(comp)
     as_used = cells.get((BASE_AS_USED, UNFORCED))
     base_as_used = None
     if as_used:
         ids = sorted(as_used)
-        base_as_used = {"accuracy": _summary(as_used, ids, "correct", BASE_AS_USED),
-                        "by_kind": {k: _summary(as_used, [i for i in ids if as_used[i]["kind"] == k],
-                                                KIND_METRIC[k], BASE_AS_USED, k)
-                                    for k in ("mcq", "closed", "open") if any(as_used[i]["kind"] == k for i in ids)}}
-    return {"arms": arms, "budget_ids": forced, "rows": rows, "comparisons": comparisons,
-            "base_as_used": base_as_used}
+        base_as_used = {
+            "accuracy": _summary(as_used, ids, "correct", BASE_AS_USED),
+            "by_kind": {
+                k: _summary(
+                    as_used, [i for i in ids if as_used[i]["kind"] == k], KIND_METRIC[k], BASE_AS_USED, k
+                )
+                for k in ("mcq", "closed", "open")
+                if any(as_used[i]["kind"] == k for i in ids)
+            },
+        }
+    return {
+        "arms": arms,
+        "budget_ids": forced,
+        "rows": rows,
+        "comparisons": comparisons,
+        "base_as_used": base_as_used,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -144,31 +185,69 @@ def _fmt(summary: dict | None) -> str:
 
 def table_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     kinds = [k for k in ("mcq", "closed", "open") if any(k in r["by_kind"] for r in metrics["rows"])]
-    header = ["arm", "budget", "accuracy [95% CI]", "seeds (min–max)",
-              *[f"{k} {'recall' if k == 'open' else 'accuracy'}" for k in kinds], "thinking tokens"]
+    header = [
+        "arm",
+        "budget",
+        "accuracy [95% CI]",
+        "seeds (min–max)",
+        *[f"{k} {'recall' if k == 'open' else 'accuracy'}" for k in kinds],
+        "thinking tokens",
+    ]
     rows = []
     for r in metrics["rows"]:
         seeds = r["seed_accuracies"]
         spread = f"{len(seeds)}: {min(seeds):.3f}–{max(seeds):.3f}" if seeds else "–"
-        rows.append([r["arm"], r["budget_id"], _fmt(r["accuracy"]), spread,
-                     *[_fmt(r["by_kind"].get(k)) for k in kinds], f"{r['mean_thinking_tokens']:.1f}"])
+        rows.append(
+            [
+                r["arm"],
+                r["budget_id"],
+                _fmt(r["accuracy"]),
+                spread,
+                *[_fmt(r["by_kind"].get(k)) for k in kinds],
+                f"{r['mean_thinking_tokens']:.1f}",
+            ]
+        )
     used = metrics.get("base_as_used")
     if used:
-        rows.append([BASE_AS_USED, UNFORCED, _fmt(used["accuracy"]), "–", *[_fmt(used["by_kind"].get(k)) for k in kinds],
-                     "–"])
+        rows.append(
+            [
+                BASE_AS_USED,
+                UNFORCED,
+                _fmt(used["accuracy"]),
+                "–",
+                *[_fmt(used["by_kind"].get(k)) for k in kinds],
+                "–",
+            ]
+        )
     return header, rows
 
 
 def comparison_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     kinds = [k for k in ("mcq", "closed", "open") if any(k in c["by_kind"] for c in metrics["comparisons"])]
-    header = ["arm", "against", "budget", "Δ accuracy [95% CI]", "Wilcoxon p",
-              *[f"Δ {k} {'recall' if k == 'open' else 'accuracy'}" for k in kinds]]
+    header = [
+        "arm",
+        "against",
+        "budget",
+        "Δ accuracy [95% CI]",
+        "Wilcoxon p",
+        *[f"Δ {k} {'recall' if k == 'open' else 'accuracy'}" for k in kinds],
+    ]
     rows = []
     for c in metrics["comparisons"]:
         a = c["accuracy"]
-        rows.append([c["arm"], c["against"], c["budget_id"], fmt_diff(a["diff"], a["ci95"]), f"{a['wilcoxon_p']:.3g}",
-                     *[fmt_diff(c["by_kind"][k]["diff"], c["by_kind"][k]["ci95"]) if k in c["by_kind"] else "–"
-                       for k in kinds]])
+        rows.append(
+            [
+                c["arm"],
+                c["against"],
+                c["budget_id"],
+                fmt_diff(a["diff"], a["ci95"]),
+                f"{a['wilcoxon_p']:.3g}",
+                *[
+                    fmt_diff(c["by_kind"][k]["diff"], c["by_kind"][k]["ci95"]) if k in c["by_kind"] else "–"
+                    for k in kinds
+                ],
+            ]
+        )
     return header, rows
 
 
@@ -177,7 +256,9 @@ def funnel_rows(pool_funnel: list[dict], funnels: dict[str, dict]) -> tuple[list
     rows = []
     for arm, f in funnels.items():
         left = ", ".join(f"{r} {n}" for r, n in sorted(f.get("drop_reasons", {}).items())) or "–"
-        rows.append([arm, pool, str(f["n_in"]), str(f["metrics"].get("after_hard", f["n_in"])), str(f["n_out"]), left])
+        rows.append(
+            [arm, pool, str(f["n_in"]), str(f["metrics"].get("after_hard", f["n_in"])), str(f["n_out"]), left]
+        )
     return ["arm", "pool (shared)", "correct traces", "after hard", "selected", "left out"], rows
 
 
@@ -191,23 +272,45 @@ def format_study(study: dict[str, Any], width: int = 160) -> str:
 
 
 def report_markdown(study: dict[str, Any], plot: str) -> str:
-    return "\n\n".join([
-        f"# Selection study `{study['name']}`\n\n{study['n']} items per arm (`all`: every correct trace), "
-        f"seeds {study['seeds']}, {study['n_eval_items']} held-out items. " + __doc__.split("\n\n", 1)[1].strip(),
-        "## Selection funnel", _markdown(*funnel_rows(study["pool_funnel"], study["funnels"])),
-        "## Accuracy per arm and budget", _markdown(*table_rows(study["metrics"])),
-        "## Paired comparisons", _markdown(*comparison_rows(study["metrics"])),
-        f"## Budget scaling\n\n![{plot}]({plot})",
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# Selection study `{study['name']}`\n\n{study['n']} items per arm "
+                "(`all`: every correct trace), "
+                f"seeds {study['seeds']}, {study['n_eval_items']} held-out items. "
+                + __doc__.split("\n\n", 1)[1].strip(),
+                "## Selection funnel",
+                _markdown(*funnel_rows(study["pool_funnel"], study["funnels"])),
+                "## Accuracy per arm and budget",
+                _markdown(*table_rows(study["metrics"])),
+                "## Paired comparisons",
+                _markdown(*comparison_rows(study["metrics"])),
+                f"## Budget scaling\n\n![{plot}]({plot})",
+            ]
+        )
+        + "\n"
+    )
 
 
 def plot_study(metrics: dict[str, Any], path: Path) -> Path:
     from mvqa.eval.plots import plot_accuracy_vs_thinking
 
-    runs = [{"model": r["arm"], "budget_id": r["budget_id"], "budget": r["budget"], "accuracy": r["accuracy"]["mean"],
-             "ci95": r["accuracy"]["ci95"], "mean_thinking_tokens": r["mean_thinking_tokens"]} for r in metrics["rows"]]
-    return plot_accuracy_vs_thinking({"runs": runs, "models": [BASE, *metrics["arms"]]}, path,
-                                     title="Selection study: accuracy vs thinking tokens (mean over seeds)")
+    runs = [
+        {
+            "model": r["arm"],
+            "budget_id": r["budget_id"],
+            "budget": r["budget"],
+            "accuracy": r["accuracy"]["mean"],
+            "ci95": r["accuracy"]["ci95"],
+            "mean_thinking_tokens": r["mean_thinking_tokens"],
+        }
+        for r in metrics["rows"]
+    ]
+    return plot_accuracy_vs_thinking(
+        {"runs": runs, "models": [BASE, *metrics["arms"]]},
+        path,
+        title="Selection study: accuracy vs thinking tokens (mean over seeds)",
+    )
 
 
 def write_study_report(cfg, study_dir: Path, pool: Path, funnels: dict[str, dict], eval_dir: Path) -> dict:
@@ -215,9 +318,16 @@ def write_study_report(cfg, study_dir: Path, pool: Path, funnels: dict[str, dict
     arms = list(cfg.study.run)
     metrics = study_metrics(preds, arms)
     pool_funnel = json.loads((pool / "summary.json").read_text())["funnel"]
-    study = {"name": cfg.study.name, "n": cfg.study.n, "seeds": list(cfg.study.seeds), "arms": arms,
-             "n_eval_items": len({p["item_id"] for p in preds}), "pool_funnel": pool_funnel, "funnels": funnels,
-             "metrics": metrics}
+    study = {
+        "name": cfg.study.name,
+        "n": cfg.study.n,
+        "seeds": list(cfg.study.seeds),
+        "arms": arms,
+        "n_eval_items": len({p["item_id"] for p in preds}),
+        "pool_funnel": pool_funnel,
+        "funnels": funnels,
+        "metrics": metrics,
+    }
     plot = plot_study(metrics, study_dir / "study_acc_vs_thinking.png")
     write_json(study, study_dir / "study.json")
     with atomic_path(study_dir / "study_report.md") as tmp:
@@ -229,7 +339,8 @@ def write_study_report(cfg, study_dir: Path, pool: Path, funnels: dict[str, dict
 
 
 def log_study(cfg, study_dir: Path, study: dict, plot: Path) -> None:
-    """The summary run of the study's W&B group: the table and the plot, so the dashboard shows the ablation."""
+    """The summary run of the study's W&B group: the table and the plot, so the dashboard shows the
+    ablation."""
     from omegaconf import OmegaConf
 
     from mvqa.tracking import finish_run, start_run
@@ -243,9 +354,13 @@ def log_study(cfg, study_dir: Path, study: dict, plot: Path) -> None:
 
         header, rows = table_rows(study["metrics"])
         comp_header, comp_rows = comparison_rows(study["metrics"])
-        run.log({"study/accuracy": wandb.Table(columns=header, data=rows),
-                 "study/paired": wandb.Table(columns=comp_header, data=comp_rows),
-                 "study/acc_vs_thinking": wandb.Image(str(plot))})
+        run.log(
+            {
+                "study/accuracy": wandb.Table(columns=header, data=rows),
+                "study/paired": wandb.Table(columns=comp_header, data=comp_rows),
+                "study/acc_vs_thinking": wandb.Image(str(plot)),
+            }
+        )
         for r in study["metrics"]["rows"]:
             run.summary[f"{r['arm']}/{r['budget_id']}/accuracy"] = r["accuracy"]["mean"]
     finally:

@@ -59,8 +59,9 @@ class BudgetPoint:
         need(self.max_answer_tokens >= 1, "max_answer_tokens", ">= 1")
 
     @property
-    def label(self) -> str:
-        return f"think{self.max_thinking_tokens}_wait{self.num_waits}"
+    def id(self) -> str:
+        """The point's one name, in predictions, metrics, reports and W&B alike (`budget_id`)."""
+        return f"max{self.max_thinking_tokens}_min{self.min_thinking_tokens}_w{self.num_waits}_{self.wait_string}"
 
 
 def budget_points(cfg: Any) -> list[BudgetPoint | None]:

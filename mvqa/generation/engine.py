@@ -246,8 +246,8 @@ class HFEngine:
         pad, device = kwargs["pad_token_id"], bundle.model.device
         prompt_mask = inputs["attention_mask"].bool()
         extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-        # Per-token inputs (e.g. Qwen2-VL's mm_token_type_ids) cover the prompt: the re-prefilled sequences need
-        # them for their completion too (0: text), left-padded like the ids.
+        # Per-token inputs (e.g. Qwen2-VL's mm_token_type_ids) cover the prompt: the re-prefilled sequences
+        # need them for their completion too (0: text), left-padded like the ids.
         per_token = {k: [row[m] for row, m in zip(v, prompt_mask)] for k, v in extra.items()
                      if v.shape[:2] == prompt_mask.shape}
 

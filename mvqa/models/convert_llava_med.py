@@ -28,8 +28,8 @@ from transformers import (
     MistralConfig,
 )
 
+from mvqa.data.storage import write_dir_atomically
 from mvqa.models.chat_templates import MISTRAL_INSTRUCT
-from mvqa.models.lora import write_dir_atomically
 from mvqa.models.processors import llava_image_processor
 
 # Towers named by hub id, described here so conversion needs no download of the tower's own config.

@@ -52,44 +52,79 @@ def data_lineage(metrics: dict[str, Any] | None) -> dict[str, Any]:
         if manifest:
             cfg = manifest.get("config", {})
             lineage["curation"] = {k: cfg.get(k) for k in ("dataset", "scorer", "sampler") if k in cfg}
-            lineage["curation_models"] = {k: (cfg.get(k) or {}).get("path") or (cfg.get(k) or {}).get("name")
-                                          for k in ("scorer_model", "reasoner") if k in cfg}
+            lineage["curation_models"] = {
+                k: (cfg.get(k) or {}).get("path") or (cfg.get(k) or {}).get("name")
+                for k in ("scorer_model", "reasoner")
+                if k in cfg
+            }
     return lineage
 
 
-def model_card(run_dir: Path, cfg: DictConfig, metrics: dict[str, Any] | None, evals: list[Path],
-               command: str) -> str:
+def model_card(
+    run_dir: Path, cfg: DictConfig, metrics: dict[str, Any] | None, evals: list[Path], command: str
+) -> str:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     train_cmd = "python train.py " + " ".join(shlex.quote(o) for o in overrides or [])
-    lines = [f"# {cfg.model.name} + LoRA ({cfg.recipe.name}), merged",
-             "",
-             (f"Merged from the adapter of the training run `{run_dir}` onto its base `{cfg.model.name}` "
-             f"(path: `{cfg.model.get('path')}`). A standalone Hugging Face checkpoint: load it with the "
-             f"`{cfg.model.family}` family's `from_pretrained`; no PEFT needed."),
-             "", "## Commands", "", "```bash", train_cmd.strip(), command, "```", ""]
+    lines = [
+        f"# {cfg.model.name} + LoRA ({cfg.recipe.name}), merged",
+        "",
+        (
+            f"Merged from the adapter of the training run `{run_dir}` onto its base `{cfg.model.name}` "
+            f"(path: `{cfg.model.get('path')}`). A standalone Hugging Face checkpoint: load it with the "
+            f"`{cfg.model.family}` family's `from_pretrained`; no PEFT needed."
+        ),
+        "",
+        "## Commands",
+        "",
+        "```bash",
+        train_cmd.strip(),
+        command,
+        "```",
+        "",
+    ]
     lines += ["## Evaluation", ""]
     if metrics:
         numbers = {k: metrics.get(k) for k in ("val_acc", "val_acc_last", "weights", "global_step")}
-        lines += [("Validation during training (`val_acc`: the best checkpoint's, what was exported "
-                  "unless `weights` says last):"), "", "```json", json.dumps(numbers, indent=1), "```", ""]
+        lines += [
+            (
+                "Validation during training (`val_acc`: the best checkpoint's, what was exported "
+                "unless `weights` says last):"
+            ),
+            "",
+            "```json",
+            json.dumps(numbers, indent=1),
+            "```",
+            "",
+        ]
     for ev in evals:
         ev_metrics = _read_json(ev / "metrics.json")
         if ev_metrics is None:
             raise FileNotFoundError(f"--eval {ev}: expected an evaluate.py run dir with metrics.json")
         report = ev / "report.md"
         lines += [f"Evaluation run `{ev}`:", ""]
-        lines += [report.read_text(), ""] if report.is_file() else ["```json", json.dumps(ev_metrics, indent=1)[:20000],
-                                                                   "```", ""]
+        lines += (
+            [report.read_text(), ""]
+            if report.is_file()
+            else ["```json", json.dumps(ev_metrics, indent=1)[:20000], "```", ""]
+        )
     if not metrics and not evals:
         lines += ["No evaluation numbers were found for this run.", ""]
-    lines += ["## Data lineage", "", "```json", json.dumps(data_lineage(metrics), indent=1, default=str), "```", ""]
+    lines += [
+        "## Data lineage",
+        "",
+        "```json",
+        json.dumps(data_lineage(metrics), indent=1, default=str),
+        "```",
+        "",
+    ]
     lines += ["## The run's config", "", "```yaml", OmegaConf.to_yaml(cfg).strip(), "```", ""]
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, evals: list[str | Path] = (),
-               command: str | None = None) -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, evals: list[str | Path] = (), command: str | None = None
+) -> Path:
     """Merge RUN_DIR/adapter into the run's base model and write the checkpoint and its card to out_dir."""
     from mvqa.models.load import load_model
     from mvqa.models.lora import load_adapter, merge_and_export
@@ -99,7 +134,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, evals: list[str | Path]
     adapter = run_dir / "adapter"
     if not (adapter / "adapter_config.json").is_file():
         full = run_dir / "model"
-        hint = f" ({full} is a full fine-tune: it is already a standalone checkpoint)" if full.is_dir() else ""
+        hint = (
+            f" ({full} is a full fine-tune: it is already a standalone checkpoint)" if full.is_dir() else ""
+        )
         raise FileNotFoundError(f"no adapter to merge at {adapter}{hint}")
     base_conf = OmegaConf.create({**OmegaConf.to_container(cfg.model, resolve=True), "adapter": None})
     bundle = load_model(base_conf)  # the base as training loaded it (its added think/answer tokens included)
@@ -110,9 +147,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, evals: list[str | Path]
     bundle.processor.chat_template = bundle.processor.tokenizer.chat_template = bundle.chat_template
     path = merge_and_export(model, bundle.processor, out_dir)
     (path / "README.md").write_text(card, encoding="utf-8")
-    (path / "mvqa_export.json").write_text(json.dumps(
-        {"run_dir": str(run_dir.resolve()), "family": cfg.model.family, "base": cfg.model.name,
-         "special_tokens": dataclasses.asdict(bundle.special_tokens)},
-        indent=1, default=str))
+    (path / "mvqa_export.json").write_text(
+        json.dumps(
+            {
+                "run_dir": str(run_dir.resolve()),
+                "family": cfg.model.family,
+                "base": cfg.model.name,
+                "special_tokens": dataclasses.asdict(bundle.special_tokens),
+            },
+            indent=1,
+            default=str,
+        )
+    )
     log.info("merged %s onto %s: %s", adapter, cfg.model.name, path)
     return path

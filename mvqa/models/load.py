@@ -7,44 +7,19 @@ same `from_pretrained` calls as a hub id or a local HF-format dir.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tokenizers import AddedToken
-from transformers import (
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-)
 
 from mvqa.models.bundle import ModelBundle, SpecialTokens
 from mvqa.models.chat_templates import get_chat_template
+from mvqa.models.families import Family, family_named
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor
 from mvqa.schemas.model import ModelConf, TinyModelConf
 
-
-@dataclass(frozen=True)
-class Family:
-    model_class: type
-    config_class: type
-    processor_class: type
-    vision_module: str  # not quantized, never given adapters
-    projector_module: str
-
-
-FAMILIES = {
-    "llava": Family(
-        LlavaForConditionalGeneration, LlavaConfig, LlavaProcessor, "vision_tower", "multi_modal_projector"
-    ),
-    "qwen2_vl": Family(
-        Qwen2VLForConditionalGeneration, Qwen2VLConfig, Qwen2VLImageOnlyProcessor, "visual", "merger"
-    ),
-}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -62,11 +37,7 @@ def as_model_conf(cfg) -> ModelConf:
 
 
 def family_of(conf: ModelConf) -> Family:
-    if conf.family not in FAMILIES:
-        raise ValueError(
-            f"model {conf.name!r}: unknown family {conf.family!r}; expected one of {sorted(FAMILIES)}"
-        )
-    return FAMILIES[conf.family]
+    return family_named(conf.family, f"model {conf.name!r}")
 
 
 def resolve_dtype(name: str) -> torch.dtype:

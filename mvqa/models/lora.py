@@ -10,45 +10,39 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
 
-LM_LAYERS = r"model\.language_model\.layers\.\d+"
-ATTN = r"self_attn\.(q_proj|k_proj|v_proj|o_proj)"
-MLP = r"mlp\.(gate_proj|up_proj|down_proj)"
-TARGETS = {"attn": ATTN, "attn_mlp": f"({ATTN}|{MLP})"}
-# Per model_type: the vision tower's module prefix and the projector's name (inside the tower for Qwen2-VL).
-VISION = {"llava": "model.vision_tower.", "qwen2_vl": "model.visual."}
-PROJECTOR = {"llava": "multi_modal_projector", "qwen2_vl": "merger"}
+from mvqa.data.storage import write_dir_atomically
+from mvqa.models.families import FAMILIES, LM_LAYERS, LORA_TARGETS, family_named
+
 ADAPTER_INFO = "mvqa_adapter.json"
-# recipe.adapter_dtype: float32 (PEFT upcasts adapters on 16-bit bases) | base (the adapted weights' own dtype).
+# recipe.adapter_dtype: float32 (PEFT upcasts adapters on 16-bit bases) | base (the adapted weights' own
+# dtype).
 ADAPTER_DTYPES = ("float32", "base")
 
 
 def target_regex(target: str) -> str:
-    if target not in TARGETS:
-        raise ValueError(f"recipe.target must be one of {sorted(TARGETS)}, got {target!r}")
-    return rf"{LM_LAYERS}\.{TARGETS[target]}"
+    if target not in LORA_TARGETS:
+        raise ValueError(f"recipe.target must be one of {sorted(LORA_TARGETS)}, got {target!r}")
+    return rf"{LM_LAYERS}\.{LORA_TARGETS[target]}"
 
 
 def _model_type(model) -> str:
     model_type = model.config.model_type
-    if model_type not in PROJECTOR:
-        raise ValueError(f"no LoRA layout for model_type {model_type!r}; expected one of {sorted(PROJECTOR)}")
+    family_named(model_type, "LoRA")  # the config's model_type is the family's name
     return model_type
 
 
 def is_projector(name: str, model_type: str) -> bool:
-    return f"{PROJECTOR[model_type]}." in name
+    return f"{FAMILIES[model_type].projector_module}." in name
 
 
 def is_vision(name: str, model_type: str) -> bool:
-    return VISION[model_type] in name and not is_projector(name, model_type)
+    return FAMILIES[model_type].vision_prefix in name and not is_projector(name, model_type)
 
 
 def check_qlora_available() -> None:
@@ -68,7 +62,7 @@ def lora_config(model, recipe, train_token_ids: list[int] | None = None) -> Lora
         lora_alpha=recipe.alpha,
         lora_dropout=recipe.dropout,
         target_modules=target_regex(recipe.target),
-        modules_to_save=[PROJECTOR[model_type]] if recipe.train_projector else None,
+        modules_to_save=[FAMILIES[model_type].projector_module] if recipe.train_projector else None,
         trainable_token_indices={"embed_tokens": list(train_token_ids), "lm_head": list(train_token_ids)}
         if train_token_ids
         else None,
@@ -140,27 +134,6 @@ def count_parameters(model) -> tuple[int, int]:
 
 def _base(model):
     return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def write_dir_atomically(write, path: str | os.PathLike) -> Path:
-    """Write a directory under a temporary name and swap it into place, so no half-written dir is left."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    try:
-        write(tmp)
-        if path.exists():
-            os.rename(path, old)
-        os.rename(tmp, path)
-    except BaseException:
-        if old.exists() and not path.exists():  # put the previous version back
-            os.rename(old, path)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 # PEFT's wrappers around a base weight: their names are stripped so a wrapped base and a bare one agree.

@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +28,10 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from mvqa.data.storage import atomic_dir
 from mvqa.models.bundle import SpecialTokens
 from mvqa.models.chat_templates import get_chat_template
+from mvqa.models.families import FAMILIES, family_named
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor, llava_image_processor, qwen2_vl_image_processor
 
 # Bump when the build code changes what a given config produces, so stale cache entries are not reused.
@@ -62,18 +61,6 @@ PRESETS: dict[str, dict[str, dict[str, int]]] = {
     },
 }
 QWEN_MERGE = 2  # Qwen2-VL merges 2x2 patches into one token
-# Tokens each family's processor and template need, besides pad/bos/eos/unk.
-FAMILY_TOKENS = {
-    "llava": ["<image>"],
-    "qwen2_vl": [
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ],
-}
 BASE_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>"}
 
 
@@ -166,21 +153,16 @@ def train_tokenizer(texts: list[str], vocab_size: int, special: list[str], text_
     return tok
 
 
-# The words each family's chat template adds around every turn. Mixed into the corpus as often as it has
-# texts, so BPE learns them as whole tokens instead of spending ~25 single characters per sequence.
-TEMPLATE_WORDS = {
-    "llava": "[INST] [/INST]",
-    "qwen2_vl": "system\nYou are a helpful assistant.\nuser\nassistant\n",
-}
-
-
 def _tokenizer(conf, dims) -> PreTrainedTokenizerFast:
     st = SpecialTokens()
-    special = [*BASE_TOKENS.values(), *FAMILY_TOKENS[conf.family]]
+    family = family_named(conf.family, f"model {conf.name!r}")
+    special = [*BASE_TOKENS.values(), *family.tokens]
     think = [st.think_start, st.think_end, st.answer_start, st.answer_end]
     texts = corpus_texts(conf.tokenizer_corpus)
-    tok = train_tokenizer(texts + [TEMPLATE_WORDS[conf.family]] * len(texts), dims["vocab_size"], special, think)
-    eos = "<|im_end|>" if conf.family == "qwen2_vl" else BASE_TOKENS["eos"]  # the chat template's end of turn
+    # The template's words mixed in as often as there are texts: BPE learns them as whole tokens instead of
+    # spending ~25 single characters per sequence.
+    tok = train_tokenizer(texts + [family.template_words] * len(texts), dims["vocab_size"], special, think)
+    eos = family.end_of_turn or BASE_TOKENS["eos"]
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, **{**{f"{k}_token": v for k, v in BASE_TOKENS.items()}, "eos_token": eos}
     )
@@ -236,7 +218,7 @@ def _mrope_section(head_dim: int) -> list[int]:
 
 
 def _qwen2_vl(conf, dims, tok):
-    ids = {t: tok.convert_tokens_to_ids(t) for t in FAMILY_TOKENS["qwen2_vl"]}
+    ids = {t: tok.convert_tokens_to_ids(t) for t in FAMILIES["qwen2_vl"].tokens}
     config = Qwen2VLConfig(
         text_config={
             "vocab_size": len(tok),
@@ -309,17 +291,8 @@ def build_tiny(conf) -> Path:
     final = cache_path(conf)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final, replace=False) as tmp:  # a concurrent builder's identical copy may win
         _write(conf, resolve_dims(conf), tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another builder: a real failure
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -328,5 +301,5 @@ def tiny_conf(family: str, **fields):
     from mvqa.schemas.model import TinyModelConf
 
     name = fields.pop("name", f"tiny_{family}")
-    template = fields.pop("chat_template", "mistral_instruct" if family == "llava" else "qwen2_vl")
+    template = fields.pop("chat_template", family_named(family).chat_template)
     return dataclasses.replace(TinyModelConf(name=name, family=family, chat_template=template), **fields)

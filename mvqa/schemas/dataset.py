@@ -20,7 +20,8 @@ class DatasetConf:
     # Open every image at load time (off for sources shipped without images, e.g. the MVQA1k release).
     check_images: bool = False
     limit: int | None = None
-    # Rows equal in everything but their id (image, question, choices, answer, extra columns): drop all but the
+    # Rows equal in everything but their id (image, question, choices, answer, extra columns): drop all but
+    # the
     # first (logged and recorded in stats), keep them (a warning), or error naming them.
     on_duplicate: str = "drop"
 
@@ -168,9 +169,15 @@ class MmmuConf(BenchmarkConf):
     split: str = "validation"  # dev | validation (test answers are withheld)
     val_split: str | None = "dev"
     test_split: str | None = "validation"
-    subjects: list[str] = field(default_factory=lambda: [
-        "Basic_Medical_Science", "Clinical_Medicine", "Diagnostics_and_Laboratory_Medicine", "Pharmacy",
-        "Public_Health"])
+    subjects: list[str] = field(
+        default_factory=lambda: [
+            "Basic_Medical_Science",
+            "Clinical_Medicine",
+            "Diagnostics_and_Laboratory_Medicine",
+            "Pharmacy",
+            "Public_Health",
+        ]
+    )
 
 
 @dataclass

@@ -13,14 +13,14 @@ GROUP = "dataset"
 class AutoConf(SyntheticConf):
     """The synthetic world's fields (used when no curation run is found) plus where curation runs are looked for.
 
-    Resolved before training (mvqa.data.auto.resolve_dataset) into `dataset=curated` with the newest run's
+    Resolved once by train.py (mvqa.data.auto.resolve_dataset, a new config) into `dataset=curated` with the newest run's
     final.csv, or into `dataset=synthetic` with these fields; `dataset=synthetic|curated|...` skips the search.
     """
 
     _target_: str = "mvqa.data.auto.read_auto"
     name: str = "auto"
-    # Searched for generate.py run dirs (final.csv + items.jsonl of synthetic items + images/), relative to the
-    # launch dir like hydra.run.dir and hydra.sweep.dir; [] always picks the template traces.
+    # Searched for generate.py run dirs (final.csv + items.jsonl of synthetic items + images/), relative to
+    # the launch dir like hydra.run.dir and hydra.sweep.dir; [] always picks the template traces.
     curation_runs: list[str] = field(default_factory=lambda: ["outputs/generate", "multirun/generate"])
 
 

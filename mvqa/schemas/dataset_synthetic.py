@@ -29,7 +29,8 @@ class SyntheticConf(DatasetConf):
     difficulty: float = 0.1
     # Share of items made really hard (difficulty drawn from [0.6, 1]).
     hard_fraction: float = 0.1
-    # Share of each question type asked as yes/no (closed) and open (answered in words); the rest are 4-choice.
+    # Share of each question type asked as yes/no (closed) and open (answered in words); the rest are
+    # 4-choice.
     closed_share: float = 0.2
     open_share: float = 0.2
     # Add one open "describe the findings" item per image (the caption stage of the demo base's bootstrap).

@@ -17,10 +17,10 @@ class EvalConf:
     # Question kinds to evaluate (mcq, closed, open); empty: every kind the dataset has, each scored its way.
     kinds: list[str] = field(default_factory=list)
     prompt: str = "med_r1_seed"  # a key of mvqa.data.prompts.PROMPTS
-    # How the bare base is asked. same: over the budget grid like every model (s1's protocol), with base_prompt.
-    # A base never taught to think (LLaVA-Med) is also worth judging as it is used: unforced runs it once with
-    # its own prompt (base_prompt; null: `prompt`), paired with every budget point of the other models; both
-    # does the two (the grid with `prompt`, the plain run with base_prompt).
+    # How the bare base is asked. same: over the budget grid like every model (s1's protocol), with
+    # base_prompt. A base never taught to think (LLaVA-Med) is also worth judging as it is used: unforced runs
+    # it once with its own prompt (base_prompt; null: `prompt`), paired with every budget point of the other
+    # models; both does the two (the grid with `prompt`, the plain run with base_prompt).
     base_prompt: str | None = None
     base_budget: str = "same"  # same | unforced | both
     batch_size: int = 16

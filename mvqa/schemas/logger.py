@@ -9,7 +9,8 @@ GROUP = "logger"
 
 @dataclass
 class LoggerConf:
-    # wandb | csv | none. Local files (metrics JSON, stats, reports) are written in every case.
+    # wandb | csv | none. Local files (metrics JSON, stats, reports) are written in every case; training's
+    # step metrics go to RUN_DIR/csv/metrics.csv with csv and wandb, nowhere else with none.
     kind: str = "wandb"
     project: str = "mvqa"
     entity: str | None = None
@@ -19,7 +20,8 @@ class LoggerConf:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     # The trained adapter (or full model) as an output artifact: online (only from runs that sync live),
-    # always (offline runs too: staged on disk, uploaded by `wandb sync`), never. Curated sets are logged always.
+    # always (offline runs too: staged on disk, uploaded by `wandb sync`), never. Curated sets are logged
+    # always.
     log_artifacts: str = "online"
 
 

@@ -32,10 +32,12 @@ class ScoreConf:
 @dataclass
 class FilterConf:
     # normalised: "C", "C) MRI", " c " or the option's own text count as that letter, and a closed/open answer
-    # matches by normalised exact match; strict: exactly the seed's `generated_answer.strip() == Answer_label.strip()`
-    # (a Med-R1 run answers with bare letters either way), the stripped texts for closed/open items.
+    # matches by normalised exact match; strict: exactly the seed's `generated_answer.strip() ==
+    # Answer_label.strip()` (a Med-R1 run answers with bare letters either way), the stripped texts for
+    # closed/open items.
     mode: str = "normalised"
-    # > 0: also keep an open trace whose token recall of the gold answer reaches this (LLaVA-Med's open recall).
+    # > 0: also keep an open trace whose token recall of the gold answer reaches this (LLaVA-Med's open
+    # recall).
     min_recall: float = 0.0
 
 

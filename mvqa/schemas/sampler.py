@@ -14,7 +14,8 @@ class SamplerConf:
     _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
     name: str = "kcenter_svd"
     n: int = 1000
-    # Follows the top-level `seed` (a seed sweep samples a new set); sampler.seed=42 is the seed's random_state.
+    # Follows the top-level `seed` (a seed sweep samples a new set); sampler.seed=42 is the seed's
+    # random_state.
     seed: int = II("seed")
     # Feature weights: TF-IDF of question text, of the image path (the seed: 0.25) and of the answer text.
     question_weight: float = 1.0
@@ -64,7 +65,8 @@ class SVDKMeansConf(ClusterConf):
     name: str = "svd_kmeans"
     n_components: int = 128
     svd_iter: int = 5
-    # kcenter: start k-means from the farthest-point picks (fast, deterministic); k-means++ | random: sklearn's.
+    # kcenter: start k-means from the farthest-point picks (fast, deterministic); k-means++ | random:
+    # sklearn's.
     init: str = "kcenter"
 
 

@@ -10,10 +10,12 @@ GROUP = "study"
 @dataclass
 class ArmConf:
     # How an arm picks its set from the pool of correct traces (mvqa.curate.arms):
-    #   diverse: the configured sampler; random: uniformly at random; hardest: the lowest p_correct (ranked within
+    # diverse: the configured sampler; random: uniformly at random; hardest: the lowest p_correct (ranked
+    # within
     #   each question kind); all: every item (the full-data row, not N).
     select: str = "random"
-    # Keep only this hardest fraction of the pool first (by p_correct within each kind); null: no difficulty filter.
+    # Keep only this hardest fraction of the pool first (by p_correct within each kind); null: no difficulty
+    # filter.
     hard_fraction: float | None = None
     # Rank difficulty within each value of this item field too (content_type, modality, ...), so no question
     # type leaves the set because the scorer finds it easy throughout; null: within each kind only.
@@ -25,7 +27,8 @@ class StudyConf:
     name: str = "selection"
     # Items per arm (the `all` arm takes every correct trace).
     n: int = 450
-    # The arms to run, in report order; each is a key of `arms`. `random` is what every other arm is tested against.
+    # The arms to run, in report order; each is a key of `arms`. `random` is what every other arm is tested
+    # against.
     run: list[str] = field(default_factory=lambda: ["curated", "random", "hard_only", "diverse_only", "all"])
     arms: dict[str, ArmConf] = field(default_factory=dict)
     # Fine-tunes per arm: one per seed (the seed of train.py; the selection itself uses the top-level seed).
@@ -42,7 +45,8 @@ class StudyConf:
     # [hydra/launcher=slurm, hydra.launcher.partition=gpu]; empty: Hydra's basic launcher (in sequence).
     launcher: list[str] = field(default_factory=list)
     # Torch threads per fine-tune job (OMP_NUM_THREADS); e.g. 1 with [hydra/launcher=joblib,
-    # hydra.launcher.n_jobs=2] runs two small fine-tunes side by side on a 2-core machine. null: torch's default.
+    # hydra.launcher.n_jobs=2] runs two small fine-tunes side by side on a 2-core machine. null: torch's
+    # default.
     train_threads: int | None = None
     # The base as it is used (unforced, with its own prompt) beside the base forced on the grid.
     base_prompt: str | None = None

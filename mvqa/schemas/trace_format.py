@@ -10,7 +10,8 @@ GROUP = "trace_format"
 @dataclass
 class TraceFormatConf:
     _target_: str = "mvqa.train.trace_format.TraceFormatter"
-    # med_r1: <think>…</think><answer>X</answer>; s1: <think>…</think> then "Answer: X"; direct: the answer only.
+    # med_r1: <think>…</think><answer>X</answer>; s1: <think>…</think> then "Answer: X"; direct: the answer
+    # only.
     style: str = "med_r1"
     # Where the reasoning comes from, first field present wins; raw outputs are parsed like the seed does.
     trace_fields: list[str] = field(default_factory=lambda: ["raw_output", "trace", "generated_reasoning"])
@@ -20,7 +21,8 @@ class TraceFormatConf:
     position: str = "random"
     # What a segment is: sentence | step (line).
     boundary: str = "sentence"
-    # After each Wait, re-state the segment before it as a self-check (the behaviour budget forcing relies on).
+    # After each Wait, re-state the segment before it as a self-check (the behaviour budget forcing relies
+    # on).
     self_check: bool = True
     self_check_template: str = "{wait}, let me re-check that. {previous}"
     # letter: <answer>C</answer> as Med-R1 writes; text: the choice's text (<answer>MRI</answer>), which a

@@ -28,29 +28,53 @@ def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool) -> 
     name = "epoch={epoch}-step={step}"
     if monitor != "step":
         name += f"-{monitor.replace('/', '_')}={{{monitor}:.4f}}"
-    callbacks: list[pl.Callback] = [pl.callbacks.ModelCheckpoint(
-        dirpath=checkpoint_dir, filename=name, auto_insert_metric_name=False, monitor=monitor, mode=mode,
-        save_top_k=conf.keep, save_last=False, every_n_train_steps=conf.every_n_steps or None)]
+    callbacks: list[pl.Callback] = [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename=name,
+            auto_insert_metric_name=False,
+            monitor=monitor,
+            mode=mode,
+            save_top_k=conf.keep,
+            save_last=False,
+            every_n_train_steps=conf.every_n_steps or None,
+        )
+    ]
     if conf.save_last:
-        # A callback of its own: Lightning's save_last rewrites last.ckpt only when a checkpoint enters the top
+        # A callback of its own: Lightning's save_last rewrites last.ckpt only when a checkpoint enters the
+        # top
         # k, so after an epoch that did not improve, last.ckpt would be an older step than the run's last.
-        callbacks.append(pl.callbacks.ModelCheckpoint(
-            dirpath=checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False,
-            every_n_train_steps=conf.every_n_steps or None))
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                every_n_train_steps=conf.every_n_steps or None,
+            )
+        )
     if conf.early_stopping:
         if not validates:
-            raise ValueError("callbacks.early_stopping needs validation (val items and trainer.limit_val_batches "
-                             "other than 0)")
-        callbacks.append(pl.callbacks.EarlyStopping(monitor=conf.monitor, mode=conf.mode, patience=conf.patience,
-                                                    min_delta=conf.min_delta))
+            raise ValueError(
+                "callbacks.early_stopping needs validation (val items and trainer.limit_val_batches "
+                "other than 0)"
+            )
+        callbacks.append(
+            pl.callbacks.EarlyStopping(
+                monitor=conf.monitor, mode=conf.mode, patience=conf.patience, min_delta=conf.min_delta
+            )
+        )
     if conf.lr_monitor:
         callbacks.append(pl.callbacks.LearningRateMonitor())
     return callbacks
 
 
-def restore_best(module: pl.LightningModule, trainer: pl.Trainer, conf: DictConfig,
-                 last_score: float | None) -> dict[str, Any]:
-    """Load the best checkpoint's weights into `module` when callbacks.weights=best and it beats the weights in
+def restore_best(
+    module: pl.LightningModule, trainer: pl.Trainer, conf: DictConfig, last_score: float | None
+) -> dict[str, Any]:
+    """Load the best checkpoint's weights into `module` when callbacks.weights=best and it beats the weights
+    in
     memory; returns which weights the module holds and the best score seen.
 
     `last_score` is the monitored value of the weights in memory when a validation after fit measured them
@@ -62,8 +86,12 @@ def restore_best(module: pl.LightningModule, trainer: pl.Trainer, conf: DictConf
     better = (lambda a, b: a > b) if conf.mode == "max" else (lambda a, b: a < b)
     scores = [s for s in (best_score, last_score) if s is not None]
     best_seen = (max if conf.mode == "max" else min)(scores) if scores else None
-    info = {"weights": "last", "best_checkpoint": ckpt.best_model_path if ranked else None,
-            "best_score": best_seen, "last_score": last_score}
+    info = {
+        "weights": "last",
+        "best_checkpoint": ckpt.best_model_path if ranked else None,
+        "best_score": best_seen,
+        "last_score": last_score,
+    }
     if conf.weights == "last" or best_score is None:
         return info
     if last_score is not None and not better(best_score, last_score):
@@ -72,7 +100,11 @@ def restore_best(module: pl.LightningModule, trainer: pl.Trainer, conf: DictConf
     missing, unexpected = module.load_state_dict(state, strict=False)
     trainable = {f"model.{n}" for n, p in module.model.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):
-        raise RuntimeError(f"{ckpt.best_model_path}: does not hold this run's trainable weights "
-                           f"(missing {sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
-    log.info("saving the best checkpoint's weights (%s=%.4f): %s", conf.monitor, best_score, ckpt.best_model_path)
+        raise RuntimeError(
+            f"{ckpt.best_model_path}: does not hold this run's trainable weights "
+            f"(missing {sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})"
+        )
+    log.info(
+        "saving the best checkpoint's weights (%s=%.4f): %s", conf.monitor, best_score, ckpt.best_model_path
+    )
     return {**info, "weights": "best"}

@@ -44,8 +44,8 @@ from mvqa.train.strategies import decoder_layer_classes
 
 GIB = 2**30
 GPU_SIZES_GIB = (24, 40, 80)
-# QLoRA's NF4 with double quantization: 4-bit codes, an 8-bit absmax per 64 weights and an fp32 constant per 256
-# absmaxes (Dettmers et al. 2023, 4.127 bits per parameter).
+# QLoRA's NF4 with double quantization: 4-bit codes, an 8-bit absmax per 64 weights and an fp32 constant per
+# 256 absmaxes (Dettmers et al. 2023, 4.127 bits per parameter).
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)
 DTYPE_NAMES = {4: "fp32", 2: "16-bit", NF4_BYTES: "nf4"}
 
@@ -144,7 +144,8 @@ def stored_bytes(param: Param, cfg: DictConfig) -> float:
     base = 2 if cfg.model.dtype == "auto" else resolve_dtype(cfg.model.dtype).itemsize  # auto: bf16 on a GPU
     if param.kind == "nf4":
         return NF4_BYTES
-    if param.kind == "adapter":  # PEFT upcasts 16-bit adapters to fp32 unless told not to; 4-bit bases: always
+    # PEFT upcasts 16-bit adapters to fp32 unless told not to; 4-bit bases: always
+    if param.kind == "adapter":
         upcast = OmegaConf.select(cfg, "recipe.adapter_dtype", default="float32") != "base"
         return max(base, 4) if upcast or cfg.recipe.method == "qlora" else base
     return 4 if cfg.recipe.method == "qlora" else base  # prepare_model_for_kbit_training upcasts the rest
@@ -214,7 +215,8 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
         # The logits' tensors are gone (LM head's backward) before backward reaches the last decoder layer and
         # recomputes it: the peak is the larger of the two, over the layers' checkpointed inputs.
         return text.num_hidden_layers * s * b * h * compute_bytes + max(layer, logits)
-    return text.num_hidden_layers * layer + logits  # every layer's saved activations are alive at backward start
+    # every layer's saved activations are alive at backward start
+    return text.num_hidden_layers * layer + logits
 
 
 def logits_bytes(tokens: int, vocab_size: int) -> int:
@@ -286,7 +288,8 @@ def per_gpu(cfg: DictConfig, trainer: str, n_gpus: int, fp: Footprint | None = N
     weights = sum(p.numel * held[p.name] for p in fp.params) / n_gpus
     gathered = (size[""] + 2 * layer) * compute_bytes
     grads = sum(size[u] * held[units[u][0].name] for u in with_grads) / n_gpus
-    unsharded_grad = max((size[u] for u in with_grads), default=0) * compute_bytes  # before its reduce-scatter
+    # before its reduce-scatter
+    unsharded_grad = max((size[u] for u in with_grads), default=0) * compute_bytes
     return Breakdown(weights + gathered, grads + unsharded_grad, 2 * trainable_bytes / n_gpus, acts)
 
 

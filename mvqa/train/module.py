@@ -35,7 +35,8 @@ class VQAFineTuner(pl.LightningModule):
         if gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             if self.adapter_only:
-                self.model.enable_input_require_grads()  # PEFT: checkpointed blocks need grads on their inputs
+                # PEFT: checkpointed blocks need grads on their inputs
+                self.model.enable_input_require_grads()
         self._reset_val_counts()
         self.validated_at_step: int | None = None  # the global step whose weights val/acc last measured
 
@@ -50,8 +51,8 @@ class VQAFineTuner(pl.LightningModule):
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        # Lightning refuses norm clipping under FSDP (torch.nn.utils.clip_grad_norm_ would see one shard's grads
-        # only): the root FSDP module computes the norm over every rank's shards.
+        # Lightning refuses norm clipping under FSDP (torch.nn.utils.clip_grad_norm_ would see one shard's
+        # grads only): the root FSDP module computes the norm over every rank's shards.
         wrapped = self.trainer.model
         if (isinstance(wrapped, FullyShardedDataParallel) and gradient_clip_val
                 and (gradient_clip_algorithm or "norm") == "norm"):

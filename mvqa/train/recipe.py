@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mvqa.data.auto import resolve_dataset
+from mvqa.data.auto import AUTO
 from mvqa.data.collators import VQACollator
 from mvqa.data.datamodule import VQADataModule
 from mvqa.data.loading import load_dataset, split_for
@@ -59,16 +59,21 @@ def trainable_token_rows(recipe, bundle, train_items: list[VQAItem]) -> list[int
     return sorted(ids) or None
 
 
-def _loggers(cfg: DictConfig, output_dir: Path, run: Any) -> list:
+def _loggers(kind: str, output_dir: Path, run: Any) -> list:
+    """Lightning's metric loggers: none for logger=none, RUN_DIR/csv/metrics.csv for csv, and for wandb both
+    (the CSV keeps the step metrics on disk whatever W&B's mode)."""
     from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-    # Local metrics in every case. Lightning's CSV logger deletes a metrics.csv it finds, so a resumed run
-    # writes its own csv/attempt-N/ and the steps logged before the kill stay in csv/metrics.csv.
-    attempt = 1
-    while (output_dir / "csv" / _attempt_dir(attempt) / "metrics.csv").exists():
-        attempt += 1
-    # Flushed at every logged step: a killed run keeps the metrics of the steps it finished.
-    loggers = [CSVLogger(output_dir, name="csv", version=_attempt_dir(attempt), flush_logs_every_n_steps=1)]
+    if kind == "none":
+        loggers = []
+    else:
+        # Lightning's CSV logger deletes a metrics.csv it finds, so a resumed run writes its own csv/attempt-N/
+        # and the steps logged before the kill stay in csv/metrics.csv; flushed at every logged step, so a
+        # killed run keeps the metrics of the steps it finished.
+        attempt = 1
+        while (output_dir / "csv" / _attempt_dir(attempt) / "metrics.csv").exists():
+            attempt += 1
+        loggers = [CSVLogger(output_dir, name="csv", version=_attempt_dir(attempt), flush_logs_every_n_steps=1)]
     if run is not None:
         loggers.append(WandbLogger(experiment=run, log_model=False))
     return loggers
@@ -81,7 +86,9 @@ def _attempt_dir(attempt: int) -> str:
 def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> dict[str, Any]:
     output_dir = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
-    resolve_dataset(cfg)  # dataset=auto: the newest curation run of the synthetic world, else the world itself
+    if cfg.dataset.name == AUTO:
+        raise ValueError("run_training: dataset=auto is not resolved; pass mvqa.data.auto.resolve_dataset(cfg) "
+                         "(train.py does, before W&B records the config)")
 
     # 1. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
     bundle = load_model(cfg.model)
@@ -109,7 +116,7 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     module = VQAFineTuner(model, bundle.tokenizer, cfg.recipe, max_new_tokens=cfg.data.val_max_new_tokens,
                           gradient_checkpointing=cfg.gradient_checkpointing)
     validates = bool(val_items) and cfg.trainer.limit_val_batches != 0
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg, output_dir, run),
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg.logger.kind, output_dir, run),
                                       callbacks=build_callbacks(cfg.callbacks, output_dir / "checkpoints", validates))
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -1,0 +1,29 @@
+"""The suite itself: real-data tests skip with the reason on a clone without the data, and fail in CI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mvqa.config import PROJECT_ROOT
+
+REAL_DATA_TEST = "tests/test_readers.py::test_compose_release_yields_the_1000_items"
+
+
+def _run_without_data(tmp_path, **env) -> subprocess.CompletedProcess:
+    environ = {**os.environ, "MVQA_DATA": str(tmp_path / "absent"), "CI": "", **env}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", REAL_DATA_TEST]
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.mark.slow
+def test_real_data_tests_skip_without_the_data_and_fail_in_ci(tmp_path):
+    done = _run_without_data(tmp_path)
+    assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout
+    assert f"the real data is not at {tmp_path / 'absent'}: set MVQA_DATA" in done.stdout
+    done = _run_without_data(tmp_path, CI="true")
+    assert done.returncode != 0 and "CI must run the real-data tests" in done.stdout, done.stdout
