@@ -330,8 +330,8 @@ def _read_vqa_rad_osf(
 
 PATH_VQA_SPLITS = ("train", "validation", "test")
 PATH_VQA_LAYOUTS = (
-    "the Hub's parquet: <path>/data/{train,validation,test}-*.parquet with columns image (bytes), question, "
-    "answer",
+    ("the Hub's parquet: <path>/data/{train,validation,test}-*.parquet with columns image (bytes), question, "
+     "answer"),
     "VLMEvalKit's TSV (a .tsv file)",
 )
 
