@@ -3,8 +3,8 @@
 The rule, read from every module's imports (module level and inside functions alike, so no cycle hides in a
 function body):
 - a package imports only packages of its own layer or below: data (0) < models (1) < generation (2) <
-  curate, train, eval (3, siblings that do not import each other) < the entry-level tools mvqa.compare and
-  mvqa.demo (4), which may import anything below them;
+  curate, train, eval (3, siblings that do not import each other) < the entry-level tools mvqa.compare,
+  mvqa.demo, mvqa.study, mvqa.export and mvqa.cli (4), which may import anything below them;
 - mvqa.schemas, mvqa.config and mvqa.tracking form the base: anyone may import them; they import only the base
   (schemas only schemas), never a layer, so a config can be composed without loading a model;
 - the root entries (generate.py, train.py, evaluate.py) sit above everything and are not checked.
@@ -20,7 +20,7 @@ import pytest
 from mvqa.config import PROJECT_ROOT
 
 LAYERS = {"data": 0, "models": 1, "generation": 2, "curate": 3, "train": 3, "eval": 3,
-          "compare": 4, "demo": 4}
+          "compare": 4, "demo": 4, "study": 4, "cli": 4, "export": 4}
 BASE = {"schemas", "config", "tracking"}
 BASE_MAY_IMPORT = {"schemas": {"schemas"}, "config": {"schemas"}, "tracking": {"schemas", "config"}}
 PACKAGE = PROJECT_ROOT / "mvqa"

@@ -106,6 +106,15 @@ def write_json(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes: the stage cache keys' digest of model weights and input files."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def items_fingerprint(items: Iterable[VQAItem]) -> str:
     h = hashlib.sha256()
     for it in items:
