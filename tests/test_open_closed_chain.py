@@ -140,7 +140,7 @@ def test_curated_free_text_traces_export_train_and_evaluate(compose, tmp_path, c
             "data.max_length=768",
             "trainer.max_steps=3",
             "trainer.enable_progress_bar=false",
-            "logger=none",
+            "logger=csv",
         ],
         train_out,
     )

@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
-def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool) -> list[pl.Callback]:
+def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool,
+                    logs: bool = True) -> list[pl.Callback]:
     """ModelCheckpoint (best `keep` by `monitor`, plus last), optional EarlyStopping, LearningRateMonitor.
 
     Lightning accepts save_top_k > 1 only with a monitor. Without validation nothing is logged to rank by, so
@@ -65,7 +66,7 @@ def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool) -> 
                 monitor=conf.monitor, mode=conf.mode, patience=conf.patience, min_delta=conf.min_delta
             )
         )
-    if conf.lr_monitor:
+    if conf.lr_monitor and logs:  # logger=none: no logger to take the learning rate (Lightning refuses)
         callbacks.append(pl.callbacks.LearningRateMonitor())
     return callbacks
 

@@ -116,8 +116,9 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     module = VQAFineTuner(model, bundle.tokenizer, cfg.recipe, max_new_tokens=cfg.data.val_max_new_tokens,
                           gradient_checkpointing=cfg.gradient_checkpointing)
     validates = bool(val_items) and cfg.trainer.limit_val_batches != 0
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=_loggers(cfg.logger.kind, output_dir, run),
-                                      callbacks=build_callbacks(cfg.callbacks, output_dir / "checkpoints", validates))
+    loggers = _loggers(cfg.logger.kind, output_dir, run)
+    callbacks = build_callbacks(cfg.callbacks, output_dir / "checkpoints", validates, logs=bool(loggers))
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=loggers, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if validates and module.validated_at_step != trainer.global_step:
