@@ -9,8 +9,8 @@ GROUP = "sampler"
 
 @dataclass
 class SamplerConf:
-    _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
-    name: str = "kcenter_svd"
+    _target_: str = "mvqa.curate.sample.CoverSpreadSampler"
+    name: str = "cover_spread"
     n: int = 1000
     # The seed's random_state; set to ${seed} to follow the global seed instead.
     seed: int = 42
@@ -38,7 +38,19 @@ class RandomConf(SamplerConf):
 
 
 @dataclass
+class CoverSpreadConf(SamplerConf):
+    # Local trials per k-means++ seed; null: sklearn's 2 + ln n.
+    trials: int | None = None
+    # w in the per-cluster choice: coverage share - w * redundancy with the other picks (1: spread - coverage).
+    spread_weight: float = 1.0
+    # At most this many re-choices per cluster against the latest picks (stops when they settle).
+    rounds: int = 3
+
+
+@dataclass
 class KCenterSVDConf(SamplerConf):
+    _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
+    name: str = "kcenter_svd"
     n_components: int = 64
     svd_iter: int = 1
 
@@ -75,6 +87,7 @@ class EmbedKMeansConf(ClusterConf):
 
 
 SCHEMAS = {
+    "schema_cover_spread": CoverSpreadConf,
     "schema_kcenter_svd": KCenterSVDConf,
     "schema_kmeans_seed": KMeansSeedConf,
     "schema_random": RandomConf,
