@@ -470,5 +470,5 @@ def sample_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     from mvqa.curate.diversity import diversity_report
 
     out, stats = sample(items, ctx.cfg.sampler)
-    stats.metrics["diversity"] = diversity_report(items, out)
+    stats.metrics["diversity"] = diversity_report(items, out, stats.metrics.get("clusters"))
     return out, stats
