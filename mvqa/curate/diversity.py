@@ -93,7 +93,7 @@ def outlier_figures(X: sp.csr_matrix, picks: np.ndarray, seed: int = 0) -> tuple
     picks = np.asarray(picks, dtype=int)
     nn_picks = nn_sample[picks] if exact else nearest_neighbour_distance(X, picks)
     # Strictly above the 95th percentile, so a pool of equidistant rows has no outliers.
-    n_in = int((nn_sample > threshold).sum()) if exact else int(round((nn_sample > threshold).mean() * n))
+    n_in = int((nn_sample > threshold).sum()) if exact else round((nn_sample > threshold).mean() * n)
     how = "all rows" if exact else f"{OUTLIER_EXACT_ROWS} sampled rows (seed {seed})"
     return ({"outliers": n_in, "outlier_threshold": round(threshold, 4), "outlier_threshold_from": how},
             {"outliers": int((nn_picks > threshold).sum())})
@@ -169,8 +169,8 @@ def report_markdown(report: dict[str, Any]) -> str:
              "|---|---:|---:|"]
     lines += [f"| {label} | {_cell(inp.get(key))} | {_cell(out.get(key))} |" for label, key in rows]
     if "outlier_threshold" in inp:
-        lines += ["", f"Outlier threshold: nearest-neighbour distance > {inp['outlier_threshold']} "
-                      f"(95th percentile over {inp['outlier_threshold_from']})."]
+        lines += ["", (f"Outlier threshold: nearest-neighbour distance > {inp['outlier_threshold']} "
+                       f"(95th percentile over {inp['outlier_threshold_from']}).")]
     if report.get("clusters"):
         c = report["clusters"]
         lines += ["", "## Cluster sizes", "", "| clusters | min | median | max | singletons | cv |",

@@ -12,6 +12,7 @@ run the selection inside each stratum. Same seed -> same rows.
 from __future__ import annotations
 
 import collections
+import itertools
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -208,7 +209,7 @@ class ClusterSampler(Sampler):
         rng = np.random.default_rng(self.seed)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
-        self.cluster_sizes += [int(b - a) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        self.cluster_sizes += [int(b - a) for a, b in itertools.pairwise(bounds) if b > a]
         picks = []
         for c in range(k):
             members = order[bounds[c]:bounds[c + 1]]
@@ -416,12 +417,12 @@ class CoverSpreadSampler(Sampler):
         labels, _ = nearest_rows(X, seeds)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
-        clusters = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        clusters = [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
         self.cluster_sizes += [len(c) for c in clusters]
         # Each row's similarity to its whole cluster (its coverage share), cluster by cluster on sorted rows.
         Xs = X[order]
         covers = np.empty(X.shape[0])
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in itertools.pairwise(bounds):
             if b > a:
                 block = Xs[a:b]
                 covers[order[a:b]] = block @ np.asarray(block.sum(axis=0)).ravel()
