@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -123,7 +124,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as world_root:
         pools = {"12.8k": base, "50k": 50_000, "177k": 177_000, "slake": slake_items(),
                  "world": world_items(world_root)}
-    results: dict = {"n": args.n, "growing": GROWING, "sizes": {}}
+    # Thread count matters for the ratio: kmeans_seed (sklearn KMeans) uses OpenMP threads, the others one.
+    results: dict = {"n": args.n, "growing": GROWING, "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all"),
+                     "sizes": {}}
     print(f"sampling n={args.n} (SLAKE and world: {share:.4f} of the pool); grown sets: {GROWING}")
     print(f"{'pool':>6} {'rows':>7} {'n':>5} {'sampler':>16} {'seconds':>8} {'ratio':>7} {'spread':>7} "
           f"{'coverage':>8} {'outliers':>8}")
