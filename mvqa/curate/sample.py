@@ -339,33 +339,46 @@ def _dense_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     return out
 
 
-def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None) -> np.ndarray:
+def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
+                   probe_rows: int = 16384) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on L2-normalised
     sparse rows with the squared cosine distance: each step draws `trials` rows with probability proportional
     to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers sum(d^2) most. d^2
     leaves near-duplicates of a seed almost no chance while an isolated row has just one draw's worth, and the
-    greedy choice prefers rows that stand for many others. Exact in the sparse space: a step costs `trials`
-    sparse mat-vecs (O(nnz)), no SVD."""
+    greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the trials are compared on
+    every row, like sklearn; past that on a fixed seeded sample of that many rows (the same choice in
+    expectation, at a fraction of the cost), and the kept seed updates every row's distance exactly. No SVD:
+    a step costs `trials` sparse mat-vecs (one past probe_rows, plus a probe_rows x trials product)."""
     n_rows = X.shape[0]
     trials = trials or 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
     seeds = [int(rng.integers(n_rows))]
+    probe = np.arange(n_rows) if n_rows <= probe_rows else np.sort(rng.choice(n_rows, probe_rows, replace=False))
+    X_probe = X[probe]
     with threadpool_limits(limits=1, user_api="blas"):
         nearest = 1.0 - (X @ _dense_rows(X, np.asarray(seeds))).ravel()
         np.maximum(nearest, 0.0, out=nearest)
+        nearest[seeds[0]] = 0.0  # float rounding can leave a row a hair away from itself
         for _ in range(k - 1):
             cum = np.cumsum(nearest * nearest, dtype=np.float64)
             if cum[-1] <= 0:  # every row duplicates a seed: take unseen rows in order
                 rest = np.setdiff1d(np.arange(n_rows), seeds)[: k - len(seeds)]
                 return np.concatenate([np.asarray(seeds), rest]).astype(int)
             cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n_rows - 1)
-            dist = X @ _dense_rows(X, cand)  # similarities, turned into distances in place
-            np.subtract(1.0, dist, out=dist)
-            np.minimum(dist, nearest[:, None], out=dist)
-            best = int(np.argmin(np.einsum("ij,ij->j", dist, dist)))
-            seeds.append(int(cand[best]))
-            nearest = np.maximum(dist[:, best], 0.0)
-            nearest[cand[best]] = 0.0
+            if len(probe) == n_rows:  # compare the trials on every row and keep the winner's distances
+                dist = X @ _dense_rows(X, cand)
+                np.subtract(1.0, dist, out=dist)
+                np.minimum(dist, nearest[:, None], out=dist)
+                pick = int(np.argmin(np.einsum("ij,ij->j", dist, dist)))
+                best, nearest = int(cand[pick]), np.maximum(dist[:, pick], 0.0)
+            else:
+                dist = 1.0 - (X_probe @ X[cand].T).toarray()
+                np.minimum(dist, nearest[probe][:, None], out=dist)
+                best = int(cand[np.argmin(np.einsum("ij,ij->j", dist, dist))])
+                np.minimum(nearest, np.maximum(1.0 - (X @ _dense_rows(X, np.asarray([best]))).ravel(), 0.0),
+                           out=nearest)
+            seeds.append(best)
+            nearest[best] = 0.0
     return np.asarray(seeds, dtype=int)
 
 
@@ -419,13 +432,7 @@ class CoverSpreadSampler(Sampler):
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
         clusters = [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
         self.cluster_sizes += [len(c) for c in clusters]
-        # Each row's similarity to its whole cluster (its coverage share), cluster by cluster on sorted rows.
-        Xs = X[order]
-        covers = np.empty(X.shape[0])
-        for a, b in itertools.pairwise(bounds):
-            if b > a:
-                block = Xs[a:b]
-                covers[order[a:b]] = block @ np.asarray(block.sum(axis=0)).ravel()
+        covers = within_cluster_similarity(X, labels)
         covers /= X.shape[0]
         redundancy = 2.0 * self.spread_weight / (k * (k - 1)) if k > 1 else 0.0
         cluster_of = np.empty(X.shape[0], dtype=int)
@@ -446,6 +453,17 @@ class CoverSpreadSampler(Sampler):
             rest = np.setdiff1d(np.argsort(-covers, kind="stable"), picks, assume_unique=True)
             picks = np.concatenate([picks, rest[: k - len(picks)]])
         return picks.astype(int)
+
+
+def within_cluster_similarity(X: sp.csr_matrix, labels: np.ndarray) -> np.ndarray:
+    """x_i . sum of the rows in i's cluster, for every row, without a loop over clusters: the cluster sums
+    are kept only on the (cluster, feature) pairs that occur."""
+    per_row = np.diff(X.indptr)
+    key = np.repeat(labels.astype(np.int64), per_row) * X.shape[1] + X.indices
+    _, inverse = np.unique(key, return_inverse=True)
+    sums = np.bincount(inverse, weights=X.data)
+    return np.bincount(np.repeat(np.arange(X.shape[0]), per_row), weights=X.data * sums[inverse],
+                       minlength=X.shape[0])
 
 
 def _best_per_cluster(score: np.ndarray, cluster_of: np.ndarray, n_clusters: int) -> np.ndarray:
