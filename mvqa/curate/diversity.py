@@ -9,7 +9,9 @@ distinct questions and images, label / modality histograms, and
   better (the input covers itself: 0);
 - outliers: rows whose nearest-neighbour distance within the input is in the input's top 5%; for the
   output, how many picks are such rows. Past OUTLIER_EXACT_ROWS input rows the 95th percentile is
-  estimated from a seeded sample of that many rows (the picks' own distances stay exact).
+  estimated from a seeded sample of that many rows (the picks' own distances stay exact);
+- spread_minus_coverage: the two in one figure (higher is better), what hparams_search=sampler_optuna
+  maximises.
 """
 
 from __future__ import annotations
@@ -146,6 +148,10 @@ def diversity_report(inputs: list[VQAItem], outputs: list[VQAItem],
     picks = pick_rows(inputs, outputs)
     inp, out = set_figures(inputs, X), set_figures(outputs, X[picks])
     inp["coverage"], out["coverage"] = 0.0, coverage(X, picks) if len(picks) else None
+    # The combined objective hparams_search=sampler_optuna maximises (cover_spread's own, with weight 1).
+    for figures in (inp, out):
+        spread, cover = figures["mean_pairwise_cosine_distance"], figures["coverage"]
+        figures["spread_minus_coverage"] = None if spread is None or cover is None else spread - cover
     inp_outliers, out_outliers = outlier_figures(X, picks)
     inp.update(inp_outliers)
     out.update(out_outliers)
