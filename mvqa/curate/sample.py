@@ -330,15 +330,6 @@ class KCenterSVDSampler(Sampler):
         return farthest_point_order(svd_reduce(X, self.n_components, self.svd_iter, self.seed), k, self.seed)
 
 
-def _dense_rows(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Rows of a CSR matrix as a dense (n_features x len(rows)) block."""
-    out = np.zeros((X.shape[1], len(rows)), dtype=X.dtype)
-    for j, r in enumerate(rows):
-        part = slice(X.indptr[r], X.indptr[r + 1])
-        out[X.indices[part], j] = X.data[part]
-    return out
-
-
 def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
                    probe_rows: int = 16384) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on L2-normalised
@@ -354,10 +345,29 @@ def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = Non
     rng = np.random.default_rng(seed)
     seeds = [int(rng.integers(n_rows))]
     probe = np.arange(n_rows) if n_rows <= probe_rows else np.sort(rng.choice(n_rows, probe_rows, replace=False))
-    X_probe = X[probe]
+    X_probe = X if len(probe) == n_rows else X[probe]
+    block = np.zeros((X.shape[1], trials), dtype=X.dtype)  # the trial rows, dense; re-zeroed after each use
+
+    row_sizes = np.diff(X.indptr)
+
+    def entries(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        starts, sizes = X.indptr[rows], row_sizes[rows]
+        at = np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        return X.indices[at], np.repeat(np.arange(len(rows)), sizes), at
+
+    def fill(rows: np.ndarray) -> np.ndarray:
+        feature, column, at = entries(rows)
+        block[feature, column] = X.data[at]
+        return block[:, : len(rows)]
+
+    def clear(rows: np.ndarray) -> None:
+        feature, column, _ = entries(rows)
+        block[feature, column] = 0.0
+
     with threadpool_limits(limits=1, user_api="blas"):
-        nearest = 1.0 - (X @ _dense_rows(X, np.asarray(seeds))).ravel()
-        np.maximum(nearest, 0.0, out=nearest)
+        first = np.asarray(seeds)
+        nearest = np.maximum(1.0 - (X @ fill(first))[:, 0], 0.0)
+        clear(first)
         nearest[seeds[0]] = 0.0  # float rounding can leave a row a hair away from itself
         for _ in range(k - 1):
             cum = np.cumsum(nearest * nearest, dtype=np.float64)
@@ -365,18 +375,18 @@ def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = Non
                 rest = np.setdiff1d(np.arange(n_rows), seeds)[: k - len(seeds)]
                 return np.concatenate([np.asarray(seeds), rest]).astype(int)
             cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n_rows - 1)
-            if len(probe) == n_rows:  # compare the trials on every row and keep the winner's distances
-                dist = X @ _dense_rows(X, cand)
-                np.subtract(1.0, dist, out=dist)
-                np.minimum(dist, nearest[:, None], out=dist)
-                pick = int(np.argmin(np.einsum("ij,ij->j", dist, dist)))
-                best, nearest = int(cand[pick]), np.maximum(dist[:, pick], 0.0)
+            dist = X_probe @ fill(cand)  # similarities, turned into distances in place
+            clear(cand)
+            np.subtract(1.0, dist, out=dist)
+            np.minimum(dist, (nearest if len(probe) == n_rows else nearest[probe])[:, None], out=dist)
+            pick = int(np.argmin(np.einsum("ij,ij->j", dist, dist)))
+            best = int(cand[pick])
+            if len(probe) == n_rows:  # the winner's distances are already there
+                nearest = np.maximum(dist[:, pick], 0.0)
             else:
-                dist = 1.0 - (X_probe @ X[cand].T).toarray()
-                np.minimum(dist, nearest[probe][:, None], out=dist)
-                best = int(cand[np.argmin(np.einsum("ij,ij->j", dist, dist))])
-                np.minimum(nearest, np.maximum(1.0 - (X @ _dense_rows(X, np.asarray([best]))).ravel(), 0.0),
-                           out=nearest)
+                one = np.asarray([best])
+                np.minimum(nearest, np.maximum(1.0 - (X @ fill(one))[:, 0], 0.0), out=nearest)
+                clear(one)
             seeds.append(best)
             nearest[best] = 0.0
     return np.asarray(seeds, dtype=int)
