@@ -8,7 +8,8 @@ Also SLAKE's 7,033 English questions (train + validate + test) and the synthetic
 test, made in a temporary folder), each sampled at the same share of the pool as n is of the 12.8k rows.
 Measures (mvqa.curate.diversity, the seed's feature space): spread = mean pairwise cosine distance of the
 picks (higher: wider), coverage = mean distance of every input row to its nearest pick (lower: better);
-outliers among the picks on the real 12.8k rows. Figures compare at the 4 decimals printed.
+outliers among the picks on the real 12.8k rows. Figures compare at the 4 decimals printed. Times at 12.8k are
+the best of 3 calls per sampler (same rows each time), elsewhere one call.
 The seed sampler runs at 12.8k and 50k (and 177k with --full, many minutes); the others at every size.
 The last line is one JSON object; the latest result is written to bench/results/sampler.json.
 """
@@ -49,6 +50,7 @@ from mvqa.data.storage import write_json
 SOURCE = ROOT.parent / "shared" / "data" / "mvqa1k" / "filtered_difficult_cases.csv"
 SLAKE = ROOT.parent / "shared" / "data" / "slake"
 DEFAULT = "cover_spread"
+REPEATS_12K = 3
 LEAD_INS = ["", "In this image, ", "Looking at the figure, ", "Based on the image, ", "According to the figure, ",
             "From the image shown, ", "In the picture, "]
 GROWING = ("copy r of a row: figure id <stem>_g<r>.jpg and the question with lead-in phrase r mod 7 "
@@ -93,12 +95,18 @@ def world_items(root: str) -> list[VQAItem]:
     return [it for split in ("train", "val", "test") for it in read_synthetic(root, split=split)[0]]
 
 
-def run(sampler, items: list[VQAItem], X, outliers: bool = False) -> dict:
-    start = time.perf_counter()
-    out, stats = sampler(items)
-    seconds = time.perf_counter() - start
+def run(sampler, items: list[VQAItem], X, outliers: bool = False, repeats: int = 1) -> dict:
+    """Figures of one sampler; seconds = the best of `repeats` calls (they must pick the same rows)."""
+    times, picked = [], set()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out, stats = sampler(items)
+        times.append(time.perf_counter() - start)
+        picked.add(tuple(it.id for it in out))
+    if len(picked) != 1:
+        raise AssertionError(f"sampler {sampler.name} picked different rows on repeated calls")
     picks = pick_rows(items, out)
-    fig = {"seconds": round(seconds, 3), "n_out": len(out),
+    fig = {"seconds": round(min(times), 3), "n_out": len(out),
            "spread": round(mean_pairwise_cosine_distance(X[picks]), 4), "coverage": round(coverage(X, picks), 4),
            "distinct_questions": len({it.question.strip() for it in out})}
     if outliers:
@@ -125,7 +133,7 @@ def main() -> None:
         pools = {"12.8k": base, "50k": 50_000, "177k": 177_000, "slake": slake_items(),
                  "world": world_items(world_root)}
     # Thread count matters for the ratio: kmeans_seed (sklearn KMeans) uses OpenMP threads, the others one.
-    results: dict = {"n": args.n, "growing": GROWING, "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all"),
+    results: dict = {"n": args.n, "growing": GROWING, "repeats_12k": REPEATS_12K, "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all"),
                      "sizes": {}}
     print(f"sampling n={args.n} (SLAKE and world: {share:.4f} of the pool); grown sets: {GROWING}")
     print(f"{'pool':>6} {'rows':>7} {'n':>5} {'sampler':>16} {'seconds':>8} {'ratio':>7} {'spread':>7} "
@@ -140,7 +148,9 @@ def main() -> None:
             samplers["kmeans_seed"] = KMeansSeedSampler(n=n)
         if args.variants and label == "12.8k":
             samplers.update(minibatch_kmeans=MiniBatchKMeansSampler(n=n), svd_kmeans=SVDKMeansSampler(n=n))
-        row = {name: run(s, items, X, outliers=label == "12.8k") for name, s in samplers.items()}
+        # Best of REPEATS_12K calls at 12.8k, where the 10x goal is judged: a shared machine's load comes and goes.
+        repeats = REPEATS_12K if label == "12.8k" else 1
+        row = {name: run(s, items, X, outliers=label == "12.8k", repeats=repeats) for name, s in samplers.items()}
         if "kmeans_seed" in row:
             row["speedup_vs_seed"] = round(row["kmeans_seed"]["seconds"] / row[DEFAULT]["seconds"], 2)
         results["sizes"][label] = {"rows": len(items), "n": n, **row}
