@@ -32,6 +32,8 @@ from mvqa.eval.report import fmt_acc
 from mvqa.schemas.entries import GenerateConf
 
 DIVERSITY_METRIC = GenerateConf.optimized_metric  # generate.py's default optimised metric, read from its home
+# Shown for every generate run besides its optimised metric: the curated set's spread, coverage and outliers.
+DIVERSITY_FIGURES = ("mean_pairwise_cosine_distance", "coverage", "outliers")
 ABSENT = "—"
 
 
@@ -139,9 +141,12 @@ def scores(run: Run) -> list[dict[str, str]]:
     if run.kind == "train":
         return [{"model": "", "metric": "val_acc", "score": f"{m['val_acc']:.3f}", "ci95": "", "at": ""}]
     wanted = str(run.settings.get("optimized_metric") or DIVERSITY_METRIC)
-    leaves = {k: v for k, v in flatten(m.get("diversity") or {}).items() if k.split(".")[-1] == wanted}
+    flat = flatten(m.get("diversity") or {})
+    leaves = {k: v for k, v in flat.items() if k.split(".")[-1] == wanted}
     if not leaves:
         return [{"model": "", "metric": f"diversity.{wanted}", "score": "n/a (not recorded)", "ci95": "", "at": ""}]
+    leaves.update((f"output.{f}", flat[f"output.{f}"]) for f in DIVERSITY_FIGURES
+                  if f != wanted and f"output.{f}" in flat)
     return [{"model": "", "metric": f"diversity.{k}", "score": f"{v:.4f}" if isinstance(v, float) else _show(v),
              "ci95": "", "at": ""} for k, v in leaves.items()]
 

@@ -113,10 +113,11 @@ def test_train_and_generate_runs_show_their_scores(tmp_path, capsys):
     for job, (r, acc) in enumerate(((8, 0.61), (16, 0.725))):
         fake_run(tmp_path / "train" / str(job), {"seed": 0, "lora": {"r": r, "alpha": 2 * r}, "trainer": {"lr": 2e-4}},
                  [f"lora.r={r}", f"lora.alpha={2 * r}"], {"lora": "default"}, metrics={"val_acc": acc, "epoch": 1})
-    for job, (w, div) in enumerate(((0.5, 0.8123), (0.8, 0.8457))):
+    for job, (w, div, cov) in enumerate(((0.5, 0.8123, 0.3011), (0.8, 0.8457, 0.2877))):
+        output = {"mean_pairwise_cosine_distance": div, "coverage": cov, "outliers": 7 + job, "distinct": 10}
         fake_run(tmp_path / "generate" / str(job), {"sampler": {"question_weight": w}, "optimized_metric": None},
                  [f"sampler.question_weight={w}"], {"sampler": "fast"},
-                 summary={"n_final": 10, "diversity": {"output": {DIVERSITY_METRIC: div, "distinct": 10}}})
+                 summary={"n_final": 10, "diversity": {"output": output}})
     assert main([str(tmp_path / "train"), "--width", "200"]) == 0
     out = capsys.readouterr().out
     assert "lora.r" in out and "lora.alpha" in out and "trainer.lr" not in out
@@ -125,6 +126,9 @@ def test_train_and_generate_runs_show_their_scores(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sampler.question_weight" in out and "diversity.output.mean_pairwise_cosine_distance" in out
     assert "0.8123" in out and "0.8457" in out and "distinct" not in out
+    # spread, coverage and outliers ride along with whatever metric the run optimised
+    assert "diversity.output.coverage" in out and "0.3011" in out and "0.2877" in out
+    assert "diversity.output.outliers" in out and " 8 " in out
 
 
 def test_the_default_diversity_metric_is_one_curation_writes():

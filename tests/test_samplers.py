@@ -1,4 +1,5 @@
-"""Samplers and the diversity report: exact n, determinism, k > N, quotas, and the seed sampler reproduced."""
+"""Samplers and the diversity report: exact n, determinism, k > N, quotas, the seed sampler reproduced, and
+coverage / spread / outliers checked against hand-computed examples."""
 
 from __future__ import annotations
 
@@ -10,13 +11,22 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from scipy.sparse import hstack
 from sklearn.cluster import KMeans
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from mvqa.curate.diversity import diversity_report, mean_pairwise_cosine_distance, write_diversity_report
+from mvqa.curate.diversity import (
+    coverage,
+    diversity_report,
+    mean_pairwise_cosine_distance,
+    outlier_figures,
+    seed_space,
+    write_diversity_report,
+)
 from mvqa.curate.sample import (
+    CoverSpreadSampler,
     EmbedKMeansSampler,
     KCenterSVDSampler,
     KMeansSeedSampler,
@@ -24,7 +34,9 @@ from mvqa.curate.sample import (
     RandomSampler,
     SVDKMeansSampler,
     allocate_quotas,
+    cluster_balance,
     farthest_point_order,
+    kmeanspp_seeds,
     sample,
     sample_stage,
 )
@@ -34,7 +46,7 @@ from mvqa.data.records import VQAItem
 ORGANS = ["liver", "lung", "kidney", "heart", "brain", "spleen"]
 FINDINGS = ["lesion", "fracture", "mass", "effusion", "nodule"]
 MODALITIES = ["CT"] * 30 + ["MRI"] * 20 + ["X-ray"] * 10
-FAST = [KCenterSVDSampler, KMeansSeedSampler, MiniBatchKMeansSampler, SVDKMeansSampler, RandomSampler]
+FAST = [CoverSpreadSampler, KCenterSVDSampler, KMeansSeedSampler, MiniBatchKMeansSampler, SVDKMeansSampler, RandomSampler]
 
 
 def synthetic_items(n: int = 60) -> list[VQAItem]:
@@ -79,7 +91,7 @@ def test_allocate_quotas():
     assert sum(allocate_quotas({"a": 5, "b": 5, "c": 5}, 10, "equal").values()) == 10
 
 
-@pytest.mark.parametrize("cls", [KCenterSVDSampler, KMeansSeedSampler, RandomSampler])
+@pytest.mark.parametrize("cls", [CoverSpreadSampler, KCenterSVDSampler, KMeansSeedSampler, RandomSampler])
 def test_stratified_quotas_are_respected(cls):
     items = synthetic_items()
     out, stats = cls(n=12, stratify=["modality"])(items)
@@ -99,6 +111,10 @@ def test_bad_sampler_settings():
         SVDKMeansSampler(pick="median")
     with pytest.raises(ValueError, match="init"):
         SVDKMeansSampler(init="kmeans")
+    with pytest.raises(ValueError, match="trials"):
+        CoverSpreadSampler(trials=0)
+    with pytest.raises(ValueError, match="spread_weight"):
+        CoverSpreadSampler(spread_weight=-1)
 
 
 def seed_script(df: pd.DataFrame, n_samples: int) -> pd.DataFrame:
@@ -135,9 +151,7 @@ def test_farthest_point_covers_every_cluster_first():
 @pytest.mark.parametrize("cls", [SVDKMeansSampler, MiniBatchKMeansSampler,
                                  functools.partial(SVDKMeansSampler, init="k-means++")])
 def test_cluster_samplers_take_one_row_per_topic(cls, pick):
-    topics = ["renal cyst size", "femur fracture line", "cardiac chamber wall", "pulmonary nodule margin"]
-    items = [VQAItem(id=f"t{t}{i}", image=f"img{t}.jpg", question=f"{topics[t]} {'?' * (i + 1)}", choices=[],
-                     answer_label=None, answer="") for t in range(4) for i in range(6)]
+    items = topic_items()
     out, _ = cls(n=4, pick=pick, image_weight=0)(items)
     assert sorted(it.id[1] for it in out) == ["0", "1", "2", "3"]
 
@@ -152,29 +166,105 @@ def test_sample_from_config(compose):
                                                                        seed=cfg.seed)(items)[0]]
 
 
+def test_coverage_hand_computed():
+    # Unit rows a=(1,0,0), b=(0,1,0), c=(0.6,0.8,0); picking a: distances 0, 1 and 1 - 0.6 -> mean 1.4 / 3.
+    X = sp.csr_matrix(np.array([[1, 0, 0], [0, 1, 0], [0.6, 0.8, 0]], dtype=np.float32))
+    assert coverage(X, [0]) == pytest.approx(1.4 / 3)
+    # Picking c as well: b is now 1 - 0.8 from c -> (0 + 0.2 + 0) / 3.
+    assert coverage(X, [0, 2]) == pytest.approx(0.2 / 3)
+    assert coverage(X, [0, 1, 2]) == pytest.approx(0.0)
+    # Spread of {a, c}: one pair at distance 0.4.
+    assert mean_pairwise_cosine_distance(X[[0, 2]]) == pytest.approx(0.4)
+
+
+def test_outliers_hand_made():
+    # 10 copies of e1, 9 of e2, one e3: nearest-neighbour distances 0 (x19) and 1; the 95th percentile is
+    # 0.05 (linear interpolation), so e3 alone is an outlier, in the pool and among picks {e1, e2, e3}.
+    rows = [[1, 0, 0]] * 10 + [[0, 1, 0]] * 9 + [[0, 0, 1]]
+    X = sp.csr_matrix(np.array(rows, dtype=np.float32))
+    pool, picks = outlier_figures(X, np.array([0, 10, 19]))
+    assert pool["outliers"] == 1 and pool["outlier_threshold"] == pytest.approx(0.05)
+    assert picks == {"outliers": 1}
+    assert outlier_figures(X, np.array([0, 1, 10]))[1] == {"outliers": 0}
+
+
+def test_cluster_balance():
+    # sizes 1, 3, 2: mean 2, population std sqrt(2/3) -> cv 0.4082
+    assert cluster_balance([1, 3, 2]) == {"count": 3, "min": 1, "median": 2.0, "max": 3, "singletons": 1,
+                                          "cv": 0.4082}
+
+
+def topic_items(odd: int = 0) -> list[VQAItem]:
+    topics = ["renal cyst size", "femur fracture line", "cardiac chamber wall", "pulmonary nodule margin"]
+    # The topics share "on the scan", so they sit closer to each other than to the odd rows (no shared word).
+    items = [VQAItem(id=f"t{t}{i}", image=f"img{t}.jpg", question=f"{topics[t]} on the scan {'?' * (i + 1)}",
+                     choices=[], answer_label=None, answer="") for t in range(4) for i in range(6)]
+    oddities = ["zebra xylophone quartz", "violin glacier marmalade", "tornado saxophone ember"]
+    return items + [VQAItem(id=f"odd{j}", image=f"odd{j}.jpg", question=oddities[j], choices=[], answer_label=None,
+                            answer="") for j in range(odd)]
+
+
+def test_cover_spread_skips_outliers_that_kcenter_takes():
+    items = topic_items(odd=2)
+    out, stats = CoverSpreadSampler(n=4, image_weight=0)(items)
+    assert sorted(it.id[:2] for it in out) == ["t0", "t1", "t2", "t3"]
+    assert stats.metrics["clusters"]["count"] == 4
+    kcenter, _ = KCenterSVDSampler(n=4, image_weight=0)(items)
+    assert any(it.id.startswith("odd") for it in kcenter)
+    report, kreport = diversity_report(items, out), diversity_report(items, kcenter)
+    assert report["output"]["coverage"] < kreport["output"]["coverage"]
+    assert report["output"]["outliers"] == 0 < kreport["output"]["outliers"]
+
+
+def test_kmeanspp_seeds_distinct_and_seeded():
+    X = seed_space(synthetic_items())
+    seeds = kmeanspp_seeds(X, 20, seed=1)
+    assert len(set(seeds.tolist())) == 20 and seeds.tolist() == kmeanspp_seeds(X, 20, seed=1).tolist()
+    dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))  # all rows equal: still 3 distinct rows
+    assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
+
+
 def test_diversity_report(tmp_path):
     items = synthetic_items()
     out = items[::6]
-    report = diversity_report(items, out)
+    report = diversity_report(items, out, clusters=cluster_balance([6] * 10))
     assert report["input"]["n"] == 60 and report["output"]["n"] == 10
     assert report["output"]["modalities"] == {"CT": 5, "MRI": 4, "X-ray": 1}
     assert report["input"]["labels"] == {"A": 15, "B": 15, "C": 15, "D": 15}
     assert report["input"]["distinct_images"] == 30 and report["output"]["distinct_questions"] == 10
-    X = TfidfVectorizer().fit([it.question for it in items]).transform([it.question for it in out]).toarray()
-    brute = np.mean([1 - X[i] @ X[j] for i in range(10) for j in range(10) if i != j])
-    assert report["output"]["mean_pairwise_cosine_distance"] == pytest.approx(brute)
+    # Brute force in the seed's space: question TF-IDF (512) + image-path TF-IDF x 0.25, unit rows.
+    q = TfidfVectorizer(max_features=512).fit_transform([it.question for it in items])
+    im = TfidfVectorizer().fit_transform([it.image for it in items]).multiply(0.25)
+    X = normalize(hstack([q, im])).toarray()
+    S = X @ X[::6].T
+    assert report["output"]["mean_pairwise_cosine_distance"] == pytest.approx(
+        np.mean([1 - S[6 * i, j] for i in range(10) for j in range(10) if i != j]), abs=1e-6)
+    assert report["output"]["coverage"] == pytest.approx(np.mean(1 - S.max(axis=1)), abs=1e-6)
+    assert report["input"]["coverage"] == 0.0
     assert mean_pairwise_cosine_distance(X[:1]) is None
     json_path, md_path = write_diversity_report(report, tmp_path)
     assert json.loads(json_path.read_text())["output"]["n"] == 10
-    assert "| distinct images | 30 | 10 |" in md_path.read_text()
+    markdown = md_path.read_text()
+    assert "| distinct images | 30 | 10 |" in markdown
+    assert f"| {report['output']['coverage']:.4f} |" in markdown and "outliers" in markdown
+    assert "| 10 | 6 | 6.0 | 6 | 0 | 0.0 |" in markdown
+    with pytest.raises(ValueError, match="not in the input"):
+        diversity_report(items[:5], items[5:7])
 
 
-def test_sample_stage_reports_diversity(compose):
-    cfg = compose("generate", ["sampler=kcenter_svd", "sampler.n=8"])
+@pytest.mark.parametrize("name", ["kcenter_svd", "cover_spread"])
+def test_sample_stage_reports_diversity(compose, name):
+    cfg = compose("generate", [f"sampler={name}", "sampler.n=8"])
     items = synthetic_items()
     out, stats = sample_stage(items, SimpleNamespace(cfg=cfg))
-    assert len(out) == 8 and stats.metrics["sampler"] == "kcenter_svd"
-    assert stats.metrics["diversity"] == diversity_report(items, out)
+    assert len(out) == 8 and stats.metrics["sampler"] == name
+    assert stats.metrics["diversity"] == diversity_report(items, out, stats.metrics.get("clusters"))
+    assert ("clusters" in stats.metrics["diversity"]) == (name == "cover_spread")
+    assert set(stats.metrics["diversity"]["output"]) >= {"coverage", "outliers", "mean_pairwise_cosine_distance"}
+
+
+def test_default_sampler_is_cover_spread(compose):
+    assert compose("generate", []).sampler.name == "cover_spread"
 
 
 @pytest.mark.slow

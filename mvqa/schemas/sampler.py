@@ -11,8 +11,8 @@ GROUP = "sampler"
 
 @dataclass
 class SamplerConf:
-    _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
-    name: str = "kcenter_svd"
+    _target_: str = "mvqa.curate.sample.CoverSpreadSampler"
+    name: str = "cover_spread"
     n: int = 1000
     # Follows the top-level `seed` (a seed sweep samples a new set); sampler.seed=42 is the seed's
     # random_state.
@@ -41,7 +41,20 @@ class RandomConf(SamplerConf):
 
 
 @dataclass
+class CoverSpreadConf(SamplerConf):
+    # Local trials per k-means++ seed; null: sklearn's 2 + ln n.
+    trials: int | None = None
+    # w in the per-cluster choice: coverage share - w * redundancy with the other picks (1: spread -
+    # coverage).
+    spread_weight: float = 1.0
+    # At most this many re-choices per cluster against the latest picks (stops when they settle).
+    rounds: int = 3
+
+
+@dataclass
 class KCenterSVDConf(SamplerConf):
+    _target_: str = "mvqa.curate.sample.KCenterSVDSampler"
+    name: str = "kcenter_svd"
     n_components: int = 64
     svd_iter: int = 1
 
@@ -79,6 +92,7 @@ class EmbedKMeansConf(ClusterConf):
 
 
 SCHEMAS = {
+    "schema_cover_spread": CoverSpreadConf,
     "schema_kcenter_svd": KCenterSVDConf,
     "schema_kmeans_seed": KMeansSeedConf,
     "schema_random": RandomConf,
