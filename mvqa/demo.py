@@ -75,24 +75,22 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 Job = tuple[str, list[str], Path]  # entry, overrides, run dir
 PROGRESS_EVERY_S = 30
-# Lightning's progress bar as it lands in a log: "Epoch 1/2: 45%|...| 113/250 [00:30<00:37, 3.7it/s, ...]".
-_BAR = re.compile(r"Epoch (\d+)(?:/(\d+))?:\s+\d+%\|[^|]*\| (\d+)/(\d+) \[([\d:]+)<([\d:?]+)")
+# The line the bootstraps print (callbacks.progress_every_s: mvqa.train.callbacks.ProgressLine).
+_PROGRESS = re.compile(r"^progress: (.*)$", re.MULTILINE)
 
 
 def progress(log: Path) -> str:
-    """The job's latest epoch, step and ETA from its log's progress bar, or that it is still starting."""
+    """The job's latest progress line (epoch, step, elapsed, ETA), or what it is doing before its first."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, 2) - 8192))
             tail = f.read().decode("utf-8", "replace")
     except OSError:
         return "starting"
-    bars = _BAR.findall(tail)
-    if not bars:
-        return "loading data and model" if "Epoch" not in tail else "validating"
-    epoch, epochs, step, steps, _, eta = bars[-1]
-    return (f"epoch {int(epoch) + 1}{f'/{int(epochs) + 1}' if epochs else ''}, step {step}/{steps}, "
-            f"epoch ETA {eta}")
+    lines = _PROGRESS.findall(tail)
+    if "Validation" in tail[-2000:] or "val/acc" in tail[-2000:]:
+        return (lines[-1] + "; validating") if lines else "validating"
+    return lines[-1] if lines else "loading data and model"
 
 
 def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job]] | None = None) -> None:
@@ -176,7 +174,8 @@ def main(argv: list[str] | None = None) -> Path:
             if (path / "config.json").is_file() or (shipped / "config.json").is_file():
                 print(f"  {name}: the kept bootstrap was made for another world, tiny-model build or recipe: "
                       "bootstrapping again")
-            jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}"],
+            jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}",
+                                                      f"callbacks.progress_every_s={PROGRESS_EVERY_S}"],
                                          out / f"bootstrap_{name}")
     # Difficulty needs only the base: it is scored (one thread, into the stage cache that step 3 reads) while
     # the reasoner is still training, or beside it when the base is reused.

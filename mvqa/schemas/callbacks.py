@@ -21,6 +21,9 @@ class CallbacksConf:
     patience: int = 3
     min_delta: float = 0.0
     lr_monitor: bool = True
+    # Every N seconds, one console line: epoch, step of all steps, elapsed time and ETA (for runs whose output
+    # goes to a log file, where the progress bar does not show; the demo's bootstraps). null: off.
+    progress_every_s: float | None = None
     # What RUN_DIR/adapter (or model/) and export_dir hold: best (the best checkpoint by `monitor`, the last
     # weights when none was ranked) | last (the weights training ended with).
     weights: str = "best"

@@ -13,6 +13,35 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 
 
+class ProgressLine(pl.Callback):
+    """A plain line every `every_s` seconds: `progress: epoch 2/3, step 410/750, 02:10 elapsed, ETA 01:48`."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s, self.start, self.shown = every_s, 0.0, 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        import time
+
+        self.start = self.shown = time.monotonic()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import time
+
+        now = time.monotonic()
+        if now - self.shown < self.every_s or not trainer.is_global_zero:
+            return
+        self.shown = now
+        total, step = int(trainer.estimated_stepping_batches), trainer.global_step
+        elapsed = now - self.start
+        eta = elapsed / max(step, 1) * max(total - step, 0)
+        print(f"progress: epoch {trainer.current_epoch + 1}/{trainer.max_epochs}, step {step}/{total}, "
+              f"{_mmss(elapsed)} elapsed, ETA {_mmss(eta)}", flush=True)
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds) // 60:02d}:{int(seconds) % 60:02d}"
+
+
 def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool,
                     logs: bool = True) -> list[pl.Callback]:
     """ModelCheckpoint (best `keep` by `monitor`, plus last), optional EarlyStopping, LearningRateMonitor.
@@ -66,6 +95,8 @@ def build_callbacks(conf: DictConfig, checkpoint_dir: Path, validates: bool,
                 monitor=conf.monitor, mode=conf.mode, patience=conf.patience, min_delta=conf.min_delta
             )
         )
+    if conf.progress_every_s:
+        callbacks.append(ProgressLine(conf.progress_every_s))
     if conf.lr_monitor and logs:  # logger=none: no logger to take the learning rate (Lightning refuses)
         callbacks.append(pl.callbacks.LearningRateMonitor())
     return callbacks
