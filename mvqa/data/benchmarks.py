@@ -254,24 +254,26 @@ def read_vqa_rad(
         return read_vlmevalkit_tsv(path, split=split, **kw)
     if (root / VQA_RAD_JSON).is_file():
         return _read_vqa_rad_osf(root, split, **kw)
+    return _read_hub_layout(path, split, "VQA-RAD", VQA_RAD_LAYOUTS,
+                            f"no {split} parquet and no {VQA_RAD_JSON}", name=name, source=source, cache=cache, limit=limit, on_bad_image=on_bad_image,
+                            check_images=check_images, on_duplicate=on_duplicate)
+
+
+def _read_hub_layout(path, split: str, benchmark: str, layouts: Sequence[str], missing: str, *, name: str,
+                     source: str, cache: Path, limit: int | None, on_bad_image: str, check_images: bool,
+                     on_duplicate: str) -> tuple[list[VQAItem], StageStats]:
+    """A free-text benchmark in the Hub's layout: a Hub id, or a local copy's data/<split>-*.parquet."""
     if is_hub_id(str(path)):
-        ds = load_hub_dataset(str(path), split, "VQA-RAD", VQA_RAD_LAYOUTS)
-        where = f"{path}[{split}]"
+        ds, where = load_hub_dataset(str(path), split, benchmark, layouts), f"{path}[{split}]"
     else:
+        root = Path(path)
         files = _split_parquet(root, split) if root.is_dir() else []
         if not files:
-            raise layout_error("VQA-RAD", path, VQA_RAD_LAYOUTS, f"no {split} parquet and no {VQA_RAD_JSON}")
+            raise layout_error(benchmark, path, layouts, missing)
         ds, where = read_parquet_files(files, split, cache), str(files[0])
     stats = StageStats(LOAD_STAGE, n_in=len(ds))
-    items = _free_text_parquet(
-        _limit(ds, limit),
-        where,
-        name=name,
-        split=split,
-        source=source,
-        image_cache=cache,
-        layout=VQA_RAD_LAYOUTS[0],
-    )
+    items = _free_text_parquet(_limit(ds, limit), where, name=name, split=split, source=source,
+                               image_cache=cache, layout=layouts[0])
     stats.metrics.update(path=str(path), layout="hub")
     return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
 
@@ -351,7 +353,7 @@ def read_path_vqa(
     check_on_bad_image(on_bad_image)
     if split not in PATH_VQA_SPLITS:
         raise ValueError(f"PathVQA split {split!r}: expected one of {list(PATH_VQA_SPLITS)}")
-    root, cache = Path(path), _resolve_cache(image_cache)
+    cache = _resolve_cache(image_cache)
     if str(path).endswith(".tsv"):
         return read_vlmevalkit_tsv(
             path,
@@ -364,25 +366,9 @@ def read_path_vqa(
             limit=limit,
             on_duplicate=on_duplicate,
         )
-    if is_hub_id(str(path)):
-        ds, where = load_hub_dataset(str(path), split, "PathVQA", PATH_VQA_LAYOUTS), f"{path}[{split}]"
-    else:
-        files = _split_parquet(root, split) if root.is_dir() else []
-        if not files:
-            raise layout_error("PathVQA", path, PATH_VQA_LAYOUTS, f"no {split} parquet")
-        ds, where = read_parquet_files(files, split, cache), str(files[0])
-    stats = StageStats(LOAD_STAGE, n_in=len(ds))
-    items = _free_text_parquet(
-        _limit(ds, limit),
-        where,
-        name=name,
-        split=split,
-        source=source,
-        image_cache=cache,
-        layout=PATH_VQA_LAYOUTS[0],
-    )
-    stats.metrics.update(path=str(path), layout="hub")
-    return _finish(items, stats, where, on_bad_image, check_images, on_duplicate)
+    return _read_hub_layout(path, split, "PathVQA", PATH_VQA_LAYOUTS, f"no {split} parquet", name=name,
+                            source=source, cache=cache, limit=limit, on_bad_image=on_bad_image,
+                            check_images=check_images, on_duplicate=on_duplicate)
 
 
 # --------------------------------------------------------------------------------------------- PMC-VQA test
