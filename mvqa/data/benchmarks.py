@@ -255,8 +255,8 @@ def read_vqa_rad(
     if (root / VQA_RAD_JSON).is_file():
         return _read_vqa_rad_osf(root, split, **kw)
     return _read_hub_layout(path, split, "VQA-RAD", VQA_RAD_LAYOUTS,
-                            f"no {split} parquet and no {VQA_RAD_JSON}", name=name, source=source, cache=cache,
-                            limit=limit, on_bad_image=on_bad_image, check_images=check_images,
+                            f"no {split} parquet and no {VQA_RAD_JSON}", name=name, source=source,
+                            cache=cache, limit=limit, on_bad_image=on_bad_image, check_images=check_images,
                             on_duplicate=on_duplicate)
 
 
