@@ -207,3 +207,36 @@ def test_an_empty_assistant_turn_is_refused_at_export(bad):
     with pytest.raises(ValueError, match="item 'x' \\(open\\) has neither a trace"):
         llava_conversations([item], "{question}")
     assert kind_counts([item]) == {"mcq": 0, "closed": 0, "open": 1}
+
+
+def test_direct_answers_train_on_open_and_closed_items(compose, tmp_path):
+    """train.py trace_format=direct on the user's CSV: the answers' own words are the targets, validation
+    grades
+    each kind its way, and the adapter is saved."""
+    path = write_benchmark_csv(tmp_path / "data")
+    out = tmp_path / "train"
+    cfg = compose(
+        "train",
+        [
+            *COLUMNS,
+            f"dataset.path={path}",
+            "trace_format=direct",
+            "data.prompt=direct",
+            "model=tiny_llava",
+            "model.size=unit",
+            "data.batch_size=4",
+            "data.val_fraction=0.25",
+            "data.val_max_new_tokens=8",
+            "data.max_length=768",
+            "trainer.max_steps=2",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ],
+        out,
+    )
+    metrics = run_training(cfg, out)
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    assert metrics["n_train"] + metrics["n_val"] == 12 and metrics["stats"]["format"]["dropped"] == []
+    logged = pd.read_csv(next(out.rglob("metrics.csv")))
+    per_kind = {c for c in logged.columns if c.startswith("val/acc_")}
+    assert "val/acc" in logged.columns and per_kind and per_kind <= {"val/acc_closed", "val/acc_open"}

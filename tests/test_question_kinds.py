@@ -215,3 +215,99 @@ def test_metrics_split_by_kind_hand_computed():
     assert paired["open"]["open_recall"]["diff"] == pytest.approx(0.5 / 3)
     assert paired["open"]["accuracy_diff"] == 0.0 and paired["open"]["mcnemar_p"] == 1.0
     assert set(m["comparisons"][0]["by_modality"]) == {"CT"}
+
+
+# ------------------------------------------------------------------------------------------------ curation
+def traced(answer: str, kind: str, output: str | None, item_id: str = "t") -> VQAItem:
+    item = VQAItem(
+        id=item_id,
+        image="x.png",
+        question="What is shown?",
+        choices=[],
+        answer_label=None,
+        answer=answer,
+        kind=kind,
+    )
+    return item if output is None else item.with_extra(raw_output=output)
+
+
+def test_the_filter_grades_free_text_and_names_every_drop():
+    from mvqa.curate.correctness import filter_correct
+
+    items = [
+        traced("yes", "closed", "<think>seen</think><answer>Yes, there is.</answer>", "c-right"),
+        traced("no", "closed", "<think>seen</think><answer>yes</answer>", "c-wrong"),
+        traced("left lung", "open", "<answer>the Left Lung.</answer>", "o-exact"),
+        traced("left lower lobe", "open", "<answer>left lobe</answer>", "o-partial"),  # recall 2/3
+        traced("liver", "open", "<think>cut by the budget", "o-cut"),
+        traced("liver", "open", None, "o-untraced"),
+    ]
+    kept, stats = filter_correct(items, "normalised")
+    assert [it.id for it in kept] == ["c-right", "o-exact"]
+    assert {d["id"]: d["reason"] for d in stats.dropped} == {
+        "c-wrong": "wrong",
+        "o-partial": "wrong",
+        "o-cut": "unparseable",
+        "o-untraced": "no_trace",
+    }
+    assert stats.metrics["by_kind"] == {"closed": {"in": 2, "kept": 1}, "open": {"in": 4, "kept": 1}}
+    kept, _ = filter_correct(
+        items, "normalised", min_recall=0.6
+    )  # token recall >= 0.6 also keeps an open trace
+    assert [it.id for it in kept] == ["c-right", "o-exact", "o-partial"]
+    kept, _ = filter_correct(items, "strict")  # the stripped texts must agree
+    assert [it.id for it in kept] == []
+    with pytest.raises(ValueError, match="min_recall must be within"):
+        filter_correct(items, min_recall=1.5)
+
+
+def test_similarity_rules_on_free_text_outputs():
+    from mvqa.curate.difficulty import SimilarityRules
+
+    rules = SimilarityRules()
+    closed = traced("no", "closed", None)
+    assert rules.failed("No, it is normal.", 0.2, None, closed) == "matches_answer"
+    assert rules.failed("Yes", 0.5, None, closed) is None  # wrong and on topic: hard
+    opened = traced("left lung", "open", None)
+    assert rules.failed("the left lung", 0.99, None, opened) == "matches_answer"
+    assert rules.failed("the lung on the left", 0.8, None, opened) == "close_to_answer"
+    assert rules.failed("kidney", 0.5, None, opened) is None
+    assert rules.failed("zzzz", 0.1, None, opened) == "gibberish"
+    assert rules.failed("It is A: x or B: y", 0.5, None, opened) == "lists_options"
+
+
+def test_predictions_import_takes_free_text_rows_with_no_choice_similarity(tmp_path):
+    from mvqa.curate.difficulty import apply_similarity_rules, import_predictions
+
+    path = tmp_path / "preds.csv"
+    path.write_text(
+        "figure_path,question,model_output,true_answer,similarity_to_answer,max_similarity_to_choices\n"
+        "a.jpg,Is it normal?,No.,no,0.9,\n"
+        "b.jpg,Which organ?,kidney,liver,0.5,\n"
+        "c.jpg,Which modality?,CT,MRI,0.4,0.95\n"
+    )
+    items = [
+        VQAItem(id="a", image="a.jpg", question="Is it normal?", choices=[], answer_label=None, answer="no"),
+        VQAItem(
+            id="b", image="b.jpg", question="Which organ?", choices=[], answer_label=None, answer="liver"
+        ),
+        VQAItem(
+            id="c",
+            image="c.jpg",
+            question="Which modality?",
+            choices=["CT", "MRI"],
+            answer_label="B",
+            answer="MRI",
+        ),
+    ]
+    scored, stats = import_predictions(items, path)
+    assert (
+        stats.n_out == 3
+        and scored[0].extra["max_choice_sim"] is None
+        and scored[2].extra["max_choice_sim"] == 0.95
+    )
+    hard, hard_stats = apply_similarity_rules(scored)
+    assert [it.id for it in hard] == ["b", "c"] and hard_stats.drop_reasons == {"matches_answer": 1}
+    path.write_text(path.read_text().replace("0.4,0.95", "0.4,"))  # an mcq row needs its choice similarity
+    with pytest.raises(ValueError, match=r"row 4 .*no max_similarity_to_choices, but item 'c' has choices"):
+        import_predictions(items, path)

@@ -43,7 +43,9 @@ def answer_letter(item: VQAItem, mode: str) -> str | None:
 
 
 def verdict(item: VQAItem, mode: str = "normalised", min_recall: float = 0.0) -> tuple[str, dict]:
-    """("correct" | "wrong" | "unparseable", detail) for one traced item."""
+    """("correct" | "wrong" | "unparseable" | "no_trace", detail) for one item."""
+    if not any(item.extra.get(f) for f in ("generated_answer", "raw_output", "trace")):
+        return "no_trace", {}  # the trace stage did not run on it (or the dataset carries no traces)
     if item.is_mcq:
         letter = answer_letter(item, mode)
         if letter is None or (mode == "strict" and letter not in item.letters):
