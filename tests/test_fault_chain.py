@@ -3,8 +3,8 @@ doubled.
 
 Faults: two runs started at once on one cache, a kill -9 mid-trace, then a resume; the input holds exact
 duplicate rows, a row whose image is missing and one whose image is corrupt. The final set must equal an
-uninterrupted run's on a clean cache. Not covered here: a kill mid-score (scoring becomes resumable on branch
-issue-17) and a stale model at the same path (needs issue-17's weight fingerprints in the stage keys).
+uninterrupted run's on a clean cache. Then a kill -9 mid-score and its resume, and the scorer retrained in
+place (same path, new weights): its scores are recomputed, never taken stale from the cache.
 """
 
 from __future__ import annotations
@@ -57,11 +57,13 @@ def _faulty_input(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "input.csv", world / "images"
 
 
-def _generate(tmp_path: Path, run: str, cache: str, data: Path, images: Path) -> subprocess.Popen:
+def _generate(tmp_path: Path, run: str, cache: str, data: Path, images: Path,
+              extra: tuple[str, ...] = ()) -> subprocess.Popen:
     args = [
         sys.executable,
         str(PROJECT_ROOT / "generate.py"),
         *TINY,
+        *extra,
         "dataset=pmc_vqa",
         f"dataset.path={data}",
         f"dataset.image_root={images}",
@@ -133,3 +135,53 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
             == hashlib.sha256((tmp_path / "fresh" / name).read_bytes()).digest()
         ), name
     assert len(list((tmp_path / "resumed" / "images").rglob("*.png"))) == 24  # require_images held
+
+
+@pytest.mark.slow
+def test_kill_mid_score_then_a_scorer_retrained_at_the_same_path(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from mvqa.curate.pipeline import stage_items
+    from mvqa.models.tiny import build_tiny, tiny_conf
+
+    data, images = _faulty_input(tmp_path)
+    scorer = tmp_path / "scorer"  # a checkpoint at a path of its own, as a user's trained base would be
+    shutil.copytree(build_tiny(tiny_conf("llava", size="unit", cache_dir=str(tmp_path / "built"))), scorer)
+    extra = (f"scorer_model.path={scorer}", "pipeline.score.chunk_size=1")
+
+    # 4. kill -9 mid-score: the chunks written whole are kept, the rest scored on resume.
+    first = _generate(tmp_path, "s1", "stages", data, images, extra)
+    partial, deadline = None, time.time() + 400
+    while time.time() < deadline and first.poll() is None:
+        partial = next((tmp_path / "stages").glob("score-*/score.shard-0-of-1.partial.jsonl"), None)
+        if partial and len(partial.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    assert first.poll() is None, "the run finished before it could be killed"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    resumed = _generate(tmp_path, "s2", "stages", data, images, extra)
+    clean = _generate(tmp_path, "s3", "clean-stages", data, images, extra)
+    log, log_clean = _output(resumed), _output(clean)
+    assert resumed.returncode == 0 and clean.returncode == 0, (log + log_clean)[-3000:]
+    assert "items already scored" in log
+    a, b = stage_items(tmp_path / "s2", "score"), stage_items(tmp_path / "s3", "score")
+    assert [it.id for it in a] == [it.id for it in b] and len(a) == 24
+    assert all(x.extra["p_correct"] == pytest.approx(y.extra["p_correct"], rel=1e-5) for x, y in zip(a, b))
+
+    # 5. The scorer retrained in place: same path, same config, new weights. The score stage runs again.
+    weights = scorer / "model.safetensors"
+    tensors = load_file(weights)
+    save_file({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in tensors.items()},
+              weights)
+    again = _generate(tmp_path, "s4", "stages", data, images, extra)
+    log_again = _output(again)
+    assert again.returncode == 0, log_again[-3000:]
+    score_stats = json.loads(next((tmp_path / "s4" / "stages").glob("*_score/stats.json")).read_text())
+    assert not score_stats["cached"]
+    c = stage_items(tmp_path / "s4", "score")
+    assert [it.id for it in c] == [it.id for it in a]
+    assert any(x.extra["p_correct"] != pytest.approx(y.extra["p_correct"], rel=1e-5) for x, y in zip(a, c))
