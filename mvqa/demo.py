@@ -88,9 +88,11 @@ def progress(log: Path) -> str:
     except OSError:
         return "starting"
     lines = _PROGRESS.findall(tail)
-    if "Validation" in tail[-2000:] or "val/acc" in tail[-2000:]:
-        return (lines[-1] + "; validating") if lines else "validating"
-    return lines[-1] if lines else "loading data and model"
+    if lines:
+        return lines[-1] + ("; validating" if "Validation" in tail[-2000:] else "")
+    # No progress line (yet, or a job without one, like scoring): the log's last line, shortened.
+    last = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
+    return (last[-1][:100] if last else "starting")
 
 
 def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job]] | None = None) -> None:
