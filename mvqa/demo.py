@@ -210,7 +210,7 @@ def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path
     """`python -m mvqa.study` with the demo's models: its pool reuses the difficulty scored in step 2 (same
     stage cache); the two fine-tunes run side by side, one thread each."""
     def hydra_list(overrides: list[str]) -> str:
-        return "[" + ",".join(f"'{o}'" for o in overrides) + "]"
+        return "[" + ",".join(f'"{o}"' for o in overrides) + "]"
 
     overrides = [
         f"hydra.run.dir={study}", f"study.n={sizes['study_n']}", "study.run=[curated,random]",
