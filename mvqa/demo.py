@@ -216,7 +216,7 @@ def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path
         f"hydra.run.dir={study}", f"study.n={sizes['study_n']}", "study.run=[curated,random]",
         f"study.seeds={sizes['study_seeds']}", "study.arms.curated.hard_fraction=0.5",
         "study.arms.curated.stratify_by=content_type", "study.base_prompt=direct_text",
-        "study.launcher=[hydra/launcher=joblib,hydra.launcher.n_jobs=2]", "study.train_threads=1",
+        "study.launcher=" + hydra_list(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), "study.train_threads=1",
         "study.generate=" + hydra_list([o for o in curate if not o.startswith("logger=")]),
         "study.train=" + hydra_list(["model=demo_base", f"model.path={base}", "experiment=demo/finetune",
                                      *sizes["finetune"], *[o for o in common if o.startswith("paths.")]]),
@@ -226,7 +226,8 @@ def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path
     ]
     print(f"\n$ python -m mvqa.study {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "mvqa.study", *overrides], cwd=PROJECT_ROOT, check=False)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines reach a log as they happen, not at the end
+    done = subprocess.run([sys.executable, "-m", "mvqa.study", *overrides], cwd=PROJECT_ROOT, check=False, env=env)
     if done.returncode:
         sys.exit(f"the study failed (exit {done.returncode}); rerun the demo with the same --out to resume it")
     print(f"  study done in {time.perf_counter() - start:.0f} s -> {study}", flush=True)
