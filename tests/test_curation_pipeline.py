@@ -93,16 +93,23 @@ def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
     run_curation(cfg, tmp_path / "run")
     scored = stage_items(tmp_path / "run", "score")
     hard = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_hard/items.jsonl")))
-    assert len(scored) == 24 and len(hard) == 6
+    # The hardest quarter of each kind, rounded up (scores are on different scales by kind): of the tiny world's
+    # 12 mcq, 6 closed and 6 open items, 3 + 2 + 2.
+    assert len(scored) == 24 and len(hard) == 7
+    assert {k: sum(it.kind == k for it in hard) for k in ("mcq", "closed", "open")} == {"mcq": 3, "closed": 2,
+                                                                                     "open": 2}
     # The run dir references the score stage's items in the cache; the last stage's items are copied in.
     score_stats = json.loads(next((tmp_path / "run" / "stages").glob("*_score/stats.json")).read_text())
     assert Path(score_stats["items"]).is_relative_to(tmp_path / "stages")
     assert not list((tmp_path / "run" / "stages").glob("*_score/items.jsonl"))
     assert not list((tmp_path / "run" / "stages").glob("*_load/items.jsonl"))
+    candidates = {"mcq": 4, "closed": 2, "open": 1}  # the options; yes and no; the gold answer alone
     for it in scored:
-        assert len(it.extra["choice_logprobs"]) == 4 and 0 < it.extra["p_correct"] < 1
-    assert max(it.extra["p_correct"] for it in hard) <= min(
-        it.extra["p_correct"] for it in scored if it.id not in {h.id for h in hard})
+        assert len(it.extra["choice_logprobs"]) == candidates[it.kind] and 0 < it.extra["p_correct"] <= 1
+    for kind in candidates:
+        kept = [it.extra["p_correct"] for it in hard if it.kind == kind]
+        rest = [it.extra["p_correct"] for it in scored if it.kind == kind and it.id not in {h.id for h in hard}]
+        assert max(kept) <= min(rest), kind
 
 
 def _traces(run_dir: Path) -> list:
@@ -184,8 +191,10 @@ def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(co
         assert a.extra["p_correct"] == pytest.approx(b.extra["p_correct"], rel=1e-5)
     stats = json.loads(next((tmp_path / "s1" / "stages").glob("*_score/stats.json")).read_text())
     assert stats["n_in"] == stats["n_out"] == 24 and stats["metrics"]["num_shards"] == 3
+    ranked = [it for it in whole if it.extra["scorer_pred"] is not None]  # mcq and yes/no items: 12 + 6
+    assert stats["metrics"]["ranked"] == len(ranked) == 18 and stats["metrics"]["gold_likelihood_only"] == 6
     assert stats["metrics"]["scorer_accuracy"] == pytest.approx(
-        sum(it.extra["scorer_pred"] == it.answer_label for it in whole) / 24)
+        sum(it.extra["scorer_pred_correct"] for it in ranked) / len(ranked))
 
 
 @pytest.mark.slow

@@ -30,11 +30,15 @@ def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
     """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column), plus each item's kind.
     A closed or open item leaves the choices and Answer_label empty; its answer text is in `Answer`."""
     width = max((len(it.choices) for it in items), default=4)
-    columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:] + [KIND_COLUMN]
+    # A set of multiple-choice items keeps exactly the seed's columns; closed/open items add their answer_type.
+    kinds = [KIND_COLUMN] if any(not it.is_mcq for it in items) else []
+    columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:] + kinds
     rows = []
     for it in items:
         row = {"figure_path": it.image, "question": it.question, "Answer": it.answer,
-               "Answer_label": it.answer_label or "", KIND_COLUMN: "" if it.is_mcq else it.kind.upper()}
+               "Answer_label": it.answer_label or ""}
+        if kinds:
+            row[KIND_COLUMN] = "" if it.is_mcq else it.kind.upper()
         row.update({f"Choice {c}": text for c, text in it.choice_map().items()})
         row.update(trace_columns(it))
         rows.append(row)

@@ -54,25 +54,37 @@ def read_chunks(path: Path, allow_torn_tail: bool = False) -> list[dict[str, Any
     return chunks
 
 
+# Counts that add up over chunks (the likelihood scorer's ranked vs gold-likelihood-only items).
+SUMMED_METRICS = ("ranked", "gold_likelihood_only")
+
+
 def merge_stats(records: list[dict[str, Any]], n_in: int) -> StageStats:
     """One StageStats from the chunks': counts and drops add up, numeric metrics are means weighted by each
     chunk's output (scorer_accuracy), other metrics must agree (scorer name, model)."""
     stats = StageStats("score", n_in=n_in)
     weighted: dict[str, float] = {}
+    weights: dict[str, float] = {}
     for r in records:
         s = r["stats"]
         stats.n_out += s["n_out"]
         stats.dropped += s["dropped"]
         stats.warnings += [w for w in s["warnings"] if w not in stats.warnings]
         for k, v in s["metrics"].items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                weighted[k] = weighted.get(k, 0.0) + v * s["n_out"]
+            if v is None:  # a chunk with nothing to measure (scorer_accuracy of a chunk of open items only)
+                continue
+            if k in SUMMED_METRICS:
+                stats.metrics[k] = stats.metrics.get(k, 0) + v
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                # scorer_accuracy is over the ranked items (mcq, yes/no), the rest over every scored item
+                w = s["metrics"].get("ranked", s["n_out"]) if k == "scorer_accuracy" else s["n_out"]
+                weighted[k] = weighted.get(k, 0.0) + v * w
+                weights[k] = weights.get(k, 0.0) + w
             elif stats.metrics.setdefault(k, v) != v:
                 raise ValueError(
                     f"score chunks disagree on metric {k!r}: {stats.metrics[k]!r} vs {v!r}; were "
                     "they scored with the same scorer?"
                 )
-    stats.metrics.update({k: total / max(stats.n_out, 1) for k, total in weighted.items()})
+    stats.metrics.update({k: total / weights[k] if weights[k] else None for k, total in weighted.items()})
     return stats
 
 
