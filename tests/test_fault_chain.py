@@ -86,11 +86,17 @@ def _output(proc: subprocess.Popen) -> str:
 def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_set(tmp_path):
     data, images = _faulty_input(tmp_path)
     # 1. Two runs of one curation on one cache, started together: one writes, the other stops naming it.
-    first, second = (_generate(tmp_path, run, "stages", data, images) for run in ("a", "b"))
+    # One item a batch, longer outputs: the trace lasts long enough for the other run to meet the lock
+    # and for the kill.
+    one_by_one = ("pipeline.trace.batch_size=1", "pipeline.trace.max_new_tokens=48")
+    first, second = (_generate(tmp_path, run, "stages", data, images, one_by_one) for run in ("a", "b"))
     partial, deadline = None, time.time() + 400
     while time.time() < deadline:
         partial = next((tmp_path / "stages").glob("trace-*/items.partial.jsonl"), None)
-        if partial and len(partial.read_text().splitlines()) >= 4 and None in (first.poll(), second.poll()):
+        still_running = [p.poll() is None for p in (first, second)]
+        if partial and len(partial.read_text().splitlines()) >= 4 and sum(still_running) == 1:
+            break  # the writer is mid-trace and the other run has stopped at the lock
+        if not any(still_running):
             break
         time.sleep(0.05)
     running = [p for p in (first, second) if p.poll() is None]
@@ -108,8 +114,8 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
 
     # 3. The resume on the same cache, and a clean uninterrupted run on another.
     resumed, fresh = (
-        _generate(tmp_path, "resumed", "stages", data, images),
-        _generate(tmp_path, "fresh", "fresh-stages", data, images),
+        _generate(tmp_path, "resumed", "stages", data, images, one_by_one),
+        _generate(tmp_path, "fresh", "fresh-stages", data, images, one_by_one),
     )
     log_resumed, log_fresh = _output(resumed), _output(fresh)
     assert resumed.returncode == 0, log_resumed[-3000:]
