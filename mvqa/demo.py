@@ -263,15 +263,13 @@ def stamp_matches(path: Path, name: str) -> bool:
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
-    """src -> dst, written under a temporary name and renamed, so a kill never leaves half a checkpoint."""
+    """src -> dst through a temporary sibling renamed into place, so a kill never leaves half a checkpoint."""
     import shutil
 
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("*.ckpt", "checkpoints"))
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(tmp, dst)
+    from mvqa.data.storage import atomic_dir
+
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.ckpt", "checkpoints"))
 
 
 def bootstrap_stamp(name: str) -> dict:

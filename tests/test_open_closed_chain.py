@@ -150,7 +150,7 @@ def test_curated_free_text_traces_export_train_and_evaluate(compose, tmp_path, c
     assert "mcq 0" in printed  # the curated set re-read keeps its kinds
     logged = pd.read_csv(next(train_out.rglob("metrics.csv")))
     assert "val/acc_closed" in logged.columns or "val/acc_open" in logged.columns, list(logged.columns)
-    assert metrics is not None
+    assert metrics["n_train"] + metrics["n_val"] == 10  # exactly the exported traces
 
     eval_out = tmp_path / "eval"
     ecfg = compose(

@@ -87,8 +87,8 @@ def select_arm(
         picks = np.sort(np.random.default_rng(seed).choice(len(items), size=n, replace=False))
         chosen = [items[i] for i in picks]
     elif arm.select == "hardest":
-        chosen = sorted(items, key=lambda it: (-rank[it.id], it.id))[:n]
-        chosen = sorted(chosen, key=lambda it: pool.index(it))
+        hardest = {it.id for it in sorted(items, key=lambda it: (-rank[it.id], it.id))[:n]}
+        chosen = [it for it in items if it.id in hardest]  # in pool order
     else:
         sampler_cfg = {**dict(sampler_cfg), "n": n, "seed": seed}
         chosen, sampled = sample(items, sampler_cfg)

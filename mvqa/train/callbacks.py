@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,9 @@ class ProgressLine(pl.Callback):
         self.every_s, self.start, self.shown = every_s, 0.0, 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        import time
-
         self.start = self.shown = time.monotonic()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        import time
-
         now = time.monotonic()
         if now - self.shown < self.every_s or not trainer.is_global_zero:
             return
