@@ -74,6 +74,7 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 
 Job = tuple[str, list[str], Path]  # entry, overrides, run dir
+SHARDS = 2  # the pool's score and trace shards, one per core
 PROGRESS_EVERY_S = 30
 # The line the bootstraps print (callbacks.progress_every_s: mvqa.train.callbacks.ProgressLine).
 _PROGRESS = re.compile(r"^progress: (.*)$", re.MULTILINE)
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> Path:
                         help="bootstrap the base and reasoner again instead of reusing the cached or shipped ones")
     parser.add_argument("--ship", action="store_true",
                         help=f"copy the bootstraps into {SHIPPED.name}/ (the repository's), to commit")
+    parser.add_argument("--bootstraps-only", action="store_true",
+                        help="stop after the bootstraps (with --retrain --ship: remake the shipped ones)")
     parser.add_argument("--reduced", action="store_true",
                         help="CI: the same world and bootstraps, the rest of the chain on a slice")
     args = parser.parse_args(argv)
@@ -179,15 +182,7 @@ def main(argv: list[str] | None = None) -> Path:
             jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}",
                                                       f"callbacks.progress_every_s={PROGRESS_EVERY_S}"],
                                          out / f"bootstrap_{name}")
-    # Difficulty needs only the base: it is scored (one thread, into the stage cache that step 3 reads) while
-    # the reasoner is still training, or beside it when the base is reused.
-    curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
-              f"pipeline.cache_dir={out}/stages"]
-    score: tuple[str, Job] = ("score", ("generate.py", [*curate, "pipeline.stages=[score]"], out / "score"))
-    if "bootstrap_base" in jobs:
-        run_parallel(jobs, out, then={"bootstrap_base": score})
-    else:
-        run_parallel({**jobs, score[0]: score[1]}, out)
+    run_parallel(jobs, out)
     for job in jobs:
         name = job.removeprefix("bootstrap_")
         val_acc = json.loads((out / job / "metrics.json").read_text()).get("val_acc")
@@ -197,8 +192,19 @@ def main(argv: list[str] | None = None) -> Path:
         for name in ("base", "reasoner"):
             copy_checkpoint(cache / "demo" / name, SHIPPED / name)
             print(f"  shipped {cache / 'demo' / name} -> {SHIPPED / name}: commit it")
+    if args.bootstraps_only:
+        return out
 
-    print("\n== 3-5. the selection study: one pool of correct traces, `curated` vs `random` at the same N, each\n"
+    print("\n== 3. the pool's difficulty (the base scores) and traces (the reasoner), two shards side by side")
+    # Two one-thread shards use both cores where one generate.py would use one (decoding a tiny model gains
+    # little from a second thread); the study's pool then merges them from the stage cache.
+    curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
+              f"pipeline.cache_dir={out}/stages", f"num_shards={SHARDS}"]
+    for step, stages in (("score", "score"), ("trace", "score,trace")):  # all scores before any trace shard
+        run_parallel({f"{step}{k}": ("generate.py", [*curate, f"shard={k}", f"pipeline.stages=[{stages}]"],
+                                     out / f"{step}{k}") for k in range(SHARDS)}, out)
+
+    print("\n== 4-6. the selection study: one pool of correct traces, `curated` vs `random` at the same N, each\n"
           "        LoRA fine-tuned alike, evaluated with the base (forced and as it is used) across thinking budgets")
     study = out / "study"
     run_study_step(curate, sizes, common, base, study, log)
@@ -214,6 +220,7 @@ def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path
 
     overrides = [
         f"hydra.run.dir={study}", f"study.n={sizes['study_n']}", "study.run=[curated,random]",
+        f"study.pool_stages=[score,{'merge' if SHARDS > 1 else 'trace'},filter,export]",
         f"study.seeds={sizes['study_seeds']}", "study.arms.curated.hard_fraction=0.5",
         "study.arms.curated.stratify_by=content_type", "study.base_prompt=direct_text",
         "study.launcher=" + hydra_list(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), "study.train_threads=1",

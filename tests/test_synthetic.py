@@ -14,9 +14,20 @@ from mvqa.data import synthetic
 from mvqa.data.grading import grade_output
 from mvqa.data.loading import load_dataset
 from mvqa.data.prompts import parse_item_answer
-from mvqa.data.synthetic import QUESTION_TYPES, WorldParams, make_world, read_synthetic, synthetic_corpus
+from mvqa.data.synthetic import (
+    PERCEPTION_TYPES,
+    QUESTION_TYPES,
+    TEXTBOOK_TYPES,
+    WorldParams,
+    make_world,
+    read_synthetic,
+    synthetic_corpus,
+)
 
 TINY = {"n_train": 48, "n_val": 12, "n_test": 24, "image_size": 64}
+# The default mix weighs perception types 1 and textbook types 2: of 48 items, 4 per perception type, 8 per
+# textbook type.
+PER_TYPE = {**dict.fromkeys(PERCEPTION_TYPES, 4), **dict.fromkeys(TEXTBOOK_TYPES, 8)}
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
@@ -72,15 +83,17 @@ def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
     assert len(items) == 48 and stats.n_out == 48 and not stats.dropped
     world_stats = stats.metrics["synthetic_split"]  # what world.json records, for the demo to print
     assert world_stats["items"] == 48 and world_stats["Answer_label"] == dict.fromkeys("ABCD", 6)
-    # Per type of 8: round(0.2 * 8) = 2 closed, 2 open, 4 multiple choice; yes and no as often.
+    # Per type of 4: round(0.2 * 4) = 1 closed, 1 open, 2 multiple choice; of 8: 2, 2, 4; yes and no as often.
     assert world_stats["kind"] == {"closed": 12, "mcq": 24, "open": 12}
     assert world_stats["closed_answer"] == {"no": 6, "yes": 6}
     assert collections.Counter(it.kind for it in items) == {"mcq": 24, "closed": 12, "open": 12}
     assert collections.Counter(it.answer_label for it in items if it.is_mcq) == dict.fromkeys("ABCD", 6)
-    assert collections.Counter(it.content_type for it in items) == dict.fromkeys(QUESTION_TYPES, 8)
-    assert collections.Counter(it.modality for it in items) == dict.fromkeys(["CT", "MRI", "X-ray"], 16)
-    combos = collections.Counter((it.modality, it.answer) for it in items if it.content_type == "count")
-    assert len(combos) == 8  # modality and answer value vary independently, not in lockstep
+    assert collections.Counter(it.content_type for it in items) == PER_TYPE
+    # The textbook ties an abscess to MRI and a cyst to CT or X-ray; the perception items' modalities are even.
+    perception = [it for it in items if it.content_type in PERCEPTION_TYPES]
+    assert collections.Counter(it.modality for it in perception) == dict.fromkeys(["CT", "MRI", "X-ray"], 8)
+    combos = collections.Counter((it.modality, it.answer) for it in items if it.content_type == "stage")
+    assert len(combos) >= 6  # modality and answer value vary independently, not in lockstep
     for qtype in QUESTION_TYPES:  # every answer value about equally often, so the text cannot tell
         counts = collections.Counter(it.answer for it in items if it.content_type == qtype)
         assert max(counts.values()) - min(counts.values()) <= 1, (qtype, counts)
@@ -146,12 +159,85 @@ def test_combined_question_options_do_not_give_the_answer_away(tmp_path):
         assert it.modality == it.answer.split(" with ")[0]
 
 
+def textbook_answer(it) -> str:
+    """The answer the textbook gives, derived here from the item's caption (its findings) by the rules as the
+    README states them, independently of how the world planned the item."""
+    modality, _, spots = it.extra["caption"].partition(". Lesions: ")
+    lesions = [spot.split() for spot in spots.rstrip(".").split(", ")]  # e.g. ["upper", "left", "small", "dark"]
+    sizes = ["tiny", "small", "medium", "large"]
+    if it.content_type == "diagnosis":
+        (lesion,) = lesions
+        if lesion[-1] == "dark":
+            return "abscess" if modality == "MRI" else "cyst"
+        return "tumor" if lesion[0] == "upper" else "hematoma"
+    if it.content_type == "stage":
+        stage = len(lesions) + any(lesion[2] == "large" for lesion in lesions)
+        return "stage " + ["I", "II", "III", "IV"][stage - 1]
+    largest = max(lesions, key=lambda lesion: sizes.index(lesion[2]))
+    return " ".join(largest[:2])
+
+
+def test_textbook_answers_follow_the_rules_and_closed_ones_are_negated_half_the_time(tmp_path):
+    items, _ = read_synthetic(str(tmp_path), **{**TINY, "n_train": 240}, split="train")
+    textbook = [it for it in items if it.content_type in TEXTBOOK_TYPES]
+    assert len(textbook) == 120
+    negated = 0
+    for it in textbook:
+        truth = textbook_answer(it)
+        assert "Rule: " in it.extra["trace"] and grade_output(it, it.extra["trace"]).correct
+        if it.kind == "closed":  # the value asked about, found in the question's wording
+            values = synthetic.DIAGNOSES + synthetic.STAGES + synthetic.QUADRANTS
+            asked = max((v for v in values if f" {v}" in it.question), key=len)
+            flipped = " not " in it.question or "other than" in it.question or "but" in it.question \
+                or "outside" in it.question
+            negated += flipped
+            assert it.answer == ("yes" if (asked == truth) != flipped else "no"), it.question
+        else:
+            assert it.answer == truth, (it.question, it.extra["caption"])
+    closed = [it for it in textbook if it.kind == "closed"]
+    assert negated == len(closed) // 2 and collections.Counter(it.answer for it in closed) == {"yes": 12, "no": 12}
+    diagnoses = collections.Counter(textbook_answer(it) for it in textbook if it.content_type == "diagnosis")
+    assert diagnoses == dict.fromkeys(synthetic.DIAGNOSES, 10)  # every diagnosis as often
+    assert not any("Rule: " in it.extra["trace"] for it in items if it.content_type in PERCEPTION_TYPES)
+
+
+def test_dark_lesions_are_drawn_below_their_background_and_bright_ones_above(tmp_path):
+    items, _ = read_synthetic(str(tmp_path), **{**TINY, "n_train": 240}, split="train")
+    checked = collections.Counter()
+    for it in items:
+        if it.content_type != "diagnosis" or it.extra["difficulty"] >= 0.6:
+            continue
+        img = pixels(it)
+        (spot,) = [it.extra["caption"].partition(". Lesions: ")[2].rstrip(".").split()]
+        y, x = (18 if spot[0] == "upper" else 46), (18 if spot[1] == "left" else 46)
+        centre, background = img[y - 1:y + 2, x - 1:x + 2].mean(), np.median(img[16:48, 16:48])
+        dark = spot[-1] == "dark"
+        assert (centre < background - 0.15) if dark else (centre > background + 0.3), (it.id, centre, background)
+        checked[dark] += 1
+    assert checked[True] >= 8 and checked[False] >= 8
+
+
+def test_question_mix_chooses_the_types_and_names_bad_ones(tmp_path):
+    only_stage, _ = read_synthetic(str(tmp_path), **TINY, question_mix={"stage": 1.0}, split="val")
+    assert {it.content_type for it in only_stage} == {"stage"} and len(only_stage) == 12
+    mixed, _ = read_synthetic(str(tmp_path), **TINY, question_mix={"count": 3, "largest": 1, "size": 0},
+                              split="test")
+    assert collections.Counter(it.content_type for it in mixed) == {"count": 18, "largest": 6}
+    # zero weights and key order do not make another world
+    assert WorldParams(question_mix={"largest": 1, "count": 3, "size": 0}).key() == \
+        WorldParams(question_mix={"count": 3.0, "largest": 1.0}).key() != WorldParams().key()
+    with pytest.raises(ValueError, match=r"unknown question types \['stagee'\]"):
+        WorldParams(question_mix={"stagee": 1.0})
+    with pytest.raises(ValueError, match="question_mix weights"):
+        WorldParams(question_mix={"stage": -1.0, "count": 2.0})
+
+
 def test_hard_items_are_noisier(tmp_path):
     items, _ = read_synthetic(str(tmp_path), **TINY, hard_fraction=0.5, split="train")
     hard = [it for it in items if it.extra["difficulty"] >= 0.6]
     easy = [it for it in items if it.extra["difficulty"] == 0.1]
     assert len(hard) == len(easy) == 24  # exactly the share asked for, half of each question type
-    assert collections.Counter(it.content_type for it in hard) == dict.fromkeys(QUESTION_TYPES, 4)
+    assert collections.Counter(it.content_type for it in hard) == {t: n // 2 for t, n in PER_TYPE.items()}
 
     def roughness(it):  # mean absolute difference between horizontal neighbours
         return float(np.abs(np.diff(pixels(it), axis=1)).mean())
@@ -228,6 +314,7 @@ def test_corpus_is_the_worlds_text_without_images(tmp_path, monkeypatch):
         assert it.question in corpus and it.extra["trace"] in corpus and set(it.choices) <= set(corpus)
     # The prompt wording and conversation markup are included, filled in (no template syntax left).
     assert any("Eliminate incorrect options one by one" in t for t in corpus)
+    assert any("Rule: a dark lesion on MRI is an abscess." in t for t in corpus)  # the textbook, as traces cite it
     assert any(t.startswith("[INST] <image>\n") and t.endswith(" </s>") for t in corpus)
     assert not any("[[" in t or "{question}" in t for t in corpus)
 

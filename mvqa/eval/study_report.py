@@ -63,6 +63,7 @@ def per_item(preds: list[dict]) -> dict[tuple[str, str], dict[str, dict[str, Any
         out[key] = {
             i: {
                 "kind": rs[0].get("kind", "mcq"),
+                "content_type": rs[0].get("content_type") or "",
                 "correct": float(np.mean([r["correct"] for r in rs])),
                 "recall": float(np.mean([r.get("recall", float(r["correct"])) for r in rs])),
                 "thinking_tokens": float(np.mean([r["thinking_tokens"] for r in rs])),
@@ -101,6 +102,19 @@ def _paired(a: dict[str, dict], b: dict[str, dict], ids: list[str], metric: str,
     return {"n": len(ids), "diff": float(diff.mean()), "ci95": [float(lo), float(hi)], "wilcoxon_p": p}
 
 
+def _by_type(cell: dict[str, dict], ids: list[str], *key: str) -> dict[str, Any]:
+    """Accuracy per question type (content_type), every kind together as in the overall accuracy."""
+    types = sorted({cell[i]["content_type"] for i in ids} - {""})
+    return {t: _summary(cell, [i for i in ids if cell[i]["content_type"] == t], "correct", *key, t)
+            for t in types}
+
+
+def _paired_by_type(a: dict[str, dict], b: dict[str, dict], ids: list[str], *key: str) -> dict[str, Any]:
+    types = sorted({a[i]["content_type"] for i in ids} - {""})
+    return {t: _paired(a, b, [i for i in ids if a[i]["content_type"] == t], "correct", *key, t)
+            for t in types}
+
+
 def study_metrics(preds: list[dict], arms: list[str]) -> dict[str, Any]:
     cells = per_item(preds)
     budgets = {p["budget_id"]: p["budget"] for p in preds}
@@ -121,6 +135,7 @@ def study_metrics(preds: list[dict], arms: list[str]) -> dict[str, Any]:
                 "mean_thinking_tokens": float(np.mean([cell[i]["thinking_tokens"] for i in ids])),
                 "seed_accuracies": _seed_accuracies(preds, arm, b) if arm != BASE else [],
                 "by_kind": {},
+                "by_content_type": _by_type(cell, ids, arm, b),
             }
             for kind in ("mcq", "closed", "open"):
                 kind_ids = [i for i in ids if cell[i]["kind"] == kind]
@@ -147,6 +162,7 @@ def study_metrics(preds: list[dict], arms: list[str]) -> dict[str, Any]:
                     "budget_id": b,
                     "accuracy": _paired(cell, other_cell, shared, "correct", arm, other, b),
                     "by_kind": {},
+                    "by_content_type": _paired_by_type(cell, other_cell, shared, arm, other, b),
                 }
                 for kind in ("mcq", "closed", "open"):
                     kind_ids = [i for i in shared if cell[i]["kind"] == kind]
@@ -168,6 +184,7 @@ def study_metrics(preds: list[dict], arms: list[str]) -> dict[str, Any]:
                 for k in ("mcq", "closed", "open")
                 if any(as_used[i]["kind"] == k for i in ids)
             },
+            "by_content_type": _by_type(as_used, ids, BASE_AS_USED),
         }
     return {
         "arms": arms,
@@ -222,6 +239,26 @@ def table_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def type_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Accuracy per question type: every arm at every budget point, and the base as it is used."""
+    used = metrics.get("base_as_used") or {}
+    rows_in = [*metrics["rows"], *([{"arm": BASE_AS_USED, "budget_id": UNFORCED, **used}] if used else [])]
+    types = sorted({t for r in rows_in for t in r.get("by_content_type", {})})
+    rows = [[r["arm"], r["budget_id"], *[_fmt(r["by_content_type"].get(t)) for t in types]] for r in rows_in]
+    return ["arm", "budget", *types], rows
+
+
+def type_comparison_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Paired differences per question type against random and the base as it is used (the forced base is
+    in the per-kind table)."""
+    comps = [c for c in metrics["comparisons"] if c["against"] != BASE]
+    types = sorted({t for c in comps for t in c.get("by_content_type", {})})
+    rows = [[c["arm"], c["against"], c["budget_id"],
+             *[fmt_diff(c["by_content_type"][t]["diff"], c["by_content_type"][t]["ci95"])
+               if t in c["by_content_type"] else "–" for t in types]] for c in comps]
+    return ["arm", "against", "budget", *[f"Δ {t}" for t in types]], rows
+
+
 def comparison_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     kinds = [k for k in ("mcq", "closed", "open") if any(k in c["by_kind"] for c in metrics["comparisons"])]
     header = [
@@ -268,6 +305,8 @@ def format_study(study: dict[str, Any], width: int = 160) -> str:
     console.print(_rich(*funnel_rows(study["pool_funnel"], study["funnels"]), "Selection funnel per arm"))
     console.print(_rich(*table_rows(study["metrics"]), "Accuracy per arm and budget (mean over seeds)"))
     console.print(_rich(*comparison_rows(study["metrics"]), "Paired: each arm against random and the base"))
+    console.print(_rich(*type_rows(study["metrics"]), "Accuracy per question type (mean over seeds)"))
+    console.print(_rich(*type_comparison_rows(study["metrics"]), "Paired per question type"))
     return buf.getvalue()
 
 
@@ -285,6 +324,10 @@ def report_markdown(study: dict[str, Any], plot: str) -> str:
                 _markdown(*table_rows(study["metrics"])),
                 "## Paired comparisons",
                 _markdown(*comparison_rows(study["metrics"])),
+                "## Accuracy per question type",
+                _markdown(*type_rows(study["metrics"])),
+                "## Paired per question type",
+                _markdown(*type_comparison_rows(study["metrics"])),
                 f"## Budget scaling\n\n![{plot}]({plot})",
             ]
         )

@@ -35,7 +35,7 @@ from mvqa.models.families import FAMILIES, family_named
 from mvqa.models.processors import Qwen2VLImageOnlyProcessor, llava_image_processor, qwen2_vl_image_processor
 
 # Bump when the build code changes what a given config produces, so stale cache entries are not reused.
-BUILD_VERSION = 3  # 3: synthetic world v3 (short traces, captions) and template words in the tokenizer corpus
+BUILD_VERSION = 4  # 4: synthetic world v5 (the textbook's words in the tokenizer corpus); 3: world v3
 
 DIMS = (
     "hidden",
