@@ -91,7 +91,8 @@ def check_chain(study) -> None:
 
     # 3. The pool: every stage chained, 200 train items in, correct traces out.
     funnel = json.loads((study / "pool" / "summary.json").read_text())["funnel"]
-    assert [f["stage"] for f in funnel] == ["load", "score", "trace", "filter", "export"]
+    # (score and trace ran in two shards side by side before: the pool merges their cached output)
+    assert [f["stage"] for f in funnel] == ["load", "score", "merge", "filter", "export"]
     for before, after in itertools.pairwise(funnel):
         assert after["n_in"] == before["n_out"] >= after["n_out"]
     assert funnel[0]["n_out"] == 200
@@ -116,6 +117,9 @@ def check_chain(study) -> None:
     assert len(base) == 24 * 5 and len(tuned) == 4 * 24 * 4
     assert {p["budget_id"] for p in base} == {p["budget_id"] for p in tuned} | {"unforced"}
     assert all("-test-" in p["item_id"] for p in preds)  # the world's held-out split, never the arms' items
+    # The held-out slice asks textbook and perception questions of every kind.
+    assert {"diagnosis", "stage", "largest", "location"} <= {p["content_type"] for p in preds}
+    assert {p["kind"] for p in preds} == {"mcq", "closed", "open"}
     for p in tuned:
         assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"] and p["waits_used"] <= p["budget"]["num_waits"]
 
@@ -130,3 +134,5 @@ def check_chain(study) -> None:
         ("curated", "random"), ("curated", "base (forced)"), ("curated", "base (as used)")}
     assert (study / "study_acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
     assert "## Paired comparisons" in (study / "study_report.md").read_text()
+    used = report["metrics"]["base_as_used"]["by_content_type"]  # the per-type table covers what was asked
+    assert {"diagnosis", "stage", "largest"} <= set(used) and sum(t["n"] for t in used.values()) == 24

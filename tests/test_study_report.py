@@ -11,6 +11,7 @@ from mvqa.eval.study_report import (
     study_metrics,
     type_comparison_rows,
     type_rows,
+    verdict_lines,
 )
 
 BUDGET = {"max_thinking_tokens": 64, "num_waits": 0}
@@ -71,3 +72,22 @@ def test_type_table_has_every_arm_and_the_base_as_used(metrics):
     study = {"pool_funnel": [], "funnels": {}, "metrics": metrics}
     text = format_study(study)
     assert "Accuracy per question type" in text and "Paired per question type" in text
+
+
+def test_verdict_says_wins_losses_and_noise_plainly():
+    # Twenty items, one seed each: curated right on all, random on half, the base as used on none.
+    ids = {f"i{k}": "stage" for k in range(20)}
+    TYPES.update(ids)
+    rows = [*preds("base+curated-seed0/adapter", dict.fromkeys(ids, 1)),
+            *preds("base+random-seed0/adapter", {i: k % 2 for k, i in enumerate(ids)}),
+            *preds("base", {i: k % 2 for k, i in enumerate(ids)}),
+            *preds("base", dict.fromkeys(ids, 0), "unforced", {})]
+    lines = verdict_lines(study_metrics(rows, ["curated", "random"]))
+    assert "curated (at its best point, t64_w0: 1.000) beats random: +0.500 [" in lines[0]
+    assert any(line.startswith("random (at its best point, t64_w0: 0.500) is within noise of base (forced): "
+                               "+0.000") for line in lines)
+    assert any(line.startswith("random") and "beats base (as used): +0.500" in line for line in lines)
+    swapped = [{**p, "model": "base+curated-seed0/adapter"} for p in rows[20:40]] + \
+        [{**p, "model": "base+random-seed0/adapter"} for p in rows[:20]] + rows[40:]
+    losing = verdict_lines(study_metrics(swapped, ["curated", "random"]))
+    assert "curated (at its best point, t64_w0: 0.500) loses to random: -0.500 [" in losing[0]

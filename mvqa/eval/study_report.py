@@ -288,6 +288,28 @@ def comparison_rows(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]
     return header, rows
 
 
+def verdict_lines(metrics: dict[str, Any]) -> list[str]:
+    """One plain sentence per comparison at each arm's best budget point: wins, loses, or within noise (the
+    paired interval holds 0), so a loss is said as plainly as a win."""
+    lines = []
+    arms = [a for a in metrics["arms"] if a != "random"] + [a for a in metrics["arms"] if a == "random"]
+    for arm in arms:
+        rows = [r for r in metrics["rows"] if r["arm"] == arm]
+        if not rows:
+            continue
+        best = max(rows, key=lambda r: r["accuracy"]["mean"])
+        for c in metrics["comparisons"]:
+            if c["arm"] != arm or c["budget_id"] != best["budget_id"]:
+                continue
+            a = c["accuracy"]
+            lo, hi = a["ci95"]
+            word = "beats" if lo > 0 else "loses to" if hi < 0 else "is within noise of"
+            point = f"{best['budget_id']}: {best['accuracy']['mean']:.3f}"
+            lines.append(f"{arm} (at its best point, {point}) {word} {c['against']}: "
+                         f"{fmt_diff(a['diff'], a['ci95'])}, Wilcoxon p = {a['wilcoxon_p']:.2g}")
+    return lines
+
+
 def funnel_rows(pool_funnel: list[dict], funnels: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
     pool = " → ".join(f"{f['stage']} {f['n_out']}" for f in pool_funnel)
     rows = []
@@ -307,6 +329,7 @@ def format_study(study: dict[str, Any], width: int = 160) -> str:
     console.print(_rich(*comparison_rows(study["metrics"]), "Paired: each arm against random and the base"))
     console.print(_rich(*type_rows(study["metrics"]), "Accuracy per question type (mean over seeds)"))
     console.print(_rich(*type_comparison_rows(study["metrics"]), "Paired per question type"))
+    console.print("Verdict:\n" + "\n".join(f"  {line}" for line in verdict_lines(study["metrics"])))
     return buf.getvalue()
 
 
@@ -320,6 +343,7 @@ def report_markdown(study: dict[str, Any], plot: str) -> str:
                 + __doc__.split("\n\n", 1)[1].strip(),
                 "## Selection funnel",
                 _markdown(*funnel_rows(study["pool_funnel"], study["funnels"])),
+                "## Verdict\n\n" + "\n".join(f"- {line}" for line in verdict_lines(study["metrics"])),
                 "## Accuracy per arm and budget",
                 _markdown(*table_rows(study["metrics"])),
                 "## Paired comparisons",
