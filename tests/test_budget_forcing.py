@@ -1,23 +1,27 @@
 """s1-style budget forcing on tiny random Llamas that try to close their thinking now and then.
 
-Every scenario runs with `</think>` as one added token and as plain text (three BPE tokens, like Med-R1).
+Every scenario runs with `</think>` as one added token and as plain text (three BPE tokens, like Med-R1). The
+shared rules (tests/budget_rules.py) run for the HF engine and for vLLM (a replaying fake, tests/fake_vllm.py),
+each on the bare model and with a LoRA adapter that vLLM serves from its dir; vLLM's outputs equal HF's.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import importlib.machinery
+import gc
 import itertools
-import sys
-from types import ModuleType, SimpleNamespace
+import json
+from pathlib import Path
 
 import pytest
 import torch
+from budget_rules import RULES, Forcing, rule_id
+from fake_vllm import install
 from helpers import (
     PROMPTS,
     bundle_of,
     closing_llama,
-    count_runs,
     engine,
     forced,
     ids_of,
@@ -26,6 +30,7 @@ from helpers import (
     tiny_llama,
     tiny_tokenizer,
 )
+from peft import LoraConfig, get_peft_model
 
 from mvqa.generation import (
     BudgetPoint,
@@ -36,6 +41,7 @@ from mvqa.generation import (
 )
 from mvqa.generation.budget import forcing_ids
 from mvqa.models.bundle import SpecialTokens
+from mvqa.models.lora import load_adapter
 
 END, ANSWER = SpecialTokens().think_end, SpecialTokens().answer_start
 
@@ -80,50 +86,6 @@ def test_single_pass_equals_multipass_reference_and_one_by_one(closer, point):
         assert summary([alone]) == summary([g])
 
 
-def test_the_scenarios_exercise_every_rule(closer):
-    """Guards the tests above against passing vacuously: the model does end early, get Waits, get forced."""
-    gens = forced(closer, BudgetPoint(24, num_waits=2))
-    assert any(g.waits_used for g in gens) and any(g.forced_end for g in gens)
-    assert any(not g.forced_end for g in gens)  # a natural end after its Waits
-    assert any(g.thinking_tokens < 8 for g in forced(closer, BudgetPoint(24)))
-
-
-def test_cap_forces_end_then_answer_opener_and_final_answer_string(closer):
-    point = BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:", max_answer_tokens=16)
-    gens = forced(closer, point)
-    end, opener = ids_of(closer, END), ids_of(closer, ANSWER) + ids_of(closer, "Final Answer:")
-    assert any(g.forced_end for g in gens) and any(not g.forced_end for g in gens)
-    for g in gens:
-        t = g.thinking_tokens
-        assert t <= 24 and g.token_ids[t:t + len(end)] == end and g.thinking == closer.tokenizer.decode(g.token_ids[:t])
-        assert g.text.startswith(f"<think>{g.thinking}{END}")
-        assert g.completion_tokens <= 24 + len(end) + 16
-        if g.forced_end:
-            assert g.token_ids[t + len(end):t + len(end) + len(opener)] == opener
-            assert f"{END}{ANSWER}Final Answer:" in g.text
-        else:
-            assert "Final Answer:" not in g.text  # appended only when the end was forced
-
-
-def test_min_thinking_tokens_are_respected(closer):
-    assert any(g.thinking_tokens < 8 for g in forced(closer, BudgetPoint(24)))
-    gens = forced(closer, BudgetPoint(24, min_thinking_tokens=8))
-    assert all(8 <= g.thinking_tokens <= 24 for g in gens) and not any(g.waits_used for g in gens)
-
-
-@pytest.mark.parametrize("wait_string", ["Wait", "Hmm"])
-def test_waits_are_inserted_and_counted(closer, wait_string):
-    wait = ids_of(closer, wait_string)
-    assert all(count_runs(g.token_ids, wait) == 0 for g in forced(closer, BudgetPoint(24)))  # never by itself
-    gens = forced(closer, BudgetPoint(24, num_waits=2, wait_string=wait_string))
-    assert sum(g.waits_used for g in gens) >= 3
-    for g in gens:
-        assert 0 <= g.waits_used <= 2 and count_runs(g.token_ids[:g.thinking_tokens], wait) == g.waits_used
-        assert g.thinking.count(wait_string) == g.waits_used
-        if not g.forced_end:  # the model's own end went through only once its Waits were spent
-            assert g.waits_used == 2
-
-
 def test_a_model_that_never_closes_its_thinking_still_answers_and_counts_as_forced():
     tokenizer = tiny_tokenizer()
     end, eos = tokenizer.convert_tokens_to_ids(END), tokenizer.eos_token_id
@@ -146,27 +108,6 @@ def test_a_model_that_stops_inside_its_thinking_gets_waits_then_a_forced_end():
             assert g.text == f"<think>{'Wait' * waits}{END}{ANSWER}"
 
 
-def test_sampling_uses_the_multipass_loop_and_keeps_the_rules(closer):
-    point = BudgetPoint(24, num_waits=2, min_thinking_tokens=4)
-    params = GenerationParams(budget=point, do_sample=True, temperature=1.5, num_samples=2, seed=3)
-    assert params.multipass
-    gens = engine().generate(closer, requests(), params)
-    assert len(gens) == 12 and gens == engine().generate(closer, requests(), params)  # seeded
-    end = ids_of(closer, END)
-    for g in gens:
-        t = g.thinking_tokens
-        assert 4 <= t <= 24 and g.waits_used <= 2 and g.token_ids[t:t + len(end)] == end
-    assert len({tuple(g.token_ids) for g in gens}) > 6  # samples differ
-
-
-def test_existing_think_opener_is_not_doubled(closer):
-    point = BudgetPoint(8)
-    plain = forced(closer, point)
-    with_opener = engine().generate(closer, [GenerationRequest(prompt=p + "<think>") for p in PROMPTS],
-                                    GenerationParams(budget=point))
-    assert summary(with_opener) == summary(plain)
-
-
 def test_bad_budgets_are_refused_with_the_key_named():
     with pytest.raises(ValueError, match="max_thinking_tokens=0"):
         BudgetPoint(0)
@@ -180,66 +121,150 @@ def test_bad_budgets_are_refused_with_the_key_named():
         forcing_ids(tokenizer, dataclasses.replace(SpecialTokens(), think_end=""), BudgetPoint(16), [2])
 
 
-class ReplayLLM:
-    """Stands in for `vllm.LLM` with vLLM's documented request semantics, decoding greedily with the same tiny
-    Llama the HF engine uses: `max_tokens` caps the request, `stop_token_ids` (and the model's eos) end it
-    with the stop token kept in `token_ids` and finish_reason "stop", and they are banned for the first
-    `min_tokens` tokens."""
-
-    model: torch.nn.Module
-    eos: int
-    calls: list[int]
-
-    def __init__(self, model: str, seed: int = 0, **kwargs):
-        self.kwargs = kwargs
-
-    def generate(self, inputs, sampling_params, use_tqdm=False):
-        type(self).calls.append(len(inputs))
-        outs = []
-        for request, sp in zip(inputs, sampling_params):
-            assert sp.temperature == 0.0 and "multi_modal_data" not in request
-            seq, stops, new, reason = list(request["prompt_token_ids"]), {*sp.stop_token_ids, self.eos}, [], "length"
-            with torch.inference_mode():
-                while len(new) < sp.max_tokens:
-                    logits = self.model(torch.tensor([seq])).logits[0, -1]
-                    if len(new) < sp.min_tokens:
-                        logits[sorted(stops)] = -float("inf")
-                    token = int(logits.argmax())
-                    seq.append(token)
-                    new.append(token)
-                    if token in stops:
-                        reason = "stop"
-                        break
-            outs.append(SimpleNamespace(outputs=[SimpleNamespace(token_ids=new, finish_reason=reason)]))
-        return outs
 
 
-@pytest.fixture
-def vllm_replay(monkeypatch, closer):
-    """A `vllm` module whose LLM replays the closer model, on a machine that claims one GPU."""
-    fake = ModuleType("vllm")
-    fake.__spec__ = importlib.machinery.ModuleSpec("vllm", None)
-    fake.SamplingParams = lambda **kw: SimpleNamespace(**kw)
-    fake.LLM = type("LLM", (ReplayLLM,), {"model": closer.model, "eos": closer.tokenizer.eos_token_id, "calls": []})
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    return fake
+# ---------------------------------------------------------------------------------------------------------------
+# The shared rules on every engine, bare and with a LoRA adapter
+
+REPLAYED = "replayed-closer"  # bundle.source: the name the fake vLLM gets (not a dir: it replays the closer)
 
 
-@pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
-                                   BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1),
-                                   BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")],
-                         ids=lambda p: f"{p.id}_{p.final_answer_string or 'plain'}")
-def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, vllm_replay, point):
+def save_lora(closer, out: Path, seed: int = 1, **config) -> str:
+    """A random LoRA on the closer's q/v projections (B random too, so it changes what is generated), saved."""
+    torch.manual_seed(seed)
+    config = {"r": 4, "lora_alpha": 4, "target_modules": ["q_proj", "v_proj"], "init_lora_weights": False,
+              **config}
+    get_peft_model(copy.deepcopy(closer.model), LoraConfig(**config)).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(closer, tmp_path_factory) -> str:
+    return save_lora(closer, tmp_path_factory.mktemp("run") / "adapter")
+
+
+def adapted(closer, adapter_dir: str):
+    """The closer with the saved adapter loaded and active, as evaluate loads one (its dir recorded)."""
+    return dataclasses.replace(closer, model=load_adapter(copy.deepcopy(closer.model), adapter_dir),
+                               adapter_dirs={"default": adapter_dir}, source=REPLAYED)
+
+
+def vllm(**kw):
+    return lambda: VLLMEngine(progress=False, **kw)
+
+
+@pytest.fixture(params=["hf", "hf+adapter", "vllm", "vllm+adapter"])
+def target(request, closer, adapter_dir, monkeypatch) -> Forcing:
+    bundle = adapted(closer, adapter_dir) if request.param.endswith("+adapter") else dataclasses.replace(
+        closer, source=REPLAYED)
+    if not request.param.startswith("vllm"):
+        return Forcing(bundle)
+    install(monkeypatch, closer)
+    return Forcing(bundle, vllm(lora="serve"))
+
+
+@pytest.mark.parametrize("rule", RULES, ids=rule_id)
+def test_budget_forcing_rules_hold_on_every_engine(target, rule):
+    rule(target)
+
+
+POINTS = [BudgetPoint(24), BudgetPoint(24, num_waits=2), BudgetPoint(24, num_waits=2, min_thinking_tokens=8),
+          BudgetPoint(6, num_waits=1), BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")]
+
+
+def point_id(p: BudgetPoint) -> str:
+    return f"{p.id}_{p.final_answer_string or 'plain'}"
+
+
+@pytest.mark.parametrize("point", POINTS, ids=point_id)
+def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, monkeypatch, point):
     """The engines share the rules but not the mechanics (a logits processor in one generate call vs s1's
     multi-pass loop over vLLM requests): on the same greedy model both give the same tokens and counts."""
+    fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False)
-    recorded = dataclasses.replace(closer, source="replayed-closer")
+    recorded = dataclasses.replace(closer, source=REPLAYED)
     via_vllm = vllm_engine.generate(recorded, requests(), GenerationParams(budget=point))
     assert summary(via_vllm) == summary(forced(closer, point))
     assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in forced(closer, point)]
-    calls = vllm_replay.LLM.calls  # requests per pass: s1's loop re-submits only the rows still thinking
+    calls = [n for n, _ in fake.LLM.calls]  # requests per pass: s1's loop re-submits only the rows still thinking
     assert calls[0] == len(PROMPTS) and len(calls) >= 2 and all(n <= len(PROMPTS) for n in calls)
     plain = vllm_engine.generate(recorded, requests(), GenerationParams(max_new_tokens=12))
     assert summary(plain) == summary(engine().generate(closer, requests(), GenerationParams(max_new_tokens=12)))
+    assert [i.kwargs.get("enable_lora") for i in fake.LLM.instances] == [None]  # no adapter: no LoRA
+
+
+@pytest.mark.parametrize("point", POINTS, ids=point_id)
+def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, adapter_dir, monkeypatch, point):
+    """lora=auto (the default) on a plain LoRA: vLLM's LoRA gets the adapter's dir in a LoRARequest on every
+    pass; the outputs equal HF base+adapter's, and the same instance then runs the bare base as HF does."""
+    bundle, base = adapted(closer, adapter_dir), dataclasses.replace(closer, source=REPLAYED)
+    reference = forced(bundle, point)
+    assert summary(reference) != summary(forced(base, point))  # the adapter changes what is generated
+    fake = install(monkeypatch, closer)
+    vllm_engine = VLLMEngine(progress=False)
+    via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
+    assert summary(via_vllm) == summary(reference)
+    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in reference]
+    (llm,) = fake.LLM.instances
+    assert (llm.path, llm.enable_lora, llm.max_lora_rank, llm.max_loras) == (REPLAYED, True, 8, 1)  # rank 4 -> 8
+    assert len(fake.LLM.calls) >= 2 and {lora for _, lora in fake.LLM.calls} == {1}
+    assert llm.adapters[1][0] == adapter_dir
+    with bundle.model.disable_adapter():  # evaluate's base run on the same engine
+        bare = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
+    assert summary(bare) == summary(forced(base, point))
+    assert len(fake.LLM.instances) == 1 and fake.LLM.calls[-1][1] is None
+
+
+def test_vllm_merge_fallback_loads_a_merged_copy_and_matches_hf(closer, adapter_dir, monkeypatch):
+    """lora=merge: PEFT's merge_and_unload on a copy, written as a checkpoint that vLLM loads (the fake reads
+    its safetensors strictly); the bundle's own model keeps its adapter; the copy goes with the engine."""
+    bundle, point = adapted(closer, adapter_dir), BudgetPoint(24, num_waits=2)
+    fake = install(monkeypatch, closer)
+    vllm_engine = VLLMEngine(progress=False, lora="merge")
+    via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
+    assert summary(via_vllm) == summary(forced(bundle, point))
+    (llm,) = fake.LLM.instances
+    merged = Path(llm.path)
+    assert merged.is_dir() and (merged / "config.json").is_file() and "enable_lora" not in llm.kwargs
+    assert not llm.enable_lora and {lora for _, lora in fake.LLM.calls} == {None}
+    assert bundle.model.get_model_status().active_adapters == ["default"]  # merged on a copy only
+    del vllm_engine, llm
+    fake.LLM.instances.clear()
+    gc.collect()
+    assert not merged.exists()
+
+
+def test_auto_merges_what_vllms_lora_cannot_load_and_serve_refuses_it(closer, tmp_path, monkeypatch):
+    """An adapter with trained token rows (recipe.train_*_rows) or modules_to_save: vLLM's LoRA refuses it,
+    so lora=auto merges it (same outputs as HF), and lora=serve fails naming the adapter and what it holds."""
+    end = ids_of(closer, END)
+    cases = {"trainable_token_indices": save_lora(closer, tmp_path / "rows" / "adapter",
+                                                  trainable_token_indices={"embed_tokens": end}),
+             "modules_to_save": save_lora(closer, tmp_path / "head" / "adapter", modules_to_save=["lm_head"])}
+    bundles = {held: adapted(closer, path) for held, path in cases.items()}  # loaded before the fake "GPU"
+    fake = install(monkeypatch, closer)
+    point = BudgetPoint(24, num_waits=2)
+    for held, path in cases.items():
+        assert held in json.loads((Path(path) / "adapter_config.json").read_text())
+        bundle = bundles[held]
+        vllm_engine = VLLMEngine(progress=False)
+        via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
+        assert summary(via_vllm) == summary(forced(bundle, point))
+        assert Path(fake.LLM.instances[-1].path).is_dir() and fake.LLM.calls[-1][1] is None
+        with pytest.raises(ValueError, match=rf"engine.lora=serve: vLLM's LoRA cannot load the adapter {path}: "
+                                             rf".*{held}.*Use engine.lora=auto or merge"):
+            VLLMEngine(progress=False, lora="serve").generate(bundle, requests(), GenerationParams(budget=point))
+
+
+def test_vllm_adapter_settings_are_checked_with_the_key_named(closer, adapter_dir, monkeypatch):
+    wide = save_lora(closer, Path(adapter_dir).parent.parent / "wide" / "adapter", r=16, lora_alpha=16)
+    bundles = [adapted(closer, wide), dataclasses.replace(adapted(closer, adapter_dir), adapter_dirs={})]
+    install(monkeypatch, closer)
+    with pytest.raises(ValueError, match=r"engine.lora='served', expected one of \('auto', 'serve', 'merge'\)"):
+        VLLMEngine(lora="served")
+    with pytest.raises(ValueError, match=r"engine.max_lora_rank=12, expected null or one of vLLM's"):
+        VLLMEngine(max_lora_rank=12)
+    with pytest.raises(ValueError, match=r"engine.max_lora_rank=8 is below the rank of the adapter\(s\) .*wide"):
+        VLLMEngine(max_lora_rank=8, progress=False).generate(bundles[0], requests(), GenerationParams())
+    with pytest.raises(ValueError, match=r"PEFT adapter 'default' but not the dir it was loaded from"):
+        VLLMEngine(progress=False).generate(bundles[1], requests(), GenerationParams())

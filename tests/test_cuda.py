@@ -2,7 +2,7 @@
 
 - LoRA fine-tunes of the tiny LLaVA through the recipe (`run_training`) and `train.py` with `trainer=gpu`
   (bf16-mixed), on a bf16 base with fp32 or bf16 adapters: the loss falls, the adapter is saved and reloads.
-- Budget forcing on CUDA in bf16: the CPU suite's rule tests (tests/test_budget_forcing.py) rerun against the
+- Budget forcing on CUDA in bf16: the CPU suite's rules (tests/budget_rules.py) rerun against the
   same closing Llama moved to the GPU, and batched == one by one == the multi-pass reference.
 - What only a GPU decides: `model.dtype=auto` is bf16 (what `mvqa.train.memory` assumes), inputs follow the
   model onto the device in its dtype, QLoRA and vLLM name only what is missing besides the GPU.
@@ -33,7 +33,7 @@ from safetensors.torch import load_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-import test_budget_forcing as cpu_rules  # its rule tests, rerun on the GPU (the one test module imported)
+from budget_rules import RULES, Forcing, rule_id
 from helpers import (
     TINY,
     closing_llama,
@@ -272,26 +272,9 @@ def test_bf16_batched_equals_one_by_one_and_the_multipass_reference(closer, poin
     assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.id}: batched vs alone")
 
 
-RULE_TESTS = [
-    cpu_rules.test_the_scenarios_exercise_every_rule,
-    cpu_rules.test_cap_forces_end_then_answer_opener_and_final_answer_string,
-    cpu_rules.test_min_thinking_tokens_are_respected,
-    functools.partial(cpu_rules.test_waits_are_inserted_and_counted, wait_string="Wait"),
-    functools.partial(cpu_rules.test_waits_are_inserted_and_counted, wait_string="Hmm"),
-    cpu_rules.test_sampling_uses_the_multipass_loop_and_keeps_the_rules,
-    cpu_rules.test_existing_think_opener_is_not_doubled,
-]
-
-
-def _rule_id(rule) -> str:
-    if isinstance(rule, functools.partial):
-        return f"{rule.func.__name__.removeprefix('test_')}[{rule.keywords['wait_string']}]"
-    return rule.__name__.removeprefix("test_")
-
-
-@pytest.mark.parametrize("rule", RULE_TESTS, ids=_rule_id)
+@pytest.mark.parametrize("rule", RULES, ids=rule_id)
 def test_the_cpu_suites_forcing_rules_hold_on_cuda_in_bf16(closer, rule):
-    rule(closer)
+    rule(Forcing(closer))
 
 
 def test_llava_with_images_forced_on_cuda_batched_equals_one_by_one():

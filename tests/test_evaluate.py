@@ -84,6 +84,23 @@ def test_base_as_it_is_used_is_the_reference_for_every_budget_point(compose, tmp
         run_evaluation(bad, tmp_path / "bad")
 
 @pytest.mark.slow
+def test_engine_vllm_gets_each_adapter_by_its_dir_in_its_evaluation_run(compose, adapter):
+    """What engine=vllm is handed per evaluation run (evaluate.py engine=vllm adapters=[...]): the bare base,
+    then the adapter as the dir given in adapters=[...], which vLLM's LoRA loads (or lora=merge merges)."""
+    from mvqa.eval.runner import _active, evaluation_runs, load_models
+    from mvqa.generation.engine import active_adapter_dir
+
+    cfg = compose("evaluate", [*UNIT, *WORLD, f"adapters=[{adapter}]", "engine=vllm", "logger=none"])
+    assert (cfg.engine.lora, cfg.engine.max_lora_rank, cfg.engine.merge_dir) == ("auto", None, None)
+    bundle, models = load_models(cfg)
+    served = []
+    for label, name, _, _ in evaluation_runs(cfg, models, [None]):
+        with _active(bundle.model, name):
+            served.append((label, active_adapter_dir(bundle)))
+    assert served == [("base", None), (f"base+{adapter.parent.name}/adapter", str(adapter))]
+
+
+@pytest.mark.slow
 def test_adapter_for_another_base_fails_before_generation(compose, tmp_path, adapter):
     cfg = compose("evaluate", ["model=tiny_qwen2_vl", "model.size=unit", *WORLD, f"adapters=[{adapter}]",
                                "budget=none", "logger=none"], tmp_path / "run")

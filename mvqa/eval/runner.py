@@ -132,6 +132,7 @@ def load_models(cfg: DictConfig) -> tuple[ModelBundle, list[tuple[str, str | Non
     for k, path in enumerate(cfg.adapters):
         name = f"adapter{k}"
         model = load_adapter(model, path, adapter_name=name, base_check=cfg.model.adapter_base_check)
+        bundle.adapter_dirs[name] = str(path)
         entries.append((f"base+{Path(path).parent.name}/{Path(path).name}", name))
     if not entries:
         raise ValueError("nothing to evaluate: include_base=false and no adapters given")

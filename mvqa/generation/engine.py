@@ -6,10 +6,17 @@ order. With a `BudgetPoint` in the params, the thinking section is budget-forced
 
 from __future__ import annotations
 
+import copy
+import gc
 import importlib.util
 import itertools
+import json
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -282,14 +289,81 @@ class HFEngine:
         return run_pass
 
 
+# vLLM's choices for max_lora_rank (LoRAConfig); an adapter of a higher rank cannot be served, only merged.
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+LORA_MODES = ("auto", "serve", "merge")
+
+
+def active_adapter_dir(bundle: ModelBundle) -> str | None:
+    """The dir of the PEFT adapter the bundle's model generates with now, or None for the bare base (no PEFT
+    model, or one inside `disable_adapter()`)."""
+    from peft import PeftModel
+
+    model = bundle.model
+    if not isinstance(model, PeftModel):
+        return None
+    status = model.get_model_status()
+    if status.enabled is False:
+        return None
+    active = status.active_adapters
+    if status.enabled is not True or active == "irregular" or len(active) != 1:
+        raise ValueError(f"engine=vllm serves one adapter at a time; {bundle.name!r} has adapters enabled "
+                         f"{status.enabled!r} with active {active!r}")
+    path = bundle.adapter_dirs.get(active[0])
+    if not path:
+        raise ValueError(f"engine=vllm got {bundle.name!r} with the PEFT adapter {active[0]!r} but not the dir it "
+                         "was loaded from (bundle.adapter_dirs): vLLM loads adapters from disk; save it and load "
+                         "it through model.adapter or evaluate's adapters=[...]")
+    return path
+
+
+def lora_rank(adapter_dir: str) -> int:
+    config = _adapter_config(adapter_dir)
+    return max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
+
+
+def vllm_lora_gaps(adapter_dir: str) -> list[str]:
+    """What vLLM's LoRA cannot load from this PEFT adapter (empty: it can serve it as is)."""
+    config = _adapter_config(adapter_dir)
+    gaps = []
+    if config.get("peft_type", "LORA") != "LORA":
+        gaps.append(f"peft_type {config.get('peft_type')} (vLLM serves LoRA only)")
+    if config.get("modules_to_save"):
+        gaps.append(f"modules_to_save {config['modules_to_save']} (vLLM supports modules_to_save None only)")
+    if config.get("trainable_token_indices"):
+        gaps.append("trainable_token_indices (trained embedding/LM-head rows; recipe.train_*_rows)")
+    if config.get("use_dora"):
+        gaps.append("use_dora (DoRA)")
+    if lora_rank(adapter_dir) > VLLM_LORA_RANKS[-1]:
+        gaps.append(f"rank {lora_rank(adapter_dir)} above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+    return gaps
+
+
+def _adapter_config(adapter_dir: str) -> dict[str, Any]:
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no adapter at {adapter_dir}: expected {path}")
+    return json.loads(path.read_text())
+
+
 class VLLMEngine:
     """vLLM generation (GPU only); budget forcing by s1's multi-pass loop with stop ids and `min_tokens`.
 
     vLLM loads the weights itself from `bundle.source`; the bundle's tokenizer and special tokens are used.
+    A bundle generating with a PEFT adapter (model.adapter, or evaluate's adapters with one active) has it
+    served by vLLM's LoRA support from the adapter's dir (`lora=serve`), or merged into a copy of the base that
+    vLLM loads instead (`lora=merge`); `lora=auto` serves what vLLM's LoRA can load and merges the rest.
     """
 
     def __init__(self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, dtype: str = "auto", progress: bool = True, **defaults: Any):
+                 max_model_len: int | None = None, dtype: str = "auto", progress: bool = True,
+                 lora: str = "auto", max_lora_rank: int | None = None, merge_dir: str | None = None,
+                 **defaults: Any):
+        if lora not in LORA_MODES:
+            raise ValueError(f"engine.lora={lora!r}, expected one of {LORA_MODES}")
+        if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:
+            raise ValueError(f"engine.max_lora_rank={max_lora_rank}, expected null or one of vLLM's "
+                             f"{VLLM_LORA_RANKS}")
         missing = []
         if importlib.util.find_spec("vllm") is None:
             missing.append("the vllm package (pip install 'mvqa[vllm]')")
@@ -300,29 +374,101 @@ class VLLMEngine:
         if missing:
             raise RuntimeError(f"engine=vllm needs {' and '.join(missing)}; use engine=hf instead")
         self.params = GenerationParams(**defaults)
-        self.progress = progress
+        self.progress, self.lora, self.max_lora_rank = progress, lora, max_lora_rank
         self.llm_kwargs = {"tensor_parallel_size": tensor_parallel_size, "dtype": dtype,
                                "gpu_memory_utilization": gpu_memory_utilization, "max_model_len": max_model_len}
-        self._llm, self._source = None, None
+        self._llm, self._llm_key = None, None
+        self._lora_ids: dict[str, int] = {}  # adapter dir -> LoRARequest's int id (vLLM: unique, from 1)
+        self._merged: dict[str, str] = {}  # adapter dir -> its merged copy
+        self._serves: dict[str, bool] = {}  # adapter dir -> served by vLLM's LoRA (else merged)
+        self._merge_root = merge_dir
 
-    def _load(self, bundle: ModelBundle) -> Any:
-        if hasattr(bundle.model, "peft_config"):
-            raise NotImplementedError(f"engine=vllm got {bundle.name!r} with a PEFT adapter: merge it into the "
-                                      "weights first, or use engine=hf")
+    def serves(self, adapter_dir: str) -> bool:
+        """Whether this adapter goes through vLLM's LoRA (else it is merged); lora=serve fails on one that
+        vLLM's LoRA cannot load, naming what it cannot."""
+        if adapter_dir in self._serves:
+            return self._serves[adapter_dir]
+        gaps = vllm_lora_gaps(adapter_dir)
+        if gaps and self.lora == "serve":
+            raise ValueError(f"engine.lora=serve: vLLM's LoRA cannot load the adapter {adapter_dir}: "
+                             f"{'; '.join(gaps)}. Use engine.lora=auto or merge (merges it into a copy of the base)")
+        serve = self.lora != "merge" and not gaps
+        print(f"engine=vllm: the adapter {adapter_dir} is " + (
+            f"served by vLLM's LoRA (rank {lora_rank(adapter_dir)})" if serve else
+            "merged into a copy of the base: " + ("engine.lora=merge" if self.lora == "merge" else
+                                                   f"vLLM's LoRA cannot load its {'; '.join(gaps)}")))
+        self._serves[adapter_dir] = serve
+        return serve
+
+    def _lora_settings(self, bundle: ModelBundle) -> dict[str, Any]:
+        """enable_lora and max_lora_rank for every adapter of the bundle that is served, so one vLLM instance
+        runs the base and each of them (vLLM's LoRA must be enabled when the instance starts)."""
+        served = [d for d in dict.fromkeys(bundle.adapter_dirs.values()) if self.serves(d)]
+        if not served:
+            return {}
+        ranks = {d: lora_rank(d) for d in served}
+        rank = self.max_lora_rank or next(r for r in VLLM_LORA_RANKS if r >= max(ranks.values()))
+        over = {d: r for d, r in ranks.items() if r > rank}
+        if over:
+            raise ValueError(f"engine.max_lora_rank={rank} is below the rank of the adapter(s) {over}; set it to "
+                             f"at least {max(over.values())} (one of {VLLM_LORA_RANKS}) or null")
+        # One adapter per generate call (the evaluation runs one model at a time): max_loras=1 is enough.
+        return {"enable_lora": True, "max_lora_rank": rank, "max_loras": 1}
+
+    def _merged_copy(self, bundle: ModelBundle, adapter_dir: str) -> str:
+        """The base with this adapter merged (PEFT's merge_and_unload on a copy of the in-memory model: the base
+        as loaded, added tokens included; the copy needs the model's memory again while it merges), written
+        once as a Hugging Face checkpoint vLLM loads."""
+        if adapter_dir in self._merged:
+            return self._merged[adapter_dir]
+        from peft import PeftModel
+
+        from mvqa.models.lora import merge_and_export
+
+        name = next(n for n, d in bundle.adapter_dirs.items() if d == adapter_dir)
+        if self._merge_root is None:
+            self._merge_root = tempfile.mkdtemp(prefix="mvqa-vllm-merged-")
+            weakref.finalize(self, shutil.rmtree, self._merge_root, ignore_errors=True)
+        out = Path(self._merge_root) / f"{len(self._merged)}-{Path(adapter_dir).parent.name}-{Path(adapter_dir).name}"
+        model: PeftModel = copy.deepcopy(bundle.model)
+        model.set_adapter(name)
+        merged = model.merge_and_unload(adapter_names=[name])
+        print(f"engine=vllm: merged the adapter {adapter_dir} into a copy of {bundle.name or bundle.source}: {out}")
+        self._merged[adapter_dir] = str(merge_and_export(merged, bundle.processor, out))
+        return self._merged[adapter_dir]
+
+    def _load(self, bundle: ModelBundle) -> tuple[Any, Any]:
+        """The vLLM instance for what the bundle generates with now, and the LoRARequest to pass (or None)."""
         if not bundle.source:
             raise ValueError(f"engine=vllm loads weights from bundle.source, which is empty for {bundle.name!r}")
-        if self._source != bundle.source:
+        adapter = active_adapter_dir(bundle)
+        settings = self._lora_settings(bundle)
+        served = adapter is not None and self.serves(adapter)
+        source = bundle.source if adapter is None or served else self._merged_copy(bundle, adapter)
+        key = (source, tuple(sorted(settings.items())) if source == bundle.source else ())
+        if self._llm_key != key:
             from vllm import LLM
 
-            self._llm, self._source = LLM(model=bundle.source, seed=self.params.seed, **self.llm_kwargs), bundle.source
-        return self._llm
+            self._llm = None  # one instance at a time on the GPU: drop the previous one before starting
+            gc.collect()
+            extra = settings if source == bundle.source else {}
+            self._llm = LLM(model=source, seed=self.params.seed, **extra, **self.llm_kwargs)
+            self._llm_key = key
+        if not served:
+            return self._llm, None
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(adapter, len(self._lora_ids) + 1)
+        # keywords: vLLM releases differ in the order of these fields; the name is unique (vLLM compares names)
+        return self._llm, LoRARequest(lora_name=str(Path(adapter).resolve()), lora_int_id=lora_id,
+                                      lora_path=adapter)
 
     def generate(self, bundle: ModelBundle, requests: Sequence[GenerationRequest],
                  params: GenerationParams | None = None) -> list[Generation]:
         from vllm import SamplingParams
 
         params = params or self.params
-        llm, tokenizer = self._load(bundle), bundle.tokenizer
+        (llm, lora_request), tokenizer = self._load(bundle), bundle.tokenizer
         work = _work(requests, params)
         prompts = [tokenizer.encode(prompt_text(requests[r], params, bundle), add_special_tokens=False)
                    for r, _ in work]
@@ -341,7 +487,7 @@ class VLLMEngine:
             inputs = [dict(prompt_token_ids=seqs[i], **({"multi_modal_data": media[i]} if media[i] else {}))
                       for i in keep]
             outs = llm.generate(inputs, [sampling(max_new[i], min_new[i], stop_ids, i) for i in keep],
-                                use_tqdm=self.progress)
+                                use_tqdm=self.progress, lora_request=lora_request)
             results: list[tuple[list[int], int | None]] = [([], None)] * len(seqs)
             for i, o in zip(keep, outs):
                 new = list(o.outputs[0].token_ids)

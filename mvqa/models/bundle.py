@@ -32,6 +32,8 @@ class ModelBundle:
     special_tokens: SpecialTokens = field(default_factory=SpecialTokens)
     name: str = ""
     source: str = ""  # hub id or local path it was loaded from
+    # PEFT adapter name -> the dir it was loaded from: engine=vllm loads adapters from disk, not from memory.
+    adapter_dirs: dict[str, str] = field(default_factory=dict)
 
     @property
     def tokenizer(self) -> Any:

@@ -182,6 +182,7 @@ def load_model(cfg) -> ModelBundle:
         special_tokens=tokens,
         name=conf.name,
         source=source,
+        adapter_dirs={"default": str(conf.adapter)} if conf.adapter else {},
     )
 
 

@@ -41,6 +41,12 @@ class VLLMEngineConf(GenerationDefaults):
     max_model_len: int | None = None
     dtype: str = "auto"
     progress: bool = True
+    # A PEFT adapter (evaluate's adapters=[...], model.adapter): serve = vLLM's LoRA loads it from its dir;
+    # merge = merged into a copy of the base (in merge_dir) that vLLM loads; auto = serve, or merge an adapter
+    # vLLM's LoRA cannot load (modules_to_save, trained token rows: recipe.train_projector / train_*_rows).
+    lora: str = "auto"
+    max_lora_rank: int | None = None  # null: the smallest of vLLM's ranks (8, 16, 32...) fitting the adapters
+    merge_dir: str | None = None  # null: a temp dir, removed when the run ends
 
 
 SCHEMAS = {"schema_hf": HFEngineConf, "schema_vllm": VLLMEngineConf}
