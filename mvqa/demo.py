@@ -29,11 +29,12 @@ from mvqa.config import PROJECT_ROOT
 # 2,000 train / 200 val / 300 test items: what the bootstraps need to reach their held-out accuracy.
 WORLD = ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"]
 SIZES = {
+    # Sized for 10 minutes on 2 cores: a pool from the first 1,000 train items, 200 items per arm, 150 held-out.
     "full": {
-        "curate": ["pipeline.trace.max_new_tokens=128"],
-        "study_n": 450, "study_seeds": "[0]",
+        "curate": ["dataset.limit=1000", "pipeline.trace.max_new_tokens=128"],
+        "study_n": 200, "study_seeds": "[0]",
         "finetune": [],
-        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=200"],
+        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=150"],
     },
     # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the
     # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 24 held-out
