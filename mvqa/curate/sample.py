@@ -120,6 +120,8 @@ class Sampler:
         return out, stats
 
     def strata(self, items: list[VQAItem]) -> dict[tuple, list[int]]:
+        if not self.stratify:
+            return {(): list(range(len(items)))}
         groups: dict[tuple, list[int]] = collections.defaultdict(list)
         for i, it in enumerate(items):
             groups[tuple(getattr(it, f) for f in self.stratify)].append(i)
@@ -335,7 +337,10 @@ class RowSimilarity:
     "the", "jpg": a question's words are mostly those), so those are kept as a small dense
     (features x target rows) block multiplied by BLAS, and the rare rest goes through the target's inverted
     index: only target rows that share a rare feature with a probed row are touched. Exact up to float
-    rounding; features in at least `dense_share` of the target rows (and at least 2) count as frequent."""
+    rounding; features in at least `dense_share` of the target rows (and at least 2) count as frequent, so
+    the dense block has at most (mean nonzeros per row) / dense_share features. 1/8 was the fastest of
+    1/4 .. 1/64 on the real 12.8k rows (13 dense features; 8 trial rows in about a third of the time of
+    sparse X @ rows)."""
 
     def __init__(self, X: sp.csr_matrix, rows: np.ndarray | None = None, dense_share: float = 1 / 8):
         self.X = X
@@ -349,9 +354,8 @@ class RowSimilarity:
         self.index = target.T.tocsr()  # feature -> (target row, value); read for the rare features only
         self.index_sizes, self.row_sizes = np.diff(self.index.indptr), np.diff(X.indptr)
 
-    def __call__(self, rows: np.ndarray, by_target: bool = False) -> np.ndarray:
-        """len(rows) x target rows: the similarity of each of X[rows] to every target row (by_target: the
-        transpose, target rows x len(rows), laid out for a reduction over `rows`)."""
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        """len(rows) x target rows: the similarity of each of X[rows] to every target row."""
         X, index = self.X, self.index
         starts, sizes = X.indptr[rows], self.row_sizes[rows]
         at = _ranges(starts, sizes)
@@ -363,14 +367,10 @@ class RowSimilarity:
         rare = ~frequent
         starts, sizes = index.indptr[feature[rare]], self.index_sizes[feature[rare]]
         at = _ranges(starts, sizes)
-        if by_target:
-            sims = self.dense.T @ weights.T
-            position = index.indices[at] * len(rows) + np.repeat(which[rare], sizes)
-        else:
-            sims = weights @ self.dense
-            position = np.repeat(which[rare], sizes) * self.n + index.indices[at]
+        sims = weights @ self.dense
         # A target row can share several rare features with one probed row: add.at sums repeated positions.
-        np.add.at(sims.reshape(-1), position, index.data[at] * np.repeat(value[rare], sizes))
+        np.add.at(sims.reshape(-1), np.repeat(which[rare], sizes) * self.n + index.indices[at],
+                  index.data[at] * np.repeat(value[rare], sizes))
         return sims
 
 
@@ -379,8 +379,8 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
 
 
-def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None, probe_rows: int = 16384,
-                   similarity: RowSimilarity | None = None) -> np.ndarray:
+def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
+                   probe_rows: int = 16384) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on L2-normalised
     sparse rows with the squared cosine distance: each step draws `trials` rows with probability proportional
     to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers sum(d^2) most. d^2
@@ -389,56 +389,44 @@ def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = Non
     every row, like sklearn; past that on a fixed seeded sample of that many rows (the same choice in
     expectation, at a fraction of the cost), and the kept seed updates every row's distance exactly. A probe
     of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely: twice the outliers
-    among the picks (101 vs 48 of 1,000). No SVD; the similarities come from RowSimilarity (BLAS on the
-    frequent features, an inverted index on the rare ones), 3-4x faster than a sparse product at 12.8k."""
+    among the picks (101 vs 48 of 1,000). No SVD; the similarities come from RowSimilarity."""
+    return kmeanspp_clusters(X, k, seed, trials, probe_rows)[0]
+
+
+def kmeanspp_clusters(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
+                      probe_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+    """kmeanspp_seeds, plus for every row the position of its most similar seed (the first one on a tie):
+    each kept seed takes over the rows it is strictly closer to, so no rows x seeds pass is needed after."""
     n_rows = X.shape[0]
     trials = trials or 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
     seeds = [int(rng.integers(n_rows))]
     probe = None if n_rows <= probe_rows else np.sort(rng.choice(n_rows, probe_rows, replace=False))
-    everyone = similarity or RowSimilarity(X)  # X's own index, shared with the caller's later steps
+    everyone = RowSimilarity(X)
     compare = everyone if probe is None else RowSimilarity(X, probe)
+    labels = np.zeros(n_rows, dtype=int)
     with threadpool_limits(limits=1, user_api="blas"):
         nearest = np.maximum(1.0 - everyone(np.asarray(seeds))[0], 0.0)
         nearest[seeds[0]] = 0.0  # float rounding can leave a row a hair away from itself
         for _ in range(k - 1):
             cum = np.cumsum(nearest * nearest, dtype=np.float64)
-            if cum[-1] <= 0:  # every row duplicates a seed: take unseen rows in order
+            if cum[-1] <= 0:  # every row duplicates a seed: take unseen rows in order (they win no rows)
                 rest = np.setdiff1d(np.arange(n_rows), seeds)[: k - len(seeds)]
-                return np.concatenate([np.asarray(seeds), rest]).astype(int)
+                return np.concatenate([np.asarray(seeds), rest]).astype(int), labels
             cand = np.minimum(np.searchsorted(cum, rng.random(trials) * cum[-1], side="right"), n_rows - 1)
             dist = compare(cand)  # similarities, turned into distances in place
             np.subtract(1.0, dist, out=dist)
             np.minimum(dist, (nearest if probe is None else nearest[probe])[None, :], out=dist)
             pick = int(np.argmin(np.einsum("ij,ij->i", dist, dist)))
             best = int(cand[pick])
-            if probe is None:  # the winner's distances are already there
-                nearest = np.maximum(dist[pick], 0.0)
-            else:
-                np.minimum(nearest, np.maximum(1.0 - everyone(np.asarray([best]))[0], 0.0), out=nearest)
+            # the winner's distances: already there (capped by nearest), else computed on every row
+            new = dist[pick] if probe is None else 1.0 - everyone(np.asarray([best]))[0]
+            closer = new < nearest
+            labels[closer] = len(seeds)
+            nearest[closer] = np.maximum(new[closer], 0.0)
             seeds.append(best)
-            nearest[best] = 0.0
-    return np.asarray(seeds, dtype=int)
-
-
-def nearest_rows(X: sp.csr_matrix, picks: np.ndarray, similarity: RowSimilarity | None = None,
-                 budget: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
-    """For every row of X: the position in `picks` of its most similar pick (the first one on a tie), and that
-    cosine similarity. The picks go through RowSimilarity in blocks of at most `budget` similarities (64 MB of
-    float32), so a large pool never holds a rows x picks matrix."""
-    similarity = similarity or RowSimilarity(X)
-    picks = np.asarray(picks, dtype=int)
-    which = np.zeros(X.shape[0], dtype=int)
-    best = np.full(X.shape[0], -np.inf, dtype=similarity.dense.dtype)
-    step, columns = max(1, budget // X.shape[0]), np.arange(X.shape[0])
-    with threadpool_limits(limits=1, user_api="blas"):
-        for start in range(0, len(picks), step):
-            sims = similarity(picks[start:start + step], by_target=True)
-            top = sims.argmax(axis=1)
-            value = sims[columns, top]
-            better = value > best  # strictly: an earlier block keeps a tie
-            which[better], best[better] = top[better] + start, value[better]
-    return which, best
+            labels[best], nearest[best] = len(seeds) - 1, 0.0
+    return np.asarray(seeds, dtype=int), labels
 
 
 class CoverSpreadSampler(Sampler):
@@ -446,12 +434,13 @@ class CoverSpreadSampler(Sampler):
 
     1. k seeds by greedy k-means++ (squared cosine distance) in the sampler's TF-IDF space: spread out, but
        drawn where the rows are, so an isolated row is rarely a seed;
-    2. every row joins its most similar seed (exact cosine), giving k clusters;
+    2. every row joins its most similar seed (exact cosine, tracked while seeding), giving k clusters;
     3. from each cluster the row c maximising  x_c . sum(cluster) / N  -  w * 2 / (k(k-1)) * x_c . sum(other
        picks): its share of the pool's coverage minus its share of the picks' pairwise similarity, i.e. a
        coordinate-ascent step on  spread - coverage  (w = spread_weight), repeated until the picks settle
        (at most `rounds` times).
-    Costs k steps of a few sparse mat-vecs plus one rows x picks product; no SVD and no k-means iterations.
+    Costs k steps of `trials` similarity rows (RowSimilarity) and a few sparse mat-vecs; no SVD, no rows x
+    picks product and no k-means iterations.
     """
 
     name = "cover_spread"
@@ -468,9 +457,7 @@ class CoverSpreadSampler(Sampler):
 
     def select(self, X, k):
         X = sp.csr_matrix(X)
-        similarity = RowSimilarity(X)
-        seeds = kmeanspp_seeds(X, k, self.seed, self.trials, similarity=similarity)
-        labels, _ = nearest_rows(X, seeds, similarity)
+        _, labels = kmeanspp_clusters(X, k, self.seed, self.trials)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
         clusters = [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
