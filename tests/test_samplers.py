@@ -32,10 +32,12 @@ from mvqa.curate.sample import (
     KMeansSeedSampler,
     MiniBatchKMeansSampler,
     RandomSampler,
+    RowSimilarity,
     SVDKMeansSampler,
     allocate_quotas,
     cluster_balance,
     farthest_point_order,
+    kmeanspp_clusters,
     kmeanspp_seeds,
     sample,
     sample_stage,
@@ -222,6 +224,30 @@ def test_kmeanspp_seeds_distinct_and_seeded():
     assert len(set(seeds.tolist())) == 20 and seeds.tolist() == kmeanspp_seeds(X, 20, seed=1).tolist()
     dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))  # all rows equal: still 3 distinct rows
     assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
+
+
+def test_row_similarity_matches_the_sparse_product():
+    rng = np.random.default_rng(0)
+    # 300 rows: features 0-2 in nearly every row (dense block), 3-199 rare; some rows share two rare features.
+    dense = sp.random(300, 200, density=0.03, random_state=1, dtype=np.float32).tolil()
+    dense[:, :3] = rng.random((300, 3)).astype(np.float32)
+    X = normalize(dense.tocsr())
+    rows = np.array([5, 17, 17, 250, 299])
+    similarity = RowSimilarity(X)
+    assert similarity.dense.shape[0] == 3
+    np.testing.assert_allclose(similarity(rows), (X[rows] @ X.T).toarray(), atol=1e-6)
+    probe = np.sort(rng.choice(300, 40, replace=False))
+    np.testing.assert_allclose(RowSimilarity(X, probe)(rows), (X[rows] @ X[probe].T).toarray(), atol=1e-6)
+
+
+@pytest.mark.parametrize("probe_rows", [16384, 20])  # every row compared, or a 20-row probe of the 60
+def test_kmeanspp_clusters_label_every_row_with_its_nearest_seed(probe_rows):
+    X = seed_space(synthetic_items())
+    seeds, labels = kmeanspp_clusters(X, 10, seed=3, probe_rows=probe_rows)
+    assert seeds.tolist() == kmeanspp_seeds(X, 10, seed=3, probe_rows=probe_rows).tolist()
+    sims = (X @ X[seeds].T).toarray()
+    np.testing.assert_allclose(sims[np.arange(X.shape[0]), labels], sims.max(axis=1), atol=1e-6)
+    assert labels[seeds].tolist() == list(range(10))
 
 
 def test_diversity_report(tmp_path):
