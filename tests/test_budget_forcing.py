@@ -149,6 +149,23 @@ def adapted(closer, adapter_dir: str):
                                adapter_dirs={"default": adapter_dir}, source=REPLAYED)
 
 
+@pytest.fixture(scope="module")
+def hf_reference(closer, adapter_dir):
+    """reference(variant, point, **params): HF's generations on the closer ("base") or the closer with the
+    saved adapter ("adapter"), the reference vLLM must equal. Greedy HF is deterministic, so each is computed
+    once per closer and every comparison reads a copy of it (its bundles are its own: no test can touch them)."""
+    bundles = {"base": closer, "adapter": adapted(closer, adapter_dir)}
+    done: dict[tuple, list] = {}
+
+    def reference(variant: str, point: BudgetPoint | None = None, **params) -> list:
+        key = (variant, point, tuple(sorted(params.items())))
+        if key not in done:
+            done[key] = engine().generate(bundles[variant], requests(), GenerationParams(budget=point, **params))
+        return copy.deepcopy(done[key])
+
+    return reference
+
+
 def vllm(**kw):
     return lambda: VLLMEngine(progress=False, **kw)
 
@@ -177,29 +194,31 @@ def point_id(p: BudgetPoint) -> str:
 
 
 @pytest.mark.parametrize("point", POINTS, ids=point_id)
-def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, monkeypatch, point):
+def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, hf_reference, monkeypatch, point):
     """The engines share the rules but not the mechanics (a logits processor in one generate call vs s1's
     multi-pass loop over vLLM requests): on the same greedy model both give the same tokens and counts."""
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False)
     recorded = dataclasses.replace(closer, source=REPLAYED)
     via_vllm = vllm_engine.generate(recorded, requests(), GenerationParams(budget=point))
-    assert summary(via_vllm) == summary(forced(closer, point))
-    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in forced(closer, point)]
+    reference = hf_reference("base", point)
+    assert summary(via_vllm) == summary(reference)
+    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in reference]
     calls = [n for n, _ in fake.LLM.calls]  # requests per pass: s1's loop re-submits only the rows still thinking
     assert calls[0] == len(PROMPTS) and len(calls) >= 2 and all(n <= len(PROMPTS) for n in calls)
     plain = vllm_engine.generate(recorded, requests(), GenerationParams(max_new_tokens=12))
-    assert summary(plain) == summary(engine().generate(closer, requests(), GenerationParams(max_new_tokens=12)))
+    assert summary(plain) == summary(hf_reference("base", max_new_tokens=12))
     assert [i.kwargs.get("enable_lora") for i in fake.LLM.instances] == [None]  # no adapter: no LoRA
 
 
 @pytest.mark.parametrize("point", POINTS, ids=point_id)
-def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, adapter_dir, monkeypatch, point):
+def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, adapter_dir, hf_reference,
+                                                                      monkeypatch, point):
     """lora=auto (the default) on a plain LoRA: vLLM's LoRA gets the adapter's dir in a LoRARequest on every
     pass; the outputs equal HF base+adapter's, and the same instance then runs the bare base as HF does."""
-    bundle, base = adapted(closer, adapter_dir), dataclasses.replace(closer, source=REPLAYED)
-    reference = forced(bundle, point)
-    assert summary(reference) != summary(forced(base, point))  # the adapter changes what is generated
+    bundle = adapted(closer, adapter_dir)
+    reference, base_reference = hf_reference("adapter", point), hf_reference("base", point)
+    assert summary(reference) != summary(base_reference)  # the adapter changes what is generated
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False)
     via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
@@ -211,18 +230,18 @@ def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, ad
     assert llm.adapters[1][0] == adapter_dir
     with bundle.model.disable_adapter():  # evaluate's base run on the same engine
         bare = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
-    assert summary(bare) == summary(forced(base, point))
+    assert summary(bare) == summary(base_reference)
     assert len(fake.LLM.instances) == 1 and fake.LLM.calls[-1][1] is None
 
 
-def test_vllm_merge_fallback_loads_a_merged_copy_and_matches_hf(closer, adapter_dir, monkeypatch):
+def test_vllm_merge_fallback_loads_a_merged_copy_and_matches_hf(closer, adapter_dir, hf_reference, monkeypatch):
     """lora=merge: PEFT's merge_and_unload on a copy, written as a checkpoint that vLLM loads (the fake reads
     its safetensors strictly); the bundle's own model keeps its adapter; the copy goes with the engine."""
     bundle, point = adapted(closer, adapter_dir), BudgetPoint(24, num_waits=2)
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False, lora="merge")
     via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
-    assert summary(via_vllm) == summary(forced(bundle, point))
+    assert summary(via_vllm) == summary(hf_reference("adapter", point))
     (llm,) = fake.LLM.instances
     merged = Path(llm.path)
     assert merged.is_dir() and (merged / "config.json").is_file() and "enable_lora" not in llm.kwargs
