@@ -14,6 +14,7 @@ import copy
 import importlib.machinery
 import json
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -35,6 +36,16 @@ class LoRARequest:
     def __post_init__(self):
         if self.lora_int_id < 1:
             raise ValueError(f"lora_int_id must be > 0, got {self.lora_int_id}")
+
+
+# The PEFT model per replayed weights and adapter (dir, its files' mtimes): a test module builds many LLMs
+# over one replayed model, each loading the same adapter; generation leaves the model as it is: one load.
+_ADAPTED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Module]]
+_ADAPTED = weakref.WeakKeyDictionary()
+
+
+def _adapter_key(path: str) -> tuple:
+    return (str(Path(path).resolve()), *sorted((f.name, f.stat().st_mtime_ns) for f in Path(path).iterdir()))
 
 
 class ReplayLLM:
@@ -75,11 +86,13 @@ class ReplayLLM:
             raise ValueError("token_adapter.trainable_tokens_delta is unsupported LoRA weight")
         if config["r"] > self.max_lora_rank:
             raise ValueError(f"LoRA rank {config['r']} is greater than max_lora_rank {self.max_lora_rank}")
-        # torch_device: the fake claims a GPU (torch.cuda.is_available), PEFT would load onto it
-        model = PeftModel.from_pretrained(copy.deepcopy(self.weights), request.lora_path, torch_device="cpu")
-        model.eval()
-        self.adapters[request.lora_int_id] = (request.lora_path, model)
-        return model
+        loaded, key = _ADAPTED.setdefault(self.weights, {}), _adapter_key(request.lora_path)
+        if key not in loaded:
+            # torch_device: the fake claims a GPU (torch.cuda.is_available), PEFT would load onto it
+            loaded[key] = PeftModel.from_pretrained(copy.deepcopy(self.weights), request.lora_path,
+                                                    torch_device="cpu").eval()
+        self.adapters[request.lora_int_id] = (request.lora_path, loaded[key])
+        return loaded[key]
 
     def generate(self, inputs, sampling_params, use_tqdm=False, lora_request=None):
         assert len(inputs) == len(sampling_params)
