@@ -3,6 +3,8 @@
 Every scenario runs with `</think>` as one added token and as plain text (three BPE tokens, like Med-R1). The
 shared rules (tests/budget_rules.py) run for the HF engine and for vLLM (a replaying fake, tests/fake_vllm.py),
 each on the bare model and with a LoRA adapter that vLLM serves from its dir; vLLM's outputs equal HF's.
+For the suite's time budget a greedy run is made once per closer, engine and point and shared (Forcing.forced),
+and the rules' points answer in 4 tokens: every check still runs on every engine.
 """
 
 from __future__ import annotations
