@@ -14,6 +14,7 @@ import copy
 import importlib.machinery
 import json
 import sys
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -21,6 +22,7 @@ from types import ModuleType, SimpleNamespace
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
+from transformers import DynamicCache
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,6 +36,16 @@ class LoRARequest:
     def __post_init__(self):
         if self.lora_int_id < 1:
             raise ValueError(f"lora_int_id must be > 0, got {self.lora_int_id}")
+
+
+# The PEFT model per replayed weights and adapter (dir, its files' mtimes): a test module builds many LLMs
+# over one replayed model, each loading the same adapter; generation leaves the model as it is: one load.
+_ADAPTED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, torch.nn.Module]]
+_ADAPTED = weakref.WeakKeyDictionary()
+
+
+def _adapter_key(path: str) -> tuple:
+    return (str(Path(path).resolve()), *sorted((f.name, f.stat().st_mtime_ns) for f in Path(path).iterdir()))
 
 
 class ReplayLLM:
@@ -74,38 +86,58 @@ class ReplayLLM:
             raise ValueError("token_adapter.trainable_tokens_delta is unsupported LoRA weight")
         if config["r"] > self.max_lora_rank:
             raise ValueError(f"LoRA rank {config['r']} is greater than max_lora_rank {self.max_lora_rank}")
-        # torch_device: the fake claims a GPU (torch.cuda.is_available), PEFT would load onto it
-        model = PeftModel.from_pretrained(copy.deepcopy(self.weights), request.lora_path, torch_device="cpu")
-        model.eval()
-        self.adapters[request.lora_int_id] = (request.lora_path, model)
-        return model
+        loaded, key = _ADAPTED.setdefault(self.weights, {}), _adapter_key(request.lora_path)
+        if key not in loaded:
+            # torch_device: the fake claims a GPU (torch.cuda.is_available), PEFT would load onto it
+            loaded[key] = PeftModel.from_pretrained(copy.deepcopy(self.weights), request.lora_path,
+                                                    torch_device="cpu").eval()
+        self.adapters[request.lora_int_id] = (request.lora_path, loaded[key])
+        return loaded[key]
 
     def generate(self, inputs, sampling_params, use_tqdm=False, lora_request=None):
         assert len(inputs) == len(sampling_params)
         type(self).calls.append((len(inputs), lora_request.lora_int_id if lora_request else None))
         model = self._with_adapter(lora_request) if lora_request else self.weights
-        return [self._one(model, request, sp) for request, sp in zip(inputs, sampling_params)]
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=new, finish_reason=reason)])
+                for new, reason in self._batch(model, inputs, sampling_params)]
 
-    def _one(self, model, request, sp):
-        assert "multi_modal_data" not in request, "the replayed models are text-only"
-        seq, stops = list(request["prompt_token_ids"]), {*sp.stop_token_ids, self.eos}
-        new, reason = [], "length"
-        generator = torch.Generator().manual_seed(sp.seed) if sp.temperature > 0 else None
-        cache, step = None, seq  # the KV cache: each step feeds only the new token
+    def _batch(self, model, inputs, sampling_params) -> list[tuple[list[int], str]]:
+        """All requests decoded together, as vLLM batches them: left-padded, positions counted per request
+        (so a request's tokens do not depend on its neighbours), one KV cache; a request that has ended sits
+        out the remaining steps (its rows are computed, never read)."""
+        assert all("multi_modal_data" not in r for r in inputs), "the replayed models are text-only"
+        prompts = [list(r["prompt_token_ids"]) for r in inputs]
+        width = max(map(len, prompts))
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        step = torch.tensor([[self.eos] * (width - len(p)) + p for p in prompts])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        stops = [sorted({*sp.stop_token_ids, self.eos}) for sp in sampling_params]
+        generators = [torch.Generator().manual_seed(sp.seed) if sp.temperature > 0 else None
+                      for sp in sampling_params]
+        results: list[tuple[list[int], str]] = [([], "length") for _ in inputs]
+        running = [sp.max_tokens > 0 for sp in sampling_params]
+        cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            while len(new) < sp.max_tokens:
-                out = model(torch.tensor([step]), past_key_values=cache, use_cache=True)
-                logits, cache = out.logits[0, -1].float(), out.past_key_values
-                if len(new) < sp.min_tokens:
-                    logits[sorted(stops)] = -float("inf")
-                token = int(logits.argmax()) if generator is None else _sample(logits, sp, generator)
-                seq.append(token)
-                new.append(token)
-                step = [token]
-                if token in stops:
-                    reason = "stop"
-                    break
-        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=new, finish_reason=reason)])
+            while any(running):
+                logits = model(input_ids=step, attention_mask=mask, position_ids=positions, cache=cache,
+                               use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                tokens = [self.eos] * len(inputs)  # a filler for the rows that have ended
+                for i, sp in enumerate(sampling_params):
+                    if not running[i]:
+                        continue
+                    new, row = results[i][0], logits[i]
+                    if len(new) < sp.min_tokens:
+                        row[stops[i]] = -float("inf")
+                    token = int(row.argmax()) if generators[i] is None else _sample(row, sp, generators[i])
+                    new.append(token)
+                    tokens[i] = token
+                    if token in stops[i]:
+                        results[i], running[i] = (new, "stop"), False
+                    elif len(new) >= sp.max_tokens:
+                        running[i] = False
+                step, positions = torch.tensor(tokens)[:, None], positions[:, -1:] + 1
+                mask = torch.cat([mask, torch.ones(len(inputs), 1, dtype=mask.dtype)], dim=1)
+        return results
 
 
 def _sample(logits: torch.Tensor, sp, generator: torch.Generator) -> int:

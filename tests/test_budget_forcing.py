@@ -3,6 +3,8 @@
 Every scenario runs with `</think>` as one added token and as plain text (three BPE tokens, like Med-R1). The
 shared rules (tests/budget_rules.py) run for the HF engine and for vLLM (a replaying fake, tests/fake_vllm.py),
 each on the bare model and with a LoRA adapter that vLLM serves from its dir; vLLM's outputs equal HF's.
+For the suite's time budget a greedy run is made once per closer, engine and point and shared (Forcing.forced),
+and the rules' points answer in 4 tokens: every check still runs on every engine.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ import dataclasses
 import gc
 import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from budget_rules import RULES, Forcing, rule_id
+from budget_rules import RULES, Forcing, rule_id, thinking_budget
 from fake_vllm import install
 from helpers import (
     PROMPTS,
@@ -74,11 +77,11 @@ def test_budget_points_expand_the_configured_grid(compose):
                                            "budget.min_thinking_tokens=32"]).budget)
 
 
-@pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
-                                   BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1)],
-                         ids=lambda p: p.id)
-def test_single_pass_equals_multipass_reference_and_one_by_one(closer, point):
-    batched = forced(closer, point)
+@pytest.mark.parametrize("point", [thinking_budget(24), thinking_budget(24, num_waits=2),
+                                   thinking_budget(24, num_waits=2, min_thinking_tokens=8),
+                                   thinking_budget(6, num_waits=1)], ids=lambda p: p.id)
+def test_single_pass_equals_multipass_reference_and_one_by_one(closer, forcings, point):
+    batched = forcings["hf"].forced(point)  # the closer's greedy run, shared with the rules and vLLM's checks
     multipass = forced(closer, point, budget_impl="multi_pass")
     assert summary(batched) == summary(multipass)
     for prompt, g in zip(PROMPTS, batched):
@@ -153,14 +156,35 @@ def vllm(**kw):
     return lambda: VLLMEngine(progress=False, **kw)
 
 
-@pytest.fixture(params=["hf", "hf+adapter", "vllm", "vllm+adapter"])
-def target(request, closer, adapter_dir, monkeypatch) -> Forcing:
-    bundle = adapted(closer, adapter_dir) if request.param.endswith("+adapter") else dataclasses.replace(
-        closer, source=REPLAYED)
-    if not request.param.startswith("vllm"):
-        return Forcing(bundle)
-    install(monkeypatch, closer)
-    return Forcing(bundle, vllm(lora="serve"))
+ENGINES = ["hf", "hf+adapter", "vllm", "vllm+adapter"]
+
+
+@pytest.fixture(scope="module")
+def forcings(closer, adapter_dir) -> dict[str, Forcing]:
+    """The closer, bare and with the saved adapter, behind each engine: one Forcing per engine for the module,
+    so its greedy runs (Forcing.forced) are shared by the rules and the comparisons that ask for the same point
+    ("hf" and "hf+adapter" are the references vLLM must equal). Tests only read these bundles."""
+    base, with_adapter = dataclasses.replace(closer, source=REPLAYED), adapted(closer, adapter_dir)
+    return {"hf": Forcing(base), "hf+adapter": Forcing(with_adapter),
+            "vllm": Forcing(base, vllm(lora="serve")), "vllm+adapter": Forcing(with_adapter, vllm(lora="serve"))}
+
+
+def adapter_state(bundle) -> tuple | None:
+    if not hasattr(bundle.model, "get_model_status"):
+        return None
+    status = bundle.model.get_model_status()
+    return status.enabled, status.active_adapters
+
+
+@pytest.fixture(params=ENGINES)
+def target(request, closer, forcings, monkeypatch) -> Iterator[Forcing]:
+    if request.param.startswith("vllm"):
+        install(monkeypatch, closer)
+    forcing = forcings[request.param]
+    before = adapter_state(forcing.bundle)
+    yield forcing
+    # the module's rules share it: a rule that switched the adapter off would change the next rule's model
+    assert adapter_state(forcing.bundle) == before, f"a rule left the {request.param} model changed"
 
 
 @pytest.mark.parametrize("rule", RULES, ids=rule_id)
@@ -168,38 +192,41 @@ def test_budget_forcing_rules_hold_on_every_engine(target, rule):
     rule(target)
 
 
-POINTS = [BudgetPoint(24), BudgetPoint(24, num_waits=2), BudgetPoint(24, num_waits=2, min_thinking_tokens=8),
-          BudgetPoint(6, num_waits=1), BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")]
+# short answers (the rules' points, so their runs are shared), and one with the default 32-token answer
+POINTS = [thinking_budget(24), thinking_budget(24, num_waits=2), thinking_budget(24, num_waits=2, min_thinking_tokens=8),
+          thinking_budget(6, num_waits=1), BudgetPoint(24, num_waits=2, final_answer_string="Final Answer:")]
 
 
 def point_id(p: BudgetPoint) -> str:
-    return f"{p.id}_{p.final_answer_string or 'plain'}"
+    return f"{p.id}_{p.final_answer_string or 'plain'}_a{p.max_answer_tokens}"
 
 
 @pytest.mark.parametrize("point", POINTS, ids=point_id)
-def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, monkeypatch, point):
+def test_vllm_engine_forces_budgets_exactly_as_the_hf_engine(closer, forcings, monkeypatch, point):
     """The engines share the rules but not the mechanics (a logits processor in one generate call vs s1's
     multi-pass loop over vLLM requests): on the same greedy model both give the same tokens and counts."""
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False)
     recorded = dataclasses.replace(closer, source=REPLAYED)
     via_vllm = vllm_engine.generate(recorded, requests(), GenerationParams(budget=point))
-    assert summary(via_vllm) == summary(forced(closer, point))
-    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in forced(closer, point)]
+    reference = forcings["hf"].forced(point)
+    assert summary(via_vllm) == summary(reference)
+    assert [(g.text, g.thinking) for g in via_vllm] == [(g.text, g.thinking) for g in reference]
     calls = [n for n, _ in fake.LLM.calls]  # requests per pass: s1's loop re-submits only the rows still thinking
     assert calls[0] == len(PROMPTS) and len(calls) >= 2 and all(n <= len(PROMPTS) for n in calls)
     plain = vllm_engine.generate(recorded, requests(), GenerationParams(max_new_tokens=12))
-    assert summary(plain) == summary(engine().generate(closer, requests(), GenerationParams(max_new_tokens=12)))
+    assert summary(plain) == summary(forcings["hf"].forced(None, max_new_tokens=12))
     assert [i.kwargs.get("enable_lora") for i in fake.LLM.instances] == [None]  # no adapter: no LoRA
 
 
 @pytest.mark.parametrize("point", POINTS, ids=point_id)
-def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, adapter_dir, monkeypatch, point):
+def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, adapter_dir, forcings,
+                                                                      monkeypatch, point):
     """lora=auto (the default) on a plain LoRA: vLLM's LoRA gets the adapter's dir in a LoRARequest on every
     pass; the outputs equal HF base+adapter's, and the same instance then runs the bare base as HF does."""
-    bundle, base = adapted(closer, adapter_dir), dataclasses.replace(closer, source=REPLAYED)
-    reference = forced(bundle, point)
-    assert summary(reference) != summary(forced(base, point))  # the adapter changes what is generated
+    bundle = adapted(closer, adapter_dir)
+    reference, base_reference = forcings["hf+adapter"].forced(point), forcings["hf"].forced(point)
+    assert summary(reference) != summary(base_reference)  # the adapter changes what is generated
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False)
     via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
@@ -211,18 +238,18 @@ def test_vllm_serves_the_adapter_from_its_dir_as_hf_base_plus_adapter(closer, ad
     assert llm.adapters[1][0] == adapter_dir
     with bundle.model.disable_adapter():  # evaluate's base run on the same engine
         bare = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
-    assert summary(bare) == summary(forced(base, point))
+    assert summary(bare) == summary(base_reference)
     assert len(fake.LLM.instances) == 1 and fake.LLM.calls[-1][1] is None
 
 
-def test_vllm_merge_fallback_loads_a_merged_copy_and_matches_hf(closer, adapter_dir, monkeypatch):
+def test_vllm_merge_fallback_loads_a_merged_copy_and_matches_hf(closer, adapter_dir, forcings, monkeypatch):
     """lora=merge: PEFT's merge_and_unload on a copy, written as a checkpoint that vLLM loads (the fake reads
     its safetensors strictly); the bundle's own model keeps its adapter; the copy goes with the engine."""
-    bundle, point = adapted(closer, adapter_dir), BudgetPoint(24, num_waits=2)
+    bundle, point = adapted(closer, adapter_dir), thinking_budget(24, num_waits=2)
     fake = install(monkeypatch, closer)
     vllm_engine = VLLMEngine(progress=False, lora="merge")
     via_vllm = vllm_engine.generate(bundle, requests(), GenerationParams(budget=point))
-    assert summary(via_vllm) == summary(forced(bundle, point))
+    assert summary(via_vllm) == summary(forcings["hf+adapter"].forced(point))
     (llm,) = fake.LLM.instances
     merged = Path(llm.path)
     assert merged.is_dir() and (merged / "config.json").is_file() and "enable_lora" not in llm.kwargs
@@ -243,7 +270,7 @@ def test_auto_merges_what_vllms_lora_cannot_load_and_serve_refuses_it(closer, tm
              "modules_to_save": save_lora(closer, tmp_path / "head" / "adapter", modules_to_save=["lm_head"])}
     bundles = {held: adapted(closer, path) for held, path in cases.items()}  # loaded before the fake "GPU"
     fake = install(monkeypatch, closer)
-    point = BudgetPoint(24, num_waits=2)
+    point = thinking_budget(24, num_waits=2)
     for held, path in cases.items():
         assert held in json.loads((Path(path) / "adapter_config.json").read_text())
         bundle = bundles[held]

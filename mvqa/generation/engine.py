@@ -449,8 +449,9 @@ class VLLMEngine:
         if self._llm_key != key:
             from vllm import LLM
 
-            self._llm = None  # one instance at a time on the GPU: drop the previous one before starting
-            gc.collect()
+            if self._llm is not None:  # one instance at a time on the GPU: drop the previous one first
+                self._llm = None
+                gc.collect()  # a full collection (a second or so in a big process): only when one is dropped
             extra = settings if source == bundle.source else {}
             self._llm = LLM(model=source, seed=self.params.seed, **extra, **self.llm_kwargs)
             self._llm_key = key
