@@ -227,6 +227,7 @@ def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path
         "study.launcher=" + hydra_list(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), "study.train_threads=1",
         "study.generate=" + hydra_list([o for o in curate if not o.startswith("logger=")]),
         "study.train=" + hydra_list(["model=demo_base", f"model.path={base}", "experiment=demo/finetune",
+                                     f"callbacks.progress_every_s={PROGRESS_EVERY_S}",
                                      *sizes["finetune"], *[o for o in common if o.startswith("paths.")]]),
         "study.evaluate=" + hydra_list(["model=demo_base", f"model.path={base}", *WORLD, *EVALUATE,
                                         *sizes["evaluate"], *[o for o in common if o.startswith("paths.")]]),
