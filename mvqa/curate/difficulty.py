@@ -31,6 +31,7 @@ from mvqa.data.answers import closed_correct, exact_match
 from mvqa.data.readers import clean_text
 from mvqa.data.records import STRATA_FIELDS, VQAItem, kind_counts
 from mvqa.data.stats import StageStats
+from mvqa.schemas.scorer import PredictionsScorerConf, SimilarityRulesConf, SimilarityScorerConf
 
 # Keys the scorers write into item.extra.
 OUTPUT, SIM_ANSWER, SIM_CHOICES = "scorer_output", "sim_to_answer", "max_choice_sim"
@@ -112,11 +113,13 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
 class SimilarityRules:
     """The seed's thresholds (its names in comments). A row is hard when no rule fires."""
 
-    max_sim_to_answer: float = 0.75  # correct_thresh: above it the output is (nearly) the answer
-    margin: float = 0.02  # correct_margin: the answer is (about) the closest choice
-    gibberish: float = 0.3  # gibberish_threshold: both similarities below it
-    min_choice_sim: float = 0.75  # gunky: the output is close to no choice
-    max_colons: int = 2  # two or more colons: the output lists several options
+    # The defaults are scorer/'s (SimilarityRulesConf), the one home of each.
+    # correct_thresh: above it the output is (nearly) the answer
+    max_sim_to_answer: float = SimilarityRulesConf.max_sim_to_answer
+    margin: float = SimilarityRulesConf.margin  # correct_margin: the answer is (about) the closest choice
+    gibberish: float = SimilarityRulesConf.gibberish  # gibberish_threshold: both similarities below it
+    min_choice_sim: float = SimilarityRulesConf.min_choice_sim  # gunky: the output is close to no choice
+    max_colons: int = SimilarityRulesConf.max_colons  # two or more colons: the output lists several options
 
     def failed(self, output: Any, sim_answer: float, max_choice: float | None, item: VQAItem | None = None
                ) -> str | None:
@@ -307,9 +310,16 @@ class SimilarityScorer:
     """`similarity/`: the scorer VLM answers in free text (the seed's prompt), the output is embedded and
     compared with the answer and the choices; hard = the seed's rules."""
 
-    def __init__(self, rules: Mapping[str, Any] | None = None, label_choices: bool = True, batch_size: int = 64,
-                 device: str = "cpu", name: str = "similarity", model_key: str = "scorer_model",
-                 max_new_tokens: int = 64):
+    def __init__(
+        self,
+        rules: Mapping[str, Any] | None = None,
+        label_choices: bool = SimilarityScorerConf.label_choices,
+        batch_size: int = SimilarityScorerConf.batch_size,
+        device: str = SimilarityScorerConf.device,
+        name: str = SimilarityScorerConf.name,
+        model_key: str = SimilarityScorerConf.model_key,
+        max_new_tokens: int = SimilarityScorerConf.max_new_tokens,
+    ):
         self.rules = SimilarityRules(**dict(rules or {}))
         self.label_choices, self.batch_size, self.device, self.name = label_choices, batch_size, device, name
         self.model_key, self.max_new_tokens = model_key, max_new_tokens
@@ -352,8 +362,8 @@ class SimilarityScorer:
 class PredictionsScorer(SimilarityScorer):
     """`predictions/`: score = join a precomputed scorer CSV; hard = the seed's rules on its similarities."""
 
-    def __init__(self, path: str, recompute: bool = False, **kwargs: Any):
-        super().__init__(**{"name": "predictions", **kwargs})
+    def __init__(self, path: str, recompute: bool = PredictionsScorerConf.recompute, **kwargs: Any):
+        super().__init__(**{"name": PredictionsScorerConf.name, **kwargs})
         self.path, self.recompute = path, recompute
 
     def score(self, items: list[VQAItem], ctx: Any = None) -> tuple[list[VQAItem], StageStats]:

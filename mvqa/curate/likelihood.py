@@ -22,12 +22,22 @@ from mvqa.data.prompts import chat_prompt, format_question
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import ModelBundle
+from mvqa.schemas.scorer import LikelihoodScorerConf
 
 
 class LikelihoodScorer:
-    def __init__(self, model_key: str = "scorer_model", prompt: str = "direct", continuation: str = "letter",
-                 fraction: float | None = 0.15, threshold: float | None = None, progress: bool = True,
-                 name: str = "likelihood", batch_size: int = 8, stratify_by: str | None = None) -> None:
+    def __init__(
+        self,
+        model_key: str = LikelihoodScorerConf.model_key,
+        prompt: str = LikelihoodScorerConf.prompt,
+        continuation: str = LikelihoodScorerConf.continuation,
+        fraction: float | None = LikelihoodScorerConf.fraction,
+        threshold: float | None = LikelihoodScorerConf.threshold,
+        progress: bool = LikelihoodScorerConf.progress,
+        name: str = LikelihoodScorerConf.name,
+        batch_size: int = LikelihoodScorerConf.batch_size,
+        stratify_by: str | None = LikelihoodScorerConf.stratify_by,
+    ) -> None:
         if continuation not in ("letter", "text", "tagged_text"):
             raise ValueError(f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
         self.model_key, self.prompt, self.continuation = model_key, prompt, continuation

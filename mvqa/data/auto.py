@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas.dataset_auto import AutoConf
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def resolve_dataset(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def read_auto(split: str = "train", **fields: Any) -> tuple[list[VQAItem], StageStats]:
+def read_auto(split: str = AutoConf.split, **fields: Any) -> tuple[list[VQAItem], StageStats]:
     """The reader behind `_target_`, for callers that load an unresolved `auto` node directly."""
     from mvqa.data.loading import load_dataset
 

@@ -28,6 +28,8 @@ import pandas as pd
 from mvqa.data.images import check_image_path, check_on_bad_image, verify_images
 from mvqa.data.records import CLOSED, LETTERS, MAX_CHOICES, OPEN, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas import schema_default
+from mvqa.schemas.dataset import CsvConf, PmcVqaConf, SlakeConf
 
 log = logging.getLogger(__name__)
 LOAD_STAGE = "load"
@@ -77,17 +79,17 @@ def strip_choice_prefix(text: str, letter: str) -> str:
 
 def read_pmc_vqa(
     path,
-    image_root=None,
-    name: str = "pmc_vqa",
-    split: str = "",
-    source: str = "pmc_vqa",
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
+    image_root=PmcVqaConf.image_root,
+    name: str = PmcVqaConf.name,
+    split: str = PmcVqaConf.split,
+    source: str = PmcVqaConf.source,
+    on_bad_image: str = PmcVqaConf.on_bad_image,
+    check_images: bool = PmcVqaConf.check_images,
+    limit: int | None = PmcVqaConf.limit,
     columns: Mapping[str, Any] | None = None,
-    extra_columns: Sequence[str] = (),
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8-sig",
+    extra_columns: Sequence[str] = schema_default(PmcVqaConf, "extra_columns"),
+    on_duplicate: str = PmcVqaConf.on_duplicate,
+    encoding: str = PmcVqaConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
     """A PMC-VQA CSV (`Figure_path, Question, Answer, Choice A..D, Answer_label`), names matched ignoring case.
 
@@ -105,17 +107,17 @@ def read_pmc_vqa(
 def read_csv_dataset(
     path,
     columns: Mapping[str, Any],
-    image_root=None,
-    name: str = "csv",
-    split: str = "",
-    source: str = "csv",
-    strip_choice_prefixes: bool = False,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    extra_columns: Sequence[str] = (),
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8-sig",
+    image_root=CsvConf.image_root,
+    name: str = CsvConf.name,
+    split: str = CsvConf.split,
+    source: str = CsvConf.source,
+    strip_choice_prefixes: bool = CsvConf.strip_choice_prefixes,
+    on_bad_image: str = CsvConf.on_bad_image,
+    check_images: bool = CsvConf.check_images,
+    limit: int | None = CsvConf.limit,
+    extra_columns: Sequence[str] = schema_default(CsvConf, "extra_columns"),
+    on_duplicate: str = CsvConf.on_duplicate,
+    encoding: str = CsvConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
     """Any CSV: `columns` maps image, question, answer (required), choices (list), answer_label, id, ... to
     column names. Without an answer_label column the label is the one choice whose text equals the answer."""
@@ -397,17 +399,17 @@ def _distractor_pools(rows: list[dict]) -> dict[str, list[tuple[tuple[str, ...],
 
 def read_slake(
     path,
-    split: str = "test",
-    name: str = "slake",
-    source: str = "slake",
-    open_to_mcq: bool = False,
-    num_distractors: int = 3,
+    split: str = SlakeConf.split,
+    name: str = SlakeConf.name,
+    source: str = SlakeConf.source,
+    open_to_mcq: bool = SlakeConf.open_to_mcq,
+    num_distractors: int = SlakeConf.num_distractors,
     seed: int = 0,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8",
+    on_bad_image: str = SlakeConf.on_bad_image,
+    check_images: bool = SlakeConf.check_images,
+    limit: int | None = SlakeConf.limit,
+    on_duplicate: str = SlakeConf.on_duplicate,
+    encoding: str = SlakeConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
     """SLAKE 1.0 `<path>/<split>.json`, English questions, images `<path>/imgs/<img_name>`.
 

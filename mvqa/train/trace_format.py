@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mvqa.data.grading import grade_answer
@@ -17,6 +18,8 @@ from mvqa.data.prompts import OK, ParsedAnswer, parse_item_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import SpecialTokens
+from mvqa.schemas import schema_default
+from mvqa.schemas.trace_format import TraceFormatConf
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -47,16 +50,16 @@ class TraceFormatter:
 
     def __init__(
         self,
-        style: str = "med_r1",
-        trace_fields: list[str] = ("raw_output", "trace", "generated_reasoning"),
-        wait_string: str = "Wait",
-        num_waits: int = 1,
-        position: str = "random",
-        boundary: str = "sentence",
-        self_check: bool = True,
-        self_check_template: str = "{wait}, let me re-check that. {previous}",
-        require_label_match: bool = True,
-        answer_format: str = "letter",
+        style: str = TraceFormatConf.style,
+        trace_fields: Sequence[str] = schema_default(TraceFormatConf, "trace_fields"),
+        wait_string: str = TraceFormatConf.wait_string,
+        num_waits: int = TraceFormatConf.num_waits,
+        position: str = TraceFormatConf.position,
+        boundary: str = TraceFormatConf.boundary,
+        self_check: bool = TraceFormatConf.self_check,
+        self_check_template: str = TraceFormatConf.self_check_template,
+        require_label_match: bool = TraceFormatConf.require_label_match,
+        answer_format: str = TraceFormatConf.answer_format,
         seed: int = 0,
     ) -> None:
         if style not in ("med_r1", "s1", "direct"):
