@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_training import TINY
+from helpers import TINY
 
 from mvqa.train.recipe import run_training
 

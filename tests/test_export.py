@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from test_training import TINY
+from helpers import TINY
 
 from mvqa.config import PROJECT_ROOT
 from mvqa.data.images import load_image

@@ -99,7 +99,7 @@ def compare_table(sweep, capsys) -> tuple[str, list[str]]:
 
 @pytest.mark.slow
 def test_train_2x2_multirun_is_four_wandb_runs_in_one_group_then_compare(tmp_path, capsys):
-    from test_training import UNIT_RUN, WORLD
+    from helpers import UNIT_RUN, WORLD
 
     # No dataset override: dataset=auto finds no curation run under the launch dir and takes the world.
     done = entry("train", "-m", "recipe.lr=1e-4,3e-4", "recipe.r=4,8", "trainer.max_steps=2", *WORLD, *UNIT_RUN,
