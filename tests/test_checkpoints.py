@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from helpers import TINY
+from safetensors.torch import load_file
 
 from mvqa.train.recipe import run_training
 
