@@ -121,7 +121,8 @@ def test_describe_items_caption_every_train_image(tmp_path):
     described = [it for it in both if it.content_type == "describe"]
     assert both[:48] == items and len(described) == 48 and stats.metrics["describe_items"] == 48
     for mcq, it in zip(items, described):
-        assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image, synthetic.DESCRIBE_QUESTION)
+        assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image,
+                                                  synthetic.DESCRIBE_QUESTION)
         assert it.answer == mcq.extra["caption"] and it.answer.startswith(f"{mcq.modality}. ")
         assert it.content_type == "describe" and it.answer_label is None
     counts = [it for it in described if it.answer.endswith("No lesion.")]
@@ -198,7 +199,8 @@ def text_only_accuracy(train, test) -> float:
     vec = TfidfVectorizer(token_pattern=r"\S+").fit([text(it) for it in train])
     blind = LogisticRegression(max_iter=1000).fit(vec.transform([text(it) for it in train]),
                                                   [it.answer_label for it in train])
-    return float(np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
+    return float(
+        np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
 
 
 @pytest.mark.slow
@@ -233,7 +235,8 @@ def test_corpus_is_the_worlds_text_without_images(tmp_path, monkeypatch):
 
 
 def test_generate_config_composes_and_instantiates(compose, tmp_path):
-    cfg = compose("generate", ["dataset.n_train=12", "dataset.n_val=6", "dataset.n_test=6", "dataset.split=val",
+    cfg = compose("generate",
+                  ["dataset.n_train=12", "dataset.n_val=6", "dataset.n_test=6", "dataset.split=val",
                                f"paths.cache={tmp_path / 'cache'}", "seed=5"])
     assert cfg.dataset.name == "synthetic" and cfg.dataset.seed == 5
     assert cfg.dataset.root == str(tmp_path / "cache" / "synthetic")

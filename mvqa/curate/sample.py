@@ -46,8 +46,9 @@ def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None
     try:
         return TfidfVectorizer(max_features=max_features, dtype=dtype).fit_transform(texts)
     except ValueError as err:  # sklearn's "empty vocabulary"
-        raise ValueError(f"sampler: cannot build TF-IDF features of the {what} ({err}); give that part weight 0"
-                         ) from err
+        raise ValueError(
+            f"sampler: cannot build TF-IDF features of the {what} ({err}); give that part weight 0"
+            ) from err
 
 
 class Sampler:
@@ -73,7 +74,8 @@ class Sampler:
             raise ValueError(f"sampler.n must be >= 1, got {n}")
         unknown = [f for f in stratify if f not in STRATA_FIELDS]
         if unknown:
-            raise ValueError(f"sampler.stratify: unknown field(s) {unknown}; expected some of {list(STRATA_FIELDS)}")
+            raise ValueError(
+                f"sampler.stratify: unknown field(s) {unknown}; expected some of {list(STRATA_FIELDS)}")
         if quota not in ("proportional", "equal"):
             raise ValueError(f"sampler.quota must be 'proportional' or 'equal', got {quota!r}")
         self.n, self.seed, self.stratify, self.quota = n, seed, list(stratify), quota
@@ -89,11 +91,13 @@ class Sampler:
         blocks = []
         for part, weight in self.weights.items():
             if weight:
-                block = tfidf_block(texts[part], part, self.question_max_features if part == "question" else None,
+                block = tfidf_block(texts[part], part,
+                                    self.question_max_features if part == "question" else None,
                                     self.feature_dtype)
                 blocks.append(block if weight == 1 else block.multiply(weight))
         if not blocks:
-            raise ValueError("sampler: question, image and answer weights are all 0; nothing to compare items by")
+            raise ValueError(
+                "sampler: question, image and answer weights are all 0; nothing to compare items by")
         return normalize(sp.hstack(blocks).tocsr())
 
     def select(self, X, k: int) -> np.ndarray:
@@ -119,7 +123,8 @@ class Sampler:
             for key, rows in strata.items():
                 if quotas[key]:
                     rows = np.asarray(rows)
-                    parts.append(rows if quotas[key] >= len(rows) else rows[self.select(X[rows], quotas[key])])
+                    parts.append(rows if quotas[key] >= len(rows)
+                                 else rows[self.select(X[rows], quotas[key])])
             chosen = np.concatenate(parts)
             if not (self.keeps_selection_order and len(strata) == 1):
                 chosen = np.sort(chosen)
@@ -128,7 +133,9 @@ class Sampler:
             if self.stratify:
                 stats.metrics["quotas"] = {"/".join(map(str, key)): q for key, q in quotas.items()}
             if len(chosen) < self.n:
-                stats.warn(f"sampler {self.name}: {len(chosen)} rows for n={self.n} (empty clusters: duplicate rows?)")
+                stats.warn(
+                    f"sampler {self.name}: {len(chosen)} rows for n={self.n} (empty clusters: duplicate "
+                    "rows?)")
         if len(set(chosen.tolist())) != len(chosen):
             raise RuntimeError(f"sampler {self.name} picked a row twice; this is a bug")
         picked = set(chosen.tolist())
@@ -164,7 +171,8 @@ def allocate_quotas(sizes: dict[tuple, int], n: int, mode: str = "proportional")
     if mode == "proportional":
         exact = {k: n * s / total for k, s in sizes.items()}
         quotas = {k: int(v) for k, v in exact.items()}
-        by_remainder = sorted(sizes, key=lambda k: -(exact[k] - quotas[k]))  # stable: listed order breaks ties
+        # stable: listed order breaks ties
+        by_remainder = sorted(sizes, key=lambda k: -(exact[k] - quotas[k]))
         for k in by_remainder[: n - sum(quotas.values())]:
             quotas[k] += 1
         return quotas
@@ -207,8 +215,10 @@ class KMeansSeedSampler(Sampler):
         for c in range(k):
             members = np.flatnonzero(labels == c)
             if len(members):
-                # What pandas' DataFrame.sample(n=1, random_state=seed) draws: a fresh RandomState per cluster.
-                picks.append(members[np.random.RandomState(self.seed).choice(len(members), size=1, replace=False)[0]])
+                # What pandas' DataFrame.sample(n=1, random_state=seed) draws: a fresh
+                # RandomState per cluster.
+                picks.append(
+                    members[np.random.RandomState(self.seed).choice(len(members), size=1, replace=False)[0]])
         return np.asarray(picks, dtype=int)
 
 
@@ -239,7 +249,8 @@ class ClusterSampler(Sampler):
                 picks.append(members[rng.integers(len(members))])
             else:
                 rows = Z[members]
-                sq = np.asarray(rows.multiply(rows).sum(1)).ravel() if sp.issparse(rows) else (rows ** 2).sum(1)
+                sq = np.asarray(rows.multiply(rows).sum(1)).ravel() if sp.issparse(rows) else (
+                    rows ** 2).sum(1)
                 dist = sq - 2 * np.asarray(rows @ centers[c]).ravel()  # |x - c|^2 up to the constant |c|^2
                 picks.append(members[int(np.argmin(dist))])
         return np.asarray(picks, dtype=int)
@@ -253,7 +264,8 @@ class MiniBatchKMeansSampler(ClusterSampler):
         self.batch_size = batch_size
 
     def cluster(self, X, k):
-        km = MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, random_state=self.seed, n_init="auto").fit(X)
+        km = MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, random_state=self.seed,
+                             n_init="auto").fit(X)
         return X, km.labels_, km.cluster_centers_
 
 
@@ -314,7 +326,8 @@ class EmbedKMeansSampler(ClusterSampler):
         from mvqa.curate.difficulty import minilm_embed
 
         blocks = []
-        for part, texts in (("question", [it.question for it in items]), ("answer", [it.answer for it in items])):
+        for part, texts in (("question", [it.question for it in items]),
+                            ("answer", [it.answer for it in items])):
             if self.weights[part]:
                 blocks.append(self.weights[part] * minilm_embed(texts, self.batch_size, self.device))
         if self.weights["image"]:
@@ -348,7 +361,8 @@ def farthest_point_order(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
 class KCenterSVDSampler(Sampler):
     """Maximum spread, picks outliers: the seed's TF-IDF space (float32) -> TruncatedSVD -> greedy
     farthest-point picks. Farthest-point takes odd phrasings and rare figure names first, so it covers the
-    pool worse than a random pick (see bench/sampler.py). Cost: one SVD plus k passes of an (N x d) mat-vec."""
+    pool worse than a random pick (see bench/sampler.py). Cost: one SVD plus k passes of an (N x d)
+    mat-vec."""
 
     name = KCenterSVDConf.name
     feature_dtype = np.float32
@@ -368,21 +382,22 @@ class KCenterSVDSampler(Sampler):
 
 def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
                    probe_rows: int = 16384) -> np.ndarray:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on L2-normalised
-    sparse rows with the squared cosine distance: each step draws `trials` rows with probability proportional
-    to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers sum(d^2) most. d^2
-    leaves near-duplicates of a seed almost no chance while an isolated row has just one draw's worth, and the
-    greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the trials are compared on
-    every row, like sklearn; past that on a fixed seeded sample of that many rows (the same choice in
-    expectation, at a fraction of the cost), and the kept seed updates every row's distance exactly. A probe
-    of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely: twice the outliers
-    among the picks (101 vs 48 of 1,000). No SVD: a step costs `trials` sparse mat-vecs over all rows (past
-    probe_rows: one, plus a probe_rows x trials product)."""
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on
+    L2-normalised sparse rows with the squared cosine distance: each step draws `trials` rows with probability
+    proportional to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers
+    sum(d^2) most. d^2 leaves near-duplicates of a seed almost no chance while an isolated row has just one
+    draw's worth, and the greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the
+    trials are compared on every row, like sklearn; past that on a fixed seeded sample of that many rows (the
+    same choice in expectation, at a fraction of the cost), and the kept seed updates every row's distance
+    exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely:
+    twice the outliers among the picks (101 vs 48 of 1,000). No SVD: a step costs `trials` sparse mat-vecs
+    over all rows (past probe_rows: one, plus a probe_rows x trials product)."""
     n_rows = X.shape[0]
     trials = trials or 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
     seeds = [int(rng.integers(n_rows))]
-    probe = np.arange(n_rows) if n_rows <= probe_rows else np.sort(rng.choice(n_rows, probe_rows, replace=False))
+    probe = np.arange(n_rows) if n_rows <= probe_rows else np.sort(
+        rng.choice(n_rows, probe_rows, replace=False))
     X_probe = X if len(probe) == n_rows else X[probe]
     block = np.zeros((X.shape[1], trials), dtype=X.dtype)  # the trial rows, dense; re-zeroed after each use
 
@@ -474,8 +489,9 @@ class CoverSpreadSampler(Sampler):
         if trials is not None and trials < 1:
             raise ValueError(f"sampler.trials must be >= 1 (or null for 2 + ln n), got {trials}")
         if spread_weight < 0 or rounds < 1:
-            raise ValueError(f"sampler.spread_weight must be >= 0 and sampler.rounds >= 1, got {spread_weight}, "
-                             f"{rounds}")
+            raise ValueError(
+                f"sampler.spread_weight must be >= 0 and sampler.rounds >= 1, got {spread_weight}, "
+                f"{rounds}")
         self.trials, self.spread_weight, self.rounds = trials, spread_weight, rounds
 
     def select(self, X, k):
@@ -497,7 +513,8 @@ class CoverSpreadSampler(Sampler):
             if not redundancy:
                 break
             total = np.asarray(X[picks].sum(axis=0)).ravel()
-            own = np.asarray(X.multiply(X[picks[cluster_of]]).sum(axis=1)).ravel()  # sim to its cluster's pick
+            # sim to its cluster's pick
+            own = np.asarray(X.multiply(X[picks[cluster_of]]).sum(axis=1)).ravel()
             score = covers - redundancy * (X @ total - own)
             new = _best_per_cluster(score, cluster_of, len(clusters))
             if np.array_equal(new, picks):
@@ -527,7 +544,7 @@ def _best_per_cluster(score: np.ndarray, cluster_of: np.ndarray, n_clusters: int
     return order[first][:n_clusters]
 
 
-# ------------------------------------------------------------------------------------------------ entry points
+# ----------------------------------------------------------------------------------------------- entry points
 def sample(items: list[VQAItem], cfg: Any) -> tuple[list[VQAItem], StageStats]:
     """Sample with a Sampler, or with a `sampler/` config node (instantiated from its `_target_`)."""
     if not isinstance(cfg, Sampler):

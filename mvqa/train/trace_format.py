@@ -1,9 +1,8 @@
 """Step 5: turn reasoning traces into s1-style training targets that keep thinking after "Wait".
 
-A target is three strings: `opening` (the think delimiter), `thinking` (the reasoning, with Waits inserted) and
-`closing` (end of thinking and the answer section). The collator tokenizes them separately so a sequence over
-`max_length` is cut inside the thinking, never the answer.
-"""
+A target is three strings: `opening` (the think delimiter), `thinking` (the reasoning, with Waits inserted)
+and `closing` (end of thinking and the answer section). The collator tokenizes them separately so a sequence
+over `max_length` is cut inside the thinking, never the answer. """
 
 from __future__ import annotations
 
@@ -83,7 +82,8 @@ class TraceFormatter:
             if why:
                 stats.drop(item.id, why)
                 continue
-            thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
+            thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("",
+                                                                                                           0)
             waits += n
             if item.is_free_text:  # a closed or open item is taught its gold answer text
                 answer = item.answer.strip()
@@ -98,7 +98,8 @@ class TraceFormatter:
         if self.style == "direct":
             return Target("", "", f"{tokens.answer_start}{answer}{tokens.answer_end}")
         if self.style == "med_r1":
-            return Target(tokens.think_start, thinking, f"{tokens.think_end}{tokens.answer_start}{answer}{tokens.answer_end}")
+            return Target(tokens.think_start, thinking,
+                          f"{tokens.think_end}{tokens.answer_start}{answer}{tokens.answer_end}")
         # s1: the answer section follows the end of thinking as "Answer: X".
         return Target(tokens.think_start, thinking, f"{tokens.think_end}Answer: {answer}")
 
@@ -116,7 +117,8 @@ class TraceFormatter:
             given = str(item.extra.get("generated_answer", "")).strip()
             parsed = ParsedAnswer(text, given or None, None, OK if given else "no_answer")
             if item.is_mcq and given:  # the release writes bare letters; "C) MRI" is read as C too
-                parsed = ParsedAnswer(text, given, parse_item_answer(item, f"<answer>{given}</answer>").letter, OK)
+                parsed = ParsedAnswer(text, given,
+                                      parse_item_answer(item, f"<answer>{given}</answer>").letter, OK)
         else:
             parsed = parse_item_answer(item, text)
         reasoning, letter = parsed.thinking or "", parsed.answer
@@ -146,7 +148,8 @@ class TraceFormatter:
         if self.position == "end":
             chosen = [len(segments)] * k
         elif self.position == "spread":
-            chosen = [gaps[round(i * (len(gaps) - 1) / max(k - 1, 1))] for i in range(k)] if k > 1 else [gaps[-1]]
+            chosen = [gaps[round(i * (len(gaps) - 1) / max(k - 1, 1))]
+                      for i in range(k)] if k > 1 else [gaps[-1]]
         else:
             chosen = sorted(rng.choice(gaps) for _ in range(k))
         pieces: list[str] = []
