@@ -9,11 +9,14 @@ TORCH_INDEX ?=
 
 .PHONY: demo test test-fast install bench lint clean
 
+# torch comes from pip (pip's configuration finds the local CPU wheel here; uv reads no pip.conf), everything
+# else from uv, several times faster than pip at resolving and installing the ~150 other packages. Passing
+# $(TORCH) again keeps the installed torch: 2.13.0+cpu satisfies ==2.13.0.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q uv
 	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -q -e '.[dev,sweep,embed]' $(TORCH)
+	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev,sweep,embed]' $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)
