@@ -24,9 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mvqa.demo
 
-# The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA).
+# The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA), one
+# pytest-xdist worker per core, each on one OpenMP thread; a file's tests stay on one worker (--dist loadfile),
+# so its module-scoped fixtures are built once. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The development loop: everything not marked slow (a spawned entry, a training run, a model build).
 test-fast: $(STAMP)
