@@ -53,7 +53,8 @@ def bench_bundle(end_bias: float = 0.8, hidden: int = 256, layers: int = 4, voca
     tok.train_from_iterator(questions(64) * 4, trainers.BpeTrainer(
         vocab_size=vocab, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                        pad_token="<pad>")
     torch.manual_seed(seed)
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -105,15 +106,18 @@ def main() -> dict:
     # decode steps the forced batch takes (no eos possible): the plain run takes exactly as many
     steps = max(g.completion_tokens for g in engine.generate(bundle, requests, single))
     plain = dataclasses.replace(single, budget=None, max_new_tokens=steps)
-    t, out = interleaved({p: (lambda p=p: engine.generate(bundle, requests, p)) for p in (plain, single, multi)},
-                         args.repeats)
-    (t_plain, unforced), (t_single, forced), (t_multi, reference) = ((t[p], out[p]) for p in (plain, single, multi))
+    t, out = interleaved(
+        {p: (lambda p=p: engine.generate(bundle, requests, p)) for p in (plain, single, multi)},
+        args.repeats)
+    (t_plain, unforced), (t_single, forced), (t_multi,
+                                              reference) = ((t[p], out[p]) for p in (plain, single, multi))
 
     tokens = sum(g.completion_tokens for g in forced)
     identical = [g.token_ids for g in forced] == [g.token_ids for g in reference]
     assert all(g.completion_tokens == steps for g in unforced), "the plain run must take the same steps"
     result = {
-        "model_params_m": round(params_m, 2), "batch": args.batch, "threads": args.threads, "end_bias": args.end_bias,
+        "model_params_m": round(params_m, 2), "batch": args.batch, "threads": args.threads,
+        "end_bias": args.end_bias,
         "max_thinking_tokens": args.max_thinking, "num_waits": args.waits, "decode_steps": steps,
         "waits_used_mean": statistics.mean(g.waits_used for g in forced),
         "forced_share": statistics.mean(float(g.forced_end) for g in forced),
@@ -126,7 +130,8 @@ def main() -> dict:
         "single_equals_multipass": identical,
     }
     print(f"model {params_m:.2f}M params, batch {args.batch}, {args.threads} thread(s), budget {point.id}: "
-          f"{steps} decode steps, {result['waits_used_mean']:.2f} Waits/row, {result['forced_share']:.0%} forced; "
+          f"{steps} decode steps, {result['waits_used_mean']:.2f} Waits/row, {result['forced_share']:.0%} "
+          "forced; "
           f"per row (thinking, Waits): {[(g.thinking_tokens, g.waits_used) for g in forced]}")
     print(f"plain generate        {result['plain_step_tokens_per_s']:8.1f} tokens/s ({t_plain:.3f} s)")
     print(f"budget-forced, 1 pass {result['forced_step_tokens_per_s']:8.1f} tokens/s ({t_single:.3f} s; "

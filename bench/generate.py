@@ -57,7 +57,8 @@ def main() -> dict:
     identical = [g.token_ids for g in out["engine"]] == [ids[:len(g.token_ids)] for g, ids in
                                                           zip(out["engine"], direct_ids)]
     result = {
-        "items": args.items, "batch": args.batch, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "items": args.items, "batch": args.batch, "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
         "engine_items_per_s": args.items / t["engine"],
         "direct_generate_items_per_s": args.items / t["direct"],
         "direct_with_text_items_per_s": args.items / t["direct_text"],
@@ -66,9 +67,12 @@ def main() -> dict:
         "ratio_engine_vs_generate": t["direct"] / t["engine"],
         "same_tokens": identical,
     }
-    print(f"{args.items} items, batch {args.batch}, {args.max_new_tokens} new tokens, {args.threads} thread(s)")
+    print(
+        f"{args.items} items, batch {args.batch}, {args.max_new_tokens} new tokens, {args.threads} thread(s)")
     print(f"HFEngine.generate              {result['engine_items_per_s']:7.2f} items/s ({t['engine']:.3f} s)")
-    print(f"model.generate (pre-tokenized) {result['direct_generate_items_per_s']:7.2f} items/s ({t['direct']:.3f} s)")
+    print(
+        f"model.generate (pre-tokenized) {result['direct_generate_items_per_s']:7.2f} items/s "
+        f"({t['direct']:.3f} s)")
     print(f"tokenize + generate + decode   {result['direct_with_text_items_per_s']:7.2f} items/s "
           f"({t['direct_text']:.3f} s)")
     print(f"engine overhead {result['overhead_vs_generate']:+.1%} vs generate alone (goal <= 10%), "

@@ -34,13 +34,15 @@ def main() -> dict:
     bundle = load_model(tiny_conf("llava", size="demo", cache_dir=f"{root}/models"))
     items = read_synthetic(f"{root}/world", n_train=args.items, n_val=0, n_test=0)[0]
     ctx = SimpleNamespace(model=lambda key: bundle)
-    scorers = {b: LikelihoodScorer(continuation="tagged_text", batch_size=b, progress=False) for b in (1, args.batch)}
+    scorers = {b: LikelihoodScorer(continuation="tagged_text", batch_size=b, progress=False)
+               for b in (1, args.batch)}
     t, out = interleaved({"batched": lambda: scorers[args.batch].score(items, ctx)[0],
                           "one_by_one": lambda: scorers[1].score(items, ctx)[0]}, args.repeats)
     diff = max(abs(a - b) for x, y in zip(out["batched"], out["one_by_one"])
                for a, b in zip(x.extra["choice_logprobs"], y.extra["choice_logprobs"]))
     result = {"items": args.items, "batch": args.batch, "threads": args.threads,
-              "batched_items_per_s": args.items / t["batched"], "one_by_one_items_per_s": args.items / t["one_by_one"],
+              "batched_items_per_s": args.items / t["batched"],
+              "one_by_one_items_per_s": args.items / t["one_by_one"],
               "speedup_vs_one_by_one": t["one_by_one"] / t["batched"], "same_scores_within_1e-4": diff < 1e-4}
     print(f"{args.items} items x 4 choices, demo-size tiny LLaVA, {args.threads} thread(s)")
     print(f"batch {args.batch:2d}: {result['batched_items_per_s']:7.1f} items/s ({t['batched']:.2f} s)")

@@ -29,8 +29,10 @@ def make_csv(rows: int, out: Path, seed: int = 0) -> Path:
     """Resample the release's PMC-VQA columns to `rows` rows, written with PMC-VQA's own column names."""
     release = pd.read_csv(RELEASE, dtype=str, keep_default_na=False)
     pmc_names = [PMC_VQA_COLUMNS[k] for k in ("image", "question", "answer")] + PMC_VQA_COLUMNS["choices"]
-    release = release.rename(columns={c: n for c in release.columns for n in pmc_names if c.lower() == n.lower()})
-    frame = release[[*pmc_names, PMC_VQA_COLUMNS["answer_label"]]].sample(n=rows, replace=True, random_state=seed)
+    release = release.rename(
+        columns={c: n for c in release.columns for n in pmc_names if c.lower() == n.lower()})
+    frame = release[[*pmc_names, PMC_VQA_COLUMNS["answer_label"]]].sample(n=rows, replace=True,
+                                                                          random_state=seed)
     frame.to_csv(out, index=False)
     return out
 

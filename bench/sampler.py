@@ -51,10 +51,12 @@ SOURCE = ROOT.parent / "shared" / "data" / "mvqa1k" / "filtered_difficult_cases.
 SLAKE = ROOT.parent / "shared" / "data" / "slake"
 DEFAULT = "cover_spread"
 REPEATS_12K = 3
-LEAD_INS = ["", "In this image, ", "Looking at the figure, ", "Based on the image, ", "According to the figure, ",
+LEAD_INS = ["", "In this image, ", "Looking at the figure, ", "Based on the image, ",
+            "According to the figure, ",
             "From the image shown, ", "In the picture, "]
 GROWING = ("copy r of a row: figure id <stem>_g<r>.jpg and the question with lead-in phrase r mod 7 "
-           "(lower-cased first letter) plus ' (see figure)' when r >= 7; no (figure path, question) row repeats")
+           "(lower-cased first letter) plus ' (see figure)' when r >= 7; no (figure path, question) row "
+           "repeats")
 
 
 def real_items() -> list[VQAItem]:
@@ -77,7 +79,8 @@ def grow(base: list[VQAItem], size: int) -> list[VQAItem]:
         r += 1
         for it in base[: size - len(items)]:
             stem, _, ext = it.image.rpartition(".")
-            items.append(it.replace(id=f"{it.id}_g{r}", image=f"{stem}_g{r}.{ext}", question=variant(it.question, r)))
+            items.append(
+                it.replace(id=f"{it.id}_g{r}", image=f"{stem}_g{r}.{ext}", question=variant(it.question, r)))
     if len({(it.image, it.question) for it in items}) != len(items):
         raise AssertionError("grown rows repeat a row")
     return items
@@ -107,7 +110,8 @@ def run(sampler, items: list[VQAItem], X, outliers: bool = False, repeats: int =
         raise AssertionError(f"sampler {sampler.name} picked different rows on repeated calls")
     picks = pick_rows(items, out)
     fig = {"seconds": round(min(times), 3), "n_out": len(out),
-           "spread": round(mean_pairwise_cosine_distance(X[picks]), 4), "coverage": round(coverage(X, picks), 4),
+           "spread": round(mean_pairwise_cosine_distance(X[picks]), 4),
+           "coverage": round(coverage(X, picks), 4),
            "distinct_questions": len({it.question.strip() for it in out})}
     if outliers:
         fig["outliers"] = outlier_figures(X, picks)[1]["outliers"]
@@ -117,14 +121,17 @@ def run(sampler, items: list[VQAItem], X, outliers: bool = False, repeats: int =
 
 
 def no_worse(row: dict, name: str = DEFAULT) -> bool:
-    return row[name]["spread"] >= row["kmeans_seed"]["spread"] and row[name]["coverage"] <= row["kmeans_seed"]["coverage"]
+    seed = row["kmeans_seed"]
+    return row[name]["spread"] >= seed["spread"] and row[name]["coverage"] <= seed["coverage"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--full", action="store_true", help="also run the seed sampler at 177k (many minutes)")
-    parser.add_argument("--variants", action="store_true", help="also run svd_kmeans and minibatch_kmeans at 12.8k")
+    parser.add_argument("--full", action="store_true",
+                        help="also run the seed sampler at 177k (many minutes)")
+    parser.add_argument("--variants", action="store_true",
+                        help="also run svd_kmeans and minibatch_kmeans at 12.8k")
     args = parser.parse_args()
 
     base = real_items()
@@ -133,7 +140,8 @@ def main() -> None:
         pools = {"12.8k": base, "50k": 50_000, "177k": 177_000, "slake": slake_items(),
                  "world": world_items(world_root)}
     # Thread count matters for the ratio: kmeans_seed (sklearn KMeans) uses OpenMP threads, the others one.
-    results: dict = {"n": args.n, "growing": GROWING, "repeats_12k": REPEATS_12K, "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all"),
+    results: dict = {"n": args.n, "growing": GROWING, "repeats_12k": REPEATS_12K,
+                     "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "all"),
                      "sizes": {}}
     print(f"sampling n={args.n} (SLAKE and world: {share:.4f} of the pool); grown sets: {GROWING}")
     print(f"{'pool':>6} {'rows':>7} {'n':>5} {'sampler':>16} {'seconds':>8} {'ratio':>7} {'spread':>7} "
@@ -148,17 +156,21 @@ def main() -> None:
             samplers["kmeans_seed"] = KMeansSeedSampler(n=n)
         if args.variants and label == "12.8k":
             samplers.update(minibatch_kmeans=MiniBatchKMeansSampler(n=n), svd_kmeans=SVDKMeansSampler(n=n))
-        # Best of REPEATS_12K calls at 12.8k, where the 10x goal is judged: a shared machine's load comes and goes.
+        # Best of REPEATS_12K calls at 12.8k, where the 10x goal is judged: a shared machine's load
+        # comes and goes.
         repeats = REPEATS_12K if label == "12.8k" else 1
-        row = {name: run(s, items, X, outliers=label == "12.8k", repeats=repeats) for name, s in samplers.items()}
+        row = {name: run(s, items, X, outliers=label == "12.8k", repeats=repeats) for name,
+               s in samplers.items()}
         if "kmeans_seed" in row:
             row["speedup_vs_seed"] = round(row["kmeans_seed"]["seconds"] / row[DEFAULT]["seconds"], 2)
         results["sizes"][label] = {"rows": len(items), "n": n, **row}
         for name, fig in row.items():
             if isinstance(fig, dict):
-                ratio = row["kmeans_seed"]["seconds"] / fig["seconds"] if "kmeans_seed" in row else float("nan")
+                ratio = (row["kmeans_seed"]["seconds"] / fig["seconds"] if "kmeans_seed" in row
+                         else float("nan"))
                 print(f"{label:>6} {len(items):>7} {n:>5} {name:>16} {fig['seconds']:>8.2f} {ratio:>6.1f}x "
-                      f"{fig['spread']:>7.4f} {fig['coverage']:>8.4f} {fig.get('outliers', ''):>8}", flush=True)
+                      f"{fig['spread']:>7.4f} {fig['coverage']:>8.4f} {fig.get('outliers', ''):>8}",
+                      flush=True)
     sizes = results["sizes"]
     results["goals"] = {
         "no_worse_than_seed_12k": no_worse(sizes["12.8k"]),
@@ -169,9 +181,11 @@ def main() -> None:
         "default_177k_under_30s": sizes["177k"][DEFAULT]["seconds"] <= 30,
     }
     results["goals"]["all"] = all(results["goals"].values())
-    print(f"ratio = kmeans_seed seconds / sampler seconds (same run); default = {DEFAULT}; spread = mean pairwise "
-          "cosine distance of the picks, coverage = mean distance of every input row to its nearest pick, "
-          "outliers = picks whose nearest-neighbour distance is in the pool's top 5% (seed feature space)")
+    print(
+        f"ratio = kmeans_seed seconds / sampler seconds (same run); default = {DEFAULT}; spread = mean "
+        "pairwise "
+        "cosine distance of the picks, coverage = mean distance of every input row to its nearest pick, "
+        "outliers = picks whose nearest-neighbour distance is in the pool's top 5% (seed feature space)")
     write_json(results, ROOT / "bench" / "results" / "sampler.json")
     print(json.dumps(results, sort_keys=True))
 

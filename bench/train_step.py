@@ -77,7 +77,8 @@ def main() -> dict:
     bundle, model = fresh()
     module = VQAFineTuner(model, bundle.tokenizer, recipe)
     trainer = pl.Trainer(accelerator="cpu", max_steps=args.steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=recipe.grad_clip,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         gradient_clip_val=recipe.grad_clip,
                          num_sanity_val_steps=0)
     loader = DataLoader(batches, batch_size=None, shuffle=False)
     start = time.perf_counter()
@@ -95,8 +96,9 @@ def main() -> dict:
     result["adapter_vs_full"] = result["adapter_mb"] / result["full_checkpoint_mb"]
     print(f"bare PyTorch+PEFT step {bare * 1000:.1f} ms; Lightning step {lightning * 1000:.1f} ms; "
           f"ratio {lightning / bare:.3f}x (goal <= 1.15)")
-    print(f"peak RSS {result['peak_rss_mb']:.0f} MB; adapter {result['adapter_mb']:.2f} MB vs full checkpoint "
-          f"{result['full_checkpoint_mb']:.2f} MB ({result['adapter_vs_full']:.3f}x)")
+    print(
+        f"peak RSS {result['peak_rss_mb']:.0f} MB; adapter {result['adapter_mb']:.2f} MB vs full checkpoint "
+        f"{result['full_checkpoint_mb']:.2f} MB ({result['adapter_vs_full']:.3f}x)")
     return record(result, "train_step", digits=4)
 
 

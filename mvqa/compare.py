@@ -53,7 +53,8 @@ class Run:
 
 
 def find_run_dirs(paths: Sequence[str]) -> list[Path]:
-    """Expand globs and multirun dirs into run dirs (dirs with `.hydra/`, `metrics.json` or `summary.json`)."""
+    """Expand globs and multirun dirs into run dirs (dirs with `.hydra/`, `metrics.json` or
+    `summary.json`)."""
     found: list[Path] = []
     for pattern in paths:
         if glob.has_magic(pattern):  # files a glob catches (a multirun's multirun.yaml) are not runs
@@ -75,10 +76,12 @@ def find_run_dirs(paths: Sequence[str]) -> list[Path]:
 
 def load_run(run_dir: str | Path) -> Run:
     run_dir = Path(run_dir)
-    metrics_path = next((run_dir / n for n in ("metrics.json", "summary.json") if (run_dir / n).is_file()), None)
+    metrics_path = next((run_dir / n for n in ("metrics.json", "summary.json") if (run_dir / n).is_file()),
+                        None)
     if metrics_path is None:
-        raise RunDirError(f"{run_dir}: no metrics.json (evaluate and train runs) nor summary.json (generate runs); "
-                          "did the job finish?")
+        raise RunDirError(
+            f"{run_dir}: no metrics.json (evaluate and train runs) nor summary.json (generate runs); "
+            "did the job finish?")
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -87,7 +90,8 @@ def load_run(run_dir: str | Path) -> Run:
     config = _load_yaml(hydra_dir / "config.yaml") or {}
     overrides = _load_yaml(hydra_dir / "overrides.yaml") or []
     hydra_cfg = _load_yaml(hydra_dir / "hydra.yaml") or {}
-    choices = {g: c for g, c in ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices", {}).items()
+    choices = {g: c for g,
+               c in ((hydra_cfg.get("hydra") or {}).get("runtime") or {}).get("choices", {}).items()
                if not g.startswith("hydra/") and g != "hydra"}
     # group choices first (dataset=slake says more than its keys); an empty group's {} leaf gives way to them
     settings = {**choices, **{k: v for k, v in flatten(config).items() if k not in choices}}
@@ -136,7 +140,8 @@ def scores(run: Run) -> list[dict[str, str]]:
             s = m["scaling"][model]
             best = next(r for r in m["runs"] if r["model"] == model and r["budget_id"] == s["best_budget_id"])
             rows.append({"model": model, "metric": "accuracy (best)", "score": f"{s['performance']:.3f}",
-                         "ci95": f"[{best['ci95'][0]:.3f}, {best['ci95'][1]:.3f}]", "at": s["best_budget_id"]})
+                         "ci95": f"[{best['ci95'][0]:.3f}, {best['ci95'][1]:.3f}]",
+                         "at": s["best_budget_id"]})
         return rows
     if run.kind == "train":
         return [{"model": "", "metric": "val_acc", "score": f"{m['val_acc']:.3f}", "ci95": "", "at": ""}]
@@ -144,11 +149,13 @@ def scores(run: Run) -> list[dict[str, str]]:
     flat = flatten(m.get("diversity") or {})
     leaves = {k: v for k, v in flat.items() if k.split(".")[-1] == wanted}
     if not leaves:
-        return [{"model": "", "metric": f"diversity.{wanted}", "score": "n/a (not recorded)", "ci95": "", "at": ""}]
+        return [{"model": "", "metric": f"diversity.{wanted}", "score": "n/a (not recorded)", "ci95": "",
+                 "at": ""}]
     leaves.update((f"output.{f}", flat[f"output.{f}"]) for f in DIVERSITY_FIGURES
                   if f != wanted and f"output.{f}" in flat)
-    return [{"model": "", "metric": f"diversity.{k}", "score": f"{v:.4f}" if isinstance(v, float) else _show(v),
-             "ci95": "", "at": ""} for k, v in leaves.items()]
+    return [
+        {"model": "", "metric": f"diversity.{k}", "score": f"{v:.4f}" if isinstance(v, float) else _show(v),
+         "ci95": "", "at": ""} for k, v in leaves.items()]
 
 
 def format_comparison(runs: Sequence[Run], width: int = 160) -> str:
@@ -158,7 +165,8 @@ def format_comparison(runs: Sequence[Run], width: int = 160) -> str:
                   title="Runs: settings that differ, and scores", title_justify="left")
     for r in runs:
         for i, s in enumerate(scores(r)):
-            cells = [r.label, *(_show(r.settings.get(k, ABSENT)) for k in keys)] if i == 0 else [""] * (1 + len(keys))
+            cells = [r.label,
+                     *(_show(r.settings.get(k, ABSENT)) for k in keys)] if i == 0 else [""] * (1 + len(keys))
             table.add_row(*cells, s["model"], s["metric"], s["score"], s["ci95"], s["at"])
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system=None, force_terminal=False)
@@ -200,7 +208,8 @@ def plot_runs(runs: Sequence[Run], path: str | Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mvqa.compare", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="run dirs, multirun dirs or globs of them")
-    parser.add_argument("--plot", type=Path, help="write the combined accuracy-vs-thinking-tokens plot here (PNG)")
+    parser.add_argument("--plot", type=Path,
+                        help="write the combined accuracy-vs-thinking-tokens plot here (PNG)")
     parser.add_argument("--width", type=int, default=160, help="table width in characters")
     args = parser.parse_args(argv)
     studies = [Path(r) for r in args.runs if (Path(r) / "study.json").is_file()]
@@ -261,8 +270,9 @@ def _kind(metrics: Any, path: Path) -> str:
         return "train"
     if "diversity" in metrics:
         return "generate"
-    raise RunDirError(f"{path}: no scores found: expected evaluate metrics (runs, scaling), a train run's val_acc "
-                      "or a generate run's diversity")
+    raise RunDirError(
+        f"{path}: no scores found: expected evaluate metrics (runs, scaling), a train run's val_acc "
+        "or a generate run's diversity")
 
 
 def _override_key(override: str) -> str:

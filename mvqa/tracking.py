@@ -103,7 +103,8 @@ def wants_model_artifact(run: Any | None, logger_cfg: DictConfig) -> bool:
     return policy == "always" or (policy == "online" and is_online(run))
 
 
-def log_artifact(run: Any | None, paths: str | Path | list, name: str, kind: str, *, use: bool = False) -> None:
+def log_artifact(run: Any | None, paths: str | Path | list, name: str, kind: str, *,
+                 use: bool = False) -> None:
     """Log (or, with use=True, declare as input) files and directories as one artifact; only when W&B is on.
 
     W&B cannot declare inputs of an offline run: there the input is known from the run's config only."""

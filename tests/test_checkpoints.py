@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY
 from safetensors.torch import load_file
-from test_training import TINY
 
 from mvqa.train.recipe import run_training
 

@@ -29,9 +29,11 @@ def predictions(skill: float, seed: int, n: int = 40) -> list[dict]:
                 for i in range(n):
                     tokens = rng.randint(cap // 2, cap)
                     out.append({"model": model, "budget_id": f"max{cap}_min0_w{waits}_Wait", "budget": budget,
-                                "item_id": f"q{i}", "modality": "CT", "content_type": "closed", "answer_label": "A",
+                                "item_id": f"q{i}", "modality": "CT", "content_type": "closed",
+                                "answer_label": "A",
                                 "raw_output": "", "thinking": "", "parsed_answer": "A", "parse_status": "ok",
-                                "correct": rng.random() < skill + bonus + cap / 400, "thinking_tokens": tokens,
+                                "correct": rng.random() < skill + bonus + cap / 400,
+                                "thinking_tokens": tokens,
                                 "waits_used": waits, "forced_end": tokens == cap})
     return out
 
@@ -43,9 +45,10 @@ def fake_run(run_dir: Path, config: dict, overrides: list[str], choices: dict, m
     hydra_dir.mkdir(parents=True)
     (hydra_dir / "config.yaml").write_text(yaml.safe_dump(config))
     (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    hydra_cfg = {"hydra": {"mode": "MULTIRUN", "job": {"name": "evaluate", "override_dirname": ",".join(overrides)},
-                           "runtime": {"output_dir": str(run_dir),
-                                       "choices": {**choices, "hydra/launcher": "basic", "hydra/sweeper": "basic"}}}}
+    hydra_cfg = {
+        "hydra": {"mode": "MULTIRUN", "job": {"name": "evaluate", "override_dirname": ",".join(overrides)},
+                  "runtime": {"output_dir": str(run_dir),
+                              "choices": {**choices, "hydra/launcher": "basic", "hydra/sweeper": "basic"}}}}
     (hydra_dir / "hydra.yaml").write_text(yaml.safe_dump(hydra_cfg))
     if metrics is not None:
         (run_dir / "metrics.json").write_text(json.dumps(metrics))
@@ -57,14 +60,16 @@ def fake_run(run_dir: Path, config: dict, overrides: list[str], choices: dict, m
 def eval_config(wait: str, dataset: str) -> dict:
     return {"seed": 0, "paths": {"output_dir": "${hydra:runtime.output_dir}"},
             "model": {"path": "/cache/tiny_llava", "dtype": "float32"},
-            "dataset": {"_target_": f"mvqa.data.readers.{dataset}", "path": f"/data/{dataset}", "split": "test"},
+            "dataset": {"_target_": f"mvqa.data.readers.{dataset}", "path": f"/data/{dataset}",
+                        "split": "test"},
             "budget": {"max_thinking_tokens": [16, 32], "num_waits": [0, 2], "wait_string": wait},
             "logger": {"kind": "csv"}}
 
 
 @pytest.fixture
 def eval_multirun(tmp_path) -> tuple[Path, list[dict]]:
-    """multirun/<time>/{0,1,2}: wait_string Wait/Hmm on synthetic, and Wait on slake; metrics by write_report."""
+    """multirun/<time>/{0,1,2}: wait_string Wait/Hmm on synthetic, and Wait on slake; metrics by
+    write_report."""
     root = tmp_path / "multirun" / "12-00-00"
     all_metrics = []
     for job, (wait, dataset, skill) in enumerate((("Wait", "synthetic", 0.3), ("Hmm", "synthetic", 0.5),
@@ -92,7 +97,8 @@ def test_multirun_dir_table_names_swept_keys_and_scores(eval_multirun, tmp_path,
     for job, metrics in enumerate(all_metrics):
         for model in ("base", "base+adapter:lora_r8"):
             s = metrics["scaling"][model]
-            row = next(line for line in out.splitlines() if f" {s['performance']:.3f} " in line and model in line)
+            row = next(line for line in out.splitlines() if f" {s['performance']:.3f} " in line
+                       and model in line)
             assert s["best_budget_id"] in row
     assert "Hmm" in out and "slake" in out
     assert "Accuracy per budget point" in out and "max32_min0_w2_Wait" in out
@@ -111,11 +117,14 @@ def test_glob_and_explicit_dirs_give_the_same_runs(eval_multirun):
 
 def test_train_and_generate_runs_show_their_scores(tmp_path, capsys):
     for job, (r, acc) in enumerate(((8, 0.61), (16, 0.725))):
-        fake_run(tmp_path / "train" / str(job), {"seed": 0, "lora": {"r": r, "alpha": 2 * r}, "trainer": {"lr": 2e-4}},
-                 [f"lora.r={r}", f"lora.alpha={2 * r}"], {"lora": "default"}, metrics={"val_acc": acc, "epoch": 1})
+        fake_run(tmp_path / "train" / str(job),
+                 {"seed": 0, "lora": {"r": r, "alpha": 2 * r}, "trainer": {"lr": 2e-4}},
+                 [f"lora.r={r}", f"lora.alpha={2 * r}"], {"lora": "default"},
+                 metrics={"val_acc": acc, "epoch": 1})
     for job, (w, div, cov) in enumerate(((0.5, 0.8123, 0.3011), (0.8, 0.8457, 0.2877))):
         output = {"mean_pairwise_cosine_distance": div, "coverage": cov, "outliers": 7 + job, "distinct": 10}
-        fake_run(tmp_path / "generate" / str(job), {"sampler": {"question_weight": w}, "optimized_metric": None},
+        fake_run(tmp_path / "generate" / str(job),
+                 {"sampler": {"question_weight": w}, "optimized_metric": None},
                  [f"sampler.question_weight={w}"], {"sampler": "fast"},
                  summary={"n_final": 10, "diversity": {"output": output}})
     assert main([str(tmp_path / "train"), "--width", "200"]) == 0
@@ -210,8 +219,9 @@ def test_real_hydra_multirun(tmp_path, capsys):
     for name in ("synthetic", "slake"):
         (app / "dataset" / f"{name}.yaml").write_text(f"name: {name}\npath: /data/{name}\n")
     sweep = tmp_path / "multirun"
-    subprocess.run([sys.executable, str(app / "app.py"), "-m", "budget.wait_string=Wait,Hmm", "dataset=synthetic,slake",
-                    f"hydra.sweep.dir={sweep}"], check=True, cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(app / "app.py"), "-m", "budget.wait_string=Wait,Hmm", "dataset=synthetic,slake",
+         f"hydra.sweep.dir={sweep}"], check=True, cwd=tmp_path, capture_output=True)
     assert main([str(sweep), "--width", "200"]) == 0
     out = capsys.readouterr().out
     header = next(line for line in out.splitlines() if line.strip().startswith("run"))

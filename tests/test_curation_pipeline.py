@@ -1,4 +1,5 @@
-"""The curation pipeline (generate.py): acceptance commands, caching, resume after a kill, shards, bad input."""
+"""The curation pipeline (generate.py): acceptance commands, caching, resume after a kill, shards, bad
+input."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def sha(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(shared_data, compose, tmp_path):
+def test_release_filter_sample_export_is_the_seed_layout_and_reruns_identically(shared_data, compose,
+                                                                                tmp_path):
     overrides = [*RELEASE, "sampler=kmeans_seed", "sampler.n=200", f"pipeline.cache_dir={tmp_path}/stages"]
     first = run_curation(compose("generate", overrides, tmp_path / "a"), tmp_path / "a")
     frame = pd.read_csv(tmp_path / "a" / "final.csv", keep_default_na=False)
@@ -93,7 +95,8 @@ def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
     run_curation(cfg, tmp_path / "run")
     scored = stage_items(tmp_path / "run", "score")
     hard = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_hard/items.jsonl")))
-    # The hardest quarter of each kind, rounded up (scores are on different scales by kind): of the tiny world's
+    # The hardest quarter of each kind, rounded up (scores are on different scales by kind): of the tiny
+    # world's
     # 12 mcq, 6 closed and 6 open items, 3 + 2 + 2.
     assert len(scored) == 24 and len(hard) == 7
     assert {k: sum(it.kind == k for it in hard) for k in ("mcq", "closed", "open")} == {"mcq": 3, "closed": 2,
@@ -108,7 +111,8 @@ def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
         assert len(it.extra["choice_logprobs"]) == candidates[it.kind] and 0 < it.extra["p_correct"] <= 1
     for kind in candidates:
         kept = [it.extra["p_correct"] for it in hard if it.kind == kind]
-        rest = [it.extra["p_correct"] for it in scored if it.kind == kind and it.id not in {h.id for h in hard}]
+        rest = [it.extra["p_correct"] for it in scored if it.kind == kind
+                and it.id not in {h.id for h in hard}]
         assert max(kept) <= min(rest), kind
 
 
@@ -159,7 +163,8 @@ def test_three_shards_and_merge_equal_one_unsharded_run(compose, tmp_path):
                           tmp_path / f"shard{i}")
             summary = run_curation(cfg, tmp_path / f"shard{i}")
             assert summary["stopped_for_merge"] == (stages == "[score,hard,trace]" or i < 2)
-    cfg = compose("generate", [*base, "pipeline.stages=[score,hard,merge]", "num_shards=3"], tmp_path / "merged")
+    cfg = compose("generate", [*base, "pipeline.stages=[score,hard,merge]", "num_shards=3"],
+                  tmp_path / "merged")
     run_curation(cfg, tmp_path / "merged")
     merged = read_items_jsonl(next((tmp_path / "merged" / "stages").glob("*_merge/items.jsonl")))
     cfg = compose("generate", [*base, "pipeline.stages=[score,hard,trace]",
@@ -174,12 +179,14 @@ def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(co
 
     base = [*TINY, "pipeline.stages=[score]", "pipeline.score.chunk_size=3"]
     assert stage_items(tmp_path / "whole", "score") is None  # no run yet
-    run_curation(compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/whole-stages"], tmp_path / "whole"),
-                 tmp_path / "whole")
+    run_curation(
+        compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/whole-stages"], tmp_path / "whole"),
+        tmp_path / "whole")
     whole = stage_items(tmp_path / "whole", "score")
     for i in (2, 0, 1):  # any order; the last to finish joins
-        summary = run_curation(compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/stages", f"shard={i}",
-                                                    "num_shards=3"], tmp_path / f"s{i}"), tmp_path / f"s{i}")
+        summary = run_curation(
+            compose("generate", [*base, f"pipeline.cache_dir={tmp_path}/stages", f"shard={i}",
+                                 "num_shards=3"], tmp_path / f"s{i}"), tmp_path / f"s{i}")
         assert summary["stopped_for_merge"] == (i != 1)
         (shard_file,) = (tmp_path / "stages").glob(f"score-*/score.shard-{i}-of-3.jsonl")
         chunks = read_chunks(shard_file)
@@ -238,8 +245,9 @@ def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path)
 @pytest.mark.slow
 def test_merge_names_the_missing_shard(compose, tmp_path):
     base = [*TINY, "scorer.fraction=1.0", f"pipeline.cache_dir={tmp_path}/stages", "num_shards=2"]
-    run_curation(compose("generate", [*base, "pipeline.stages=[score,hard,trace]", "shard=1"], tmp_path / "s1"),
-                 tmp_path / "s1")
+    run_curation(
+        compose("generate", [*base, "pipeline.stages=[score,hard,trace]", "shard=1"], tmp_path / "s1"),
+        tmp_path / "s1")
     with pytest.raises(FileNotFoundError, match=r"shard\(s\) \[0\] of num_shards=2"):
         run_curation(compose("generate", [*base, "pipeline.stages=[score,hard,merge]"], tmp_path / "m"),
                      tmp_path / "m")
@@ -249,7 +257,8 @@ def test_merge_names_the_missing_shard(compose, tmp_path):
 def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compose, tmp_path):
     tiny = [o for o in TINY if not o.startswith("scorer.")]
     cfg = compose("generate", [*tiny, "scorer=similarity", "scorer.max_new_tokens=8", "dataset.n_train=8",
-                               "pipeline.stages=[score]", f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
+                               "pipeline.stages=[score]", f"pipeline.cache_dir={tmp_path}/stages"],
+                               tmp_path / "run")
     run_curation(cfg, tmp_path / "run")
     scored = stage_items(tmp_path / "run", "score")
     assert len(scored) == 8
@@ -262,7 +271,8 @@ def test_similarity_scorer_asks_the_scorer_vlm_then_applies_the_seed_rules(compo
 def test_wandb_offline_run_gets_the_funnel_diversity_and_dataset_artifact(shared_data, compose, tmp_path):
     from mvqa.tracking import job_run
 
-    cfg = compose("generate", ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "sampler.n=20",
+    cfg = compose("generate",
+                  ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "sampler.n=20",
                                "logger=wandb", f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
     with job_run(cfg, "generate") as run:
         run_curation(cfg, tmp_path / "run", run)
@@ -301,17 +311,22 @@ def test_likelihood_continuations_match_how_the_scorer_was_taught_to_answer():
     from mvqa.data.records import VQAItem
     from mvqa.models.bundle import SpecialTokens
 
-    item = VQAItem(id="q", image="i.png", question="Which?", choices=["CT", "MRI"], answer_label="B", answer="MRI")
+    item = VQAItem(id="q", image="i.png", question="Which?", choices=["CT", "MRI"], answer_label="B",
+                   answer="MRI")
     bundle = SimpleNamespace(special_tokens=SpecialTokens())
-    assert [LikelihoodScorer(continuation=c).continuations(item, bundle) for c in ("letter", "text", "tagged_text")] == [
-        ["<answer>A</answer>", "<answer>B</answer>"], ["CT", "MRI"], ["<answer>CT</answer>", "<answer>MRI</answer>"]]
-    with pytest.raises(ValueError, match="scorer.continuation must be 'letter', 'text' or 'tagged_text', got 'txt'"):
+    assert [LikelihoodScorer(continuation=c).continuations(item, bundle)
+            for c in ("letter", "text", "tagged_text")] == [
+        ["<answer>A</answer>", "<answer>B</answer>"], ["CT", "MRI"],
+        ["<answer>CT</answer>", "<answer>MRI</answer>"]]
+    with pytest.raises(ValueError,
+                       match="scorer.continuation must be 'letter', 'text' or 'tagged_text', got 'txt'"):
         LikelihoodScorer(continuation="txt")
 
 
 @pytest.mark.slow
 def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
-    """Items of different prompt lengths share one right-padded batch; each choice still counts only itself."""
+    """Items of different prompt lengths share one right-padded batch; each choice still counts only
+    itself."""
     from types import SimpleNamespace
 
     from mvqa.curate.likelihood import LikelihoodScorer
@@ -322,13 +337,15 @@ def test_likelihood_batched_equals_one_item_at_a_time(tmp_path):
     bundle = load_model(tiny_conf("llava", size="unit", cache_dir=str(tmp_path / "models")))
     items = read_synthetic(str(tmp_path / "world"), n_train=7, n_val=0, n_test=0, image_size=32)[0]
     ctx = SimpleNamespace(model=lambda key: bundle)
-    scored = {b: LikelihoodScorer(continuation="tagged_text", batch_size=b, progress=False).score(items, ctx)[0]
-              for b in (1, 3, 7)}
+    scored = {
+        b: LikelihoodScorer(continuation="tagged_text", batch_size=b, progress=False).score(items, ctx)[0]
+        for b in (1, 3, 7)}
     assert len({len(it.question) for it in items}) > 1  # prompts of several lengths padded together
     for it1, it3, it7 in zip(*scored.values()):
         assert it1.extra["choice_logprobs"] == pytest.approx(it3.extra["choice_logprobs"], abs=1e-4)
         assert it1.extra["choice_logprobs"] == pytest.approx(it7.extra["choice_logprobs"], abs=1e-4)
-        assert it1.extra["scorer_pred"] == it7.extra["scorer_pred"] and all(x < 0 for x in it1.extra["choice_logprobs"])
+        assert it1.extra["scorer_pred"] == it7.extra["scorer_pred"] and all(
+            x < 0 for x in it1.extra["choice_logprobs"])
     with pytest.raises(ValueError, match="scorer.batch_size=0"):
         LikelihoodScorer(batch_size=0)
 
@@ -340,7 +357,8 @@ def test_stage_keys_follow_the_models_they_run(compose, tmp_path):
     deps = {name: keys for name, (_, keys) in _stages().items()}
     keys = []
     for path in ("/ckpt/base-a", "/ckpt/base-b"):
-        cfg = compose("generate", [*TINY, f"scorer_model.path={path}", f"reasoner.path={path}-r"], tmp_path / "run")
+        cfg = compose("generate", [*TINY, f"scorer_model.path={path}", f"reasoner.path={path}-r"],
+                      tmp_path / "run")
         keys.append({s: stage_key(s, cfg, deps[s], "items") for s in ("score", "hard", "trace", "filter")})
     assert keys[0]["score"] != keys[1]["score"] and keys[0]["trace"] != keys[1]["trace"]
     assert keys[0]["hard"] == keys[1]["hard"] and keys[0]["filter"] == keys[1]["filter"]  # same input: reused

@@ -1,5 +1,5 @@
-"""The whole chain as `make demo` runs it, reduced: the demo's own bootstraps reach their held-out accuracy, and
-the rest of the chain (on a slice) leaves artifacts that exist and agree with each other."""
+"""The whole chain as `make demo` runs it, reduced: the demo's own bootstraps reach their held-out accuracy,
+and the rest of the chain (on a slice) leaves artifacts that exist and agree with each other."""
 
 from __future__ import annotations
 
@@ -22,9 +22,10 @@ BOOTSTRAP_ACCURACY = {"base": 0.50, "reasoner": 0.50}
 @pytest.mark.slow
 def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    done = subprocess.run([sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
-                           "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
+         "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
+        check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "Accuracy per arm and budget" in done.stdout and "Selection funnel per arm" in done.stdout
     assert "the shipped bootstrap" in done.stdout  # a fresh cache takes the repository's checkpoints
@@ -33,12 +34,14 @@ def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
 
 
 def check_bootstraps(cache) -> None:
-    # 2. Bootstraps: the shipped checkpoints were made by this world, tiny-model build and recipe, reached their
+    # 2. Bootstraps: the shipped checkpoints were made by this world, tiny-model build and recipe,
+    # reached their
     # held-out accuracy, and now sit where the demo models look for them.
     from mvqa.demo import SHIPPED, read_stamp, stamp_matches
 
     for name, least in BOOTSTRAP_ACCURACY.items():
-        assert stamp_matches(SHIPPED / name, name), f"bootstraps/{name} is stale: python -m mvqa.demo --retrain --ship"
+        assert stamp_matches(SHIPPED / name,
+                             name), f"bootstraps/{name} is stale: python -m mvqa.demo --retrain --ship"
         assert read_stamp(SHIPPED / name)["val_acc"] >= least, name
         assert stamp_matches(cache / "demo" / name, name)
 
@@ -57,7 +60,8 @@ def test_a_bootstrap_is_reused_only_while_its_stamp_matches(tmp_path):
 
     assert not stamp_matches(tmp_path, "base")  # a stamp without a checkpoint beside it
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / STAMP).write_text(json.dumps({**stamp, "val_acc": 0.6}))  # the accuracy it recorded rides along
+    # the accuracy it recorded rides along
+    (tmp_path / STAMP).write_text(json.dumps({**stamp, "val_acc": 0.6}))
     assert stamp_matches(tmp_path, "base") and not stamp_matches(tmp_path, "reasoner")
     (tmp_path / STAMP).write_text(json.dumps({**stamp, "world": ["dataset.n_train=10"]}))
     assert not stamp_matches(tmp_path, "base")
@@ -65,8 +69,8 @@ def test_a_bootstrap_is_reused_only_while_its_stamp_matches(tmp_path):
 
 
 def test_parallel_jobs_run_one_thread_each_and_chain_on_success(tmp_path, capsys):
-    """run_parallel: jobs side by side with OMP_NUM_THREADS=1, `then` starts only after its job succeeded, and a
-    failure names its log after the others finished."""
+    """run_parallel: jobs side by side with OMP_NUM_THREADS=1, `then` starts only after its job succeeded, and
+    a failure names its log after the others finished."""
     from mvqa.demo import run_parallel
 
     script = tmp_path / "job.py"
@@ -74,14 +78,17 @@ def test_parallel_jobs_run_one_thread_each_and_chain_on_success(tmp_path, capsys
                       "time.sleep(float(sys.argv[2]))\n"
                       "open(sys.argv[1], 'w').write(os.environ['OMP_NUM_THREADS'] + ' ' + str(time.time()))\n"
                       "sys.exit(int(sys.argv[3]))\n")
-    job = lambda name, delay, code=0: (str(script), [str(tmp_path / name), str(delay), str(code)], tmp_path / name)
-    run_parallel({"slow": job("slow", 1.0), "first": job("first", 0.2)}, tmp_path, then={"first": ("next", job("next", 0))})
+    job = lambda name, delay, code=0: (str(script), [str(tmp_path / name), str(delay), str(code)],
+                                       tmp_path / name)
+    run_parallel({"slow": job("slow", 1.0), "first": job("first", 0.2)}, tmp_path,
+                 then={"first": ("next", job("next", 0))})
     done = {n: (tmp_path / n).read_text().split() for n in ("slow", "first", "next")}
     assert {threads for threads, _ in done.values()} == {"1"}
     assert float(done["first"][1]) <= float(done["next"][1]) < float(done["slow"][1])  # next ran beside slow
     assert "first done" in capsys.readouterr().out and (tmp_path / "next.log").is_file()
     with pytest.raises(SystemExit, match=r"bad \(exit 3; its output is in .*bad.log\)"):
-        run_parallel({"bad": job("bad", 0, 3), "ok": job("ok", 0.5)}, tmp_path, then={"bad": ("never", job("never", 0))})
+        run_parallel({"bad": job("bad", 0, 3), "ok": job("ok", 0.5)}, tmp_path,
+                     then={"bad": ("never", job("never", 0))})
     assert (tmp_path / "ok").is_file() and not (tmp_path / "never").exists()
 
 
@@ -107,7 +114,8 @@ def check_chain(study) -> None:
         for seed in (0, 1):  # 4. a fine-tune per arm and seed, on exactly those items
             run = study / "train" / f"{arm}-seed{seed}"
             train = json.loads((run / "metrics.json").read_text())
-            assert train["n_train"] + train["n_val"] == 30 and (run / "adapter" / "adapter_config.json").is_file()
+            assert train["n_train"] + train["n_val"] == 30 and (
+                run / "adapter" / "adapter_config.json").is_file()
 
     # 5. One evaluation on 24 held-out items: the base once as it is used and at the 4 budget points, each of
     # the 4 fine-tunes at the 4 points.
@@ -121,9 +129,11 @@ def check_chain(study) -> None:
     assert {"diagnosis", "stage", "largest", "location"} <= {p["content_type"] for p in preds}
     assert {p["kind"] for p in preds} == {"mcq", "closed", "open"}
     for p in tuned:
-        assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"] and p["waits_used"] <= p["budget"]["num_waits"]
+        assert p["thinking_tokens"] <= p["budget"]["max_thinking_tokens"] and p["waits_used"] <= p["budget"][
+            "num_waits"]
 
-    # The study's report: both arms and the forced base at every point, curated paired with random and the base.
+    # The study's report: both arms and the forced base at every point, curated paired with random and
+    # the base.
     report = json.loads((study / "study.json").read_text())
     points = sorted({p["budget_id"] for p in tuned})
     assert sorted((r["arm"], r["budget_id"]) for r in report["metrics"]["rows"]) == sorted(

@@ -1,4 +1,5 @@
-"""Difficulty: the seed's similarity rules, the predictions importer on the real files, keep_hardest, MiniLM."""
+"""Difficulty: the seed's similarity rules, the predictions importer on the real files, keep_hardest,
+MiniLM."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def prediction_items(predictions_path) -> list[VQAItem]:
 def test_each_rule_drops_with_its_name(output, sim_answer, max_choice, rule):
     kept, stats = apply_similarity_rules([item(0, output, sim_answer, max_choice), item(1)])
     assert [it.id for it in kept] == ["q1"]
-    assert stats.dropped == [{"id": "q0", "reason": rule, "sim_to_answer": sim_answer, "max_choice_sim": max_choice}]
+    assert stats.dropped == [
+        {"id": "q0", "reason": rule, "sim_to_answer": sim_answer, "max_choice_sim": max_choice}]
     assert (stats.n_in, stats.n_out) == (2, 1)
 
 
@@ -93,7 +95,8 @@ def test_real_predictions_all_pass_the_rules(predictions_path, prediction_items)
 
 def test_join_to_the_release_matches_all_1000(compose, shared_data, predictions_path):
     release, _ = read_pmc_vqa(shared_data / "mvqa1k" / "sampled_final.csv")
-    stray = VQAItem(id="stray", image="PMC0_F0.jpg", question="Not scored?", choices=["a", "b"], answer_label="A",
+    stray = VQAItem(id="stray", image="PMC0_F0.jpg", question="Not scored?", choices=["a", "b"],
+                    answer_label="A",
                     answer="a")
     scorer = instantiate(compose("generate", ["scorer=predictions"]).scorer)
     scored, stats = scorer.score(release + [stray])
@@ -108,8 +111,10 @@ def test_join_to_the_release_matches_all_1000(compose, shared_data, predictions_
 def test_bad_prediction_files_name_the_problem(tmp_path, prediction_items):
     good = "figure_path,question,model_output,true_answer,similarity_to_answer,max_similarity_to_choices\n"
     cases = {
-        "missing.csv": ("figure_path,question,model_output\na.jpg,q?,x\n", r"missing columns \['true_answer'"),
-        "text.csv": (good + "a.jpg,q?,x,y,0.5,0.9\nb.jpg,q?,x,y,high,0.9\n", "row 3 column 'similarity_to_answer'"),
+        "missing.csv": ("figure_path,question,model_output\na.jpg,q?,x\n",
+                        r"missing columns \['true_answer'"),
+        "text.csv": (good + "a.jpg,q?,x,y,0.5,0.9\nb.jpg,q?,x,y,high,0.9\n",
+                     "row 3 column 'similarity_to_answer'"),
         "dup.csv": (good + "a.jpg,q?,x,y,0.5,0.9\na.jpg, q? ,x,y,0.5,0.9\n", r"repeated at rows \[2, 3\]"),
     }
     for name, (text, message) in cases.items():
@@ -144,7 +149,8 @@ def test_keep_hardest_stratified_keeps_every_question_type():
     kept, _ = keep_hardest(easy + hard, fraction=0.25)
     assert {it.content_type for it in kept} == {"size"} and len(kept) == 3
     kept, stats = keep_hardest(easy + hard, fraction=0.25, stratify_by="content_type")
-    assert [it.id for it in kept] == ["q0", "q4", "q5"]  # ceil(0.25 * 4) = 1 modality, ceil(0.25 * 8) = 2 size
+    # ceil(0.25 * 4) = 1 modality, ceil(0.25 * 8) = 2 size
+    assert [it.id for it in kept] == ["q0", "q4", "q5"]
     assert stats.metrics["strata"] == {"modality": 1, "size": 2} and stats.drop_reasons == {"not_hardest": 9}
     with pytest.raises(ValueError, match="stratify_by='content'.*content_type"):
         keep_hardest(hard, fraction=0.5, stratify_by="content")
@@ -169,4 +175,5 @@ def test_minilm_offline_reproduces_the_seeds_similarities(monkeypatch, shared_da
         assert b.extra[SIM_CHOICES] == pytest.approx(a.extra[SIM_CHOICES], abs=1e-5)
     scorer = SimilarityScorer()
     rescored, _ = scorer.score(stored)  # the similarity scorer's own path: embed extra["scorer_output"]
-    assert [it.extra[SIM_ANSWER] for it in rescored] == pytest.approx([it.extra[SIM_ANSWER] for it in stored], abs=1e-5)
+    assert [it.extra[SIM_ANSWER] for it in rescored] == pytest.approx([it.extra[SIM_ANSWER] for it in stored],
+                                                                      abs=1e-5)

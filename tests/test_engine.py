@@ -40,7 +40,8 @@ def test_batched_greedy_equals_one_by_one_and_direct_generate(llama, tokenizer):
         (alone,) = engine.generate(llama, [GenerationRequest(prompt=prompt)])
         assert g.token_ids == alone.token_ids, f"request {i} differs batched vs alone"
         ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        direct = llama.model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        direct = llama.model.generate(ids, max_new_tokens=12, do_sample=False,
+                                      pad_token_id=tokenizer.pad_token_id,
                                       suppress_tokens=[tokenizer.pad_token_id])[0, ids.shape[1]:].tolist()
         assert g.token_ids == direct
         assert g.prompt_tokens == ids.shape[1] and g.completion_tokens == 12 == len(g.token_ids)
@@ -61,7 +62,8 @@ def test_pad_is_never_generated_even_when_the_model_prefers_it(tokenizer):
     pad = tokenizer.pad_token_id
     bundle = bundle_of(tiny_llama(tokenizer, bias={pad: 50.0}), tokenizer)
     ids = tokenizer("CT scan", add_special_tokens=False, return_tensors="pt").input_ids
-    unsuppressed = bundle.model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=pad)[0, ids.shape[1]:]
+    unsuppressed = bundle.model.generate(ids, max_new_tokens=8, do_sample=False,
+                                         pad_token_id=pad)[0, ids.shape[1]:]
     assert (unsuppressed == pad).any()  # the model does want pad
     out = HFEngine(batch_size=3, progress=False, max_new_tokens=8).generate(bundle, requests())
     assert all(pad not in g.token_ids and len(g.token_ids) == 8 for g in out)
@@ -112,7 +114,8 @@ def test_processor_with_images_batched_equals_one_by_one_plain_and_forced(tokeni
     bundle = tiny_llava(tokenizer)
     rng = np.random.default_rng(0)
     reqs = [GenerationRequest(prompt=f"<image>\nQuestion {i}: which organ?",
-                              images=[Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8))])
+                              images=[
+                                  Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8))])
             for i in range(4)]
     engine = HFEngine(batch_size=3, progress=False, max_new_tokens=8)
     plain = engine.generate(bundle, reqs)
@@ -123,7 +126,8 @@ def test_processor_with_images_batched_equals_one_by_one_plain_and_forced(tokeni
     assert sum(g.waits_used for g in batched) > 0
     for i, r in enumerate(reqs):
         assert engine.generate(bundle, [r])[0].token_ids == plain[i].token_ids
-        assert engine.generate(bundle, [r], forced)[0].token_ids == batched[i].token_ids == multipass[i].token_ids
+        assert engine.generate(bundle, [r],
+                               forced)[0].token_ids == batched[i].token_ids == multipass[i].token_ids
 
 
 def test_vllm_without_vllm_or_gpu_is_a_clear_error():
@@ -131,7 +135,8 @@ def test_vllm_without_vllm_or_gpu_is_a_clear_error():
 
     if importlib.util.find_spec("vllm") and torch.cuda.is_available():
         pytest.skip("vllm and a GPU are both present here")
-    with pytest.raises(RuntimeError, match=r"engine=vllm needs .*(vllm package|CUDA GPU).*; use engine=hf instead"):
+    with pytest.raises(RuntimeError,
+                       match=r"engine=vllm needs .*(vllm package|CUDA GPU).*; use engine=hf instead"):
         VLLMEngine()
 
 

@@ -15,7 +15,8 @@ from mvqa.eval.plots import accuracy_figure, plot_accuracy_vs_thinking
 
 
 def budget(cap, waits=0, minimum=0, wait="Wait"):
-    return {"max_thinking_tokens": cap, "min_thinking_tokens": minimum, "num_waits": waits, "wait_string": wait}
+    return {"max_thinking_tokens": cap, "min_thinking_tokens": minimum, "num_waits": waits,
+            "wait_string": wait}
 
 
 def pred(model, item, correct, cap=16, tokens=8, waits_used=0, status="ok", modality="CT", label="A",
@@ -53,7 +54,8 @@ def test_hand_computed_cell_metrics(small):
     assert m["base_model"] == "base" and m["models"] == ["base", "tuned"]
     assert m["budget_ids"] == ["max16_min0_w2_Wait", "max32_min0_w2_Wait"]
     b16 = m["runs"][0]
-    assert (b16["model"], b16["budget_id"], b16["n"], b16["n_correct"]) == ("base", "max16_min0_w2_Wait", 4, 2)
+    assert (b16["model"], b16["budget_id"], b16["n"], b16["n_correct"]) == ("base", "max16_min0_w2_Wait", 4,
+                                                                            2)
     assert b16["accuracy"] == 0.5
     def n_acc(split):
         return {k: {"n": v["n"], "accuracy": v["accuracy"]} for k, v in split.items()}
@@ -88,10 +90,13 @@ def test_hand_computed_s1_scaling_metrics(small):
 
 def test_hand_computed_paired_comparison(small):
     c16, c32 = compute_metrics(small, n_bootstrap=500)["comparisons"]
-    assert (c16["model"], c16["base"], c16["budget_id"], c16["n_paired"]) == ("tuned", "base", "max16_min0_w2_Wait", 4)
-    assert (c16["right_to_wrong"], c16["wrong_to_right"], c16["both_right"], c16["both_wrong"]) == (1, 2, 1, 0)
+    assert (c16["model"], c16["base"], c16["budget_id"], c16["n_paired"]) == ("tuned", "base",
+                                                                              "max16_min0_w2_Wait", 4)
+    assert (c16["right_to_wrong"], c16["wrong_to_right"], c16["both_right"], c16["both_wrong"]) == (1, 2, 1,
+                                                                                                    0)
     assert c16["accuracy_diff"] == pytest.approx(0.25)
-    assert c16["mcnemar_p"] == pytest.approx(1.0)  # 1 vs 2 discordant: P = 2 * P(X <= 1 | n=3) = 2 * 4/8, capped at 1
+    # 1 vs 2 discordant: P = 2 * P(X <= 1 | n=3) = 2 * 4/8, capped at 1
+    assert c16["mcnemar_p"] == pytest.approx(1.0)
     assert c16["ci95"][0] <= 0.25 <= c16["ci95"][1]
     assert (c32["right_to_wrong"], c32["wrong_to_right"], c32["accuracy_diff"]) == (0, 1, pytest.approx(0.25))
 
@@ -169,8 +174,10 @@ def test_bad_records_fail_with_names():
 def test_deterministic_for_a_seed_and_base_defaults(small):
     assert compute_metrics(small, seed=3) == compute_metrics(list(small), seed=3)
     many = [pred("base", f"q{i}", i % 3 == 0) for i in range(60)]
-    assert compute_metrics(many, seed=3)["runs"][0]["ci95"] != compute_metrics(many, seed=4)["runs"][0]["ci95"]
-    # without a model called "base" the first one seen is the base; adding a model leaves the others' CIs alone
+    assert compute_metrics(many, seed=3)["runs"][0]["ci95"] != compute_metrics(many,
+                                                                               seed=4)["runs"][0]["ci95"]
+    # without a model called "base" the first one seen is the base; adding a model leaves the others'
+    # CIs alone
     renamed = [{**p, "model": "m0" if p["model"] == "base" else p["model"]} for p in small]
     m = compute_metrics(renamed, seed=3)
     assert m["base_model"] == "m0" and m["comparisons"][0]["model"] == "tuned"
@@ -184,26 +191,32 @@ def test_min_budget_counts_in_control():
 
 
 def test_an_unforced_base_is_the_reference_for_every_budget_point(small, tmp_path):
-    """eval.base_budget=unforced: the base answers once, as it is used; each tuned budget point pairs with it."""
+    """eval.base_budget=unforced: the base answers once, as it is used; each tuned budget point pairs with
+    it."""
     base = [dict(p, budget_id="unforced", budget={"max_thinking_tokens": None, "min_thinking_tokens": 0,
                                                    "num_waits": 0, "wait_string": None})
             for p in small if p["model"] == "base" and p["budget"]["max_thinking_tokens"] == 16]
     m = compute_metrics(base + [p for p in small if p["model"] == "tuned"], n_bootstrap=200)
     assert [(c["budget_id"], c["base_budget_id"]) for c in m["comparisons"]] == [
         ("max16_min0_w2_Wait", "unforced"), ("max32_min0_w2_Wait", "unforced")]
-    # base unforced: q1, q2 right. tuned @16: q2, q3, q4 right (1 right->wrong, 2 wrong->right); @32: all right.
+    # base unforced: q1, q2 right. tuned @16: q2, q3, q4 right (1 right->wrong, 2 wrong->right); @32:
+    # all right.
     assert [(c["accuracy_diff"], c["right_to_wrong"], c["wrong_to_right"]) for c in m["comparisons"]] == [
         (0.25, 1, 2), (0.5, 0, 2)]
     assert not m["warnings"]
-    assert "| tuned | max32_min0_w2_Wait | unforced | +0.500 [" in write_report(m, tmp_path, plots=False).read_text()
-    # eval.base_budget=both: the base also ran the grid, so each point pairs with the same point and with unforced.
+    assert "| tuned | max32_min0_w2_Wait | unforced | +0.500 [" in write_report(m, tmp_path,
+                                                                                plots=False).read_text()
+    # eval.base_budget=both: the base also ran the grid, so each point pairs with the same point and
+    # with unforced.
     both = compute_metrics(small + base, n_bootstrap=200)
     m_grid_only = compute_metrics(small, n_bootstrap=200)
     assert [(c["budget_id"], c["base_budget_id"], c["accuracy_diff"]) for c in both["comparisons"]] == [
-        ("max16_min0_w2_Wait", "max16_min0_w2_Wait", 0.25), ("max32_min0_w2_Wait", "max32_min0_w2_Wait", 0.25),
+        ("max16_min0_w2_Wait", "max16_min0_w2_Wait", 0.25),
+        ("max32_min0_w2_Wait", "max32_min0_w2_Wait", 0.25),
         ("max16_min0_w2_Wait", "unforced", 0.25), ("max32_min0_w2_Wait", "unforced", 0.5)]
     assert both["scaling"]["base"] == m_grid_only["scaling"]["base"]  # the unforced run is no budget point
-    assert m["scaling"]["base"]["best_budget_id"] == "unforced" and m["scaling"]["base"]["n_budget_points"] == 1
+    assert m["scaling"]["base"]["best_budget_id"] == "unforced" and m["scaling"]["base"][
+        "n_budget_points"] == 1
 
 
 def test_write_report_outputs(small, tmp_path):
@@ -212,7 +225,8 @@ def test_write_report_outputs(small, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(m))
     text = report.read_text()
     assert "| base | max16_min0_w2_Wait | 0.500 [" in text
-    assert "| tuned | max16_min0_w2_Wait | max16_min0_w2_Wait | +0.250 [" in text and "| 1 | 2 | 4 |" in text  # flips row
+    # flips row
+    assert "| tuned | max16_min0_w2_Wait | max16_min0_w2_Wait | +0.250 [" in text and "| 1 | 2 | 4 |" in text
     for name in ("acc_vs_thinking.png", "acc_vs_thinking_base.png", "acc_vs_thinking_tuned.png"):
         assert f"![{name}]({name})" in text
         with Image.open(tmp_path / name) as img:
@@ -223,7 +237,8 @@ def test_write_report_outputs(small, tmp_path):
 
 
 def test_plot_one_line_per_wait_setting(tmp_path):
-    preds = [pred(model, f"q{i}", i % 3 == 0, cap, cap // 2, waits_used=w, num_waits=w) for model in ("base", "tuned")
+    preds = [pred(model, f"q{i}", i % 3 == 0, cap, cap // 2, waits_used=w, num_waits=w)
+             for model in ("base", "tuned")
              for cap in (16, 32) for w in (0, 2) for i in range(6)]
     m = compute_metrics(preds, n_bootstrap=50)
     ax = accuracy_figure(m, models=["tuned"]).axes[0]

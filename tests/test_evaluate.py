@@ -10,13 +10,15 @@ from helpers import markdown_table
 from mvqa.eval.runner import run_evaluation
 from mvqa.train.recipe import run_training
 
-WORLD = ["dataset=synthetic", "dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=8", "dataset.image_size=32"]
+WORLD = ["dataset=synthetic", "dataset.n_train=16", "dataset.n_val=4", "dataset.n_test=8",
+         "dataset.image_size=32"]
 UNIT = ["model=tiny_llava", "model.size=unit"]
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
-    """A LoRA adapter trained for a few steps on the unit model (the same cached base the evaluation loads)."""
+    """A LoRA adapter trained for a few steps on the unit model (the same cached base the evaluation
+    loads)."""
     from hydra import compose, initialize_config_dir
 
     from mvqa.config import CONFIG_DIR, setup
@@ -54,7 +56,8 @@ def test_base_and_adapter_over_a_budget_grid(compose, tmp_path, adapter):
         assert cell["accuracy"] == pytest.approx(sum(p["correct"] for p in rows) / len(rows))
     assert len(metrics["comparisons"]) == 4  # the adapter vs the base at each budget point
     assert result["best_accuracy"] == max(r["accuracy"] for r in metrics["runs"] if r["model"] != "base")
-    table = markdown_table((tmp_path / "run" / "report.md").read_text(), "Accuracy by model and thinking budget")
+    table = markdown_table((tmp_path / "run" / "report.md").read_text(),
+                           "Accuracy by model and thinking budget")
     assert len(table) == len(metrics["runs"]) == 2 * 4  # a row per model and budget point
     for row, cell in zip(table, metrics["runs"], strict=True):
         assert (row["model"], row["budget"], row["n"]) == (cell["model"], cell["budget_id"], "8")

@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 import yaml
+from helpers import TINY
 from omegaconf import OmegaConf
-from test_training import TINY
 
 from mvqa.config import PROJECT_ROOT
 from mvqa.data.images import load_image

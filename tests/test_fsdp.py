@@ -1,5 +1,5 @@
-"""FSDP with LoRA on a bf16 base: one dtype per flattened unit (recipe.adapter_dtype=base), checked before wrapping,
-and a real two-rank FULL_SHARD run on CPU (gloo) with conf/trainer/fsdp.yaml's auto-wrap classes."""
+"""FSDP with LoRA on a bf16 base: one dtype per flattened unit (recipe.adapter_dtype=base), checked before
+wrapping, and a real two-rank FULL_SHARD run on CPU (gloo) with conf/trainer/fsdp.yaml's auto-wrap classes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from mvqa.schemas.recipe import RecipeConf
 from mvqa.train.module import VQAFineTuner
 from mvqa.train.strategies import check_fsdp_dtypes, decoder_layer_classes, unit_dtypes
 
-CORPUS = ["What organ is shown in this CT image? The liver.", "Answer with the letter of the correct choice."] * 20
+CORPUS = ["What organ is shown in this CT image? The liver.",
+          "Answer with the letter of the correct choice."] * 20
 FSDP_CONF = OmegaConf.load(CONFIG_DIR / "trainer" / "fsdp.yaml")
 WRAP = decoder_layer_classes(list(FSDP_CONF.strategy.auto_wrap_policy.names))
 
@@ -33,7 +34,8 @@ def cache(tmp_path_factory):
 
 
 def bf16_base(cache):
-    return load_model(tiny_conf("llava", size="unit", cache_dir=cache, tokenizer_corpus=CORPUS, dtype="bfloat16"))
+    return load_model(
+        tiny_conf("llava", size="unit", cache_dir=cache, tokenizer_corpus=CORPUS, dtype="bfloat16"))
 
 
 def lora(cache, **recipe):
@@ -89,7 +91,8 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         def wrap(module):
-            return FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy(WRAP), use_orig_params=True,
+            return FullyShardedDataParallel(module, auto_wrap_policy=ModuleWrapPolicy(WRAP),
+                                            use_orig_params=True,
                                             sharding_strategy=ShardingStrategy.FULL_SHARD,
                                             # bf16-mixed
                                             mixed_precision=MixedPrecision(*[torch.bfloat16] * 3),
@@ -121,7 +124,8 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
             changed = [n for n in before if n in state and not torch.equal(state[n], before[n])]
             out.update(loss=float(loss.loss), norm=norm, clipped=clipped, grad_dtypes=grad_dtypes,
                        changed=changed, n_lora_B=len(before),
-                       state_dtypes={v.dtype for v in state.values()}, n_state=len(state), checkpointed=checkpointed)
+                       state_dtypes={v.dtype for v in state.values()}, n_state=len(state),
+                       checkpointed=checkpointed)
     finally:
         dist.destroy_process_group()
 
@@ -133,7 +137,8 @@ def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache):
     # collectives.
     with mp.get_context("spawn").Manager() as manager:
         shared = manager.dict()
-        mp.start_processes(_rank, args=(2, tempfile.mktemp(prefix="fsdp-init-"), cache, batch(bundle), shared),
+        mp.start_processes(_rank,
+                           args=(2, tempfile.mktemp(prefix="fsdp-init-"), cache, batch(bundle), shared),
                            nprocs=2, start_method="spawn")
         out = dict(shared)
     assert torch.isfinite(torch.tensor(out["loss"])) and out["norm"] > 1e-3

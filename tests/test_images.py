@@ -16,13 +16,15 @@ from mvqa.data.stats import StageStats
 
 
 def item(image: str, root: Path | str, item_id: str = "t:0") -> VQAItem:
-    return VQAItem(id=item_id, image=image, question="Which?", choices=["a", "b"], answer_label="A", answer="a",
+    return VQAItem(id=item_id, image=image, question="Which?", choices=["a", "b"], answer_label="A",
+                   answer="a",
                    image_root=str(root))
 
 
 @pytest.fixture
 def image_dir(tmp_path) -> Path:
-    """good.png (grey), rgba.png, corrupt.png (not an image), cut.jpg (truncated JPEG); missing.png is absent."""
+    """good.png (grey), rgba.png, corrupt.png (not an image), cut.jpg (truncated JPEG); missing.png is
+    absent."""
     root = tmp_path / "imgs"
     (root / "sub").mkdir(parents=True)
     pixels = np.arange(12 * 10, dtype=np.uint8).reshape(10, 12)
@@ -47,7 +49,8 @@ def test_load_image_is_rgb_with_the_file_pixels(image_dir):
 @pytest.mark.parametrize("image", ["../x.png", "sub/../../x.png", "/etc/passwd", "\\\\server\\x.png",
                                    "C:\\imgs\\x.png", "sub\\..\\..\\x.png", "..", " "])
 def test_paths_leaving_the_root_are_rejected(image_dir, image):
-    with pytest.raises(ValueError, match=r"item 't:0': (image path .* leaves the image root|empty image path)"):
+    with pytest.raises(ValueError,
+                       match=r"item 't:0': (image path .* leaves the image root|empty image path)"):
         resolve_image_path(item(image, image_dir))
 
 
@@ -56,7 +59,8 @@ def test_dots_inside_names_are_fine(image):
     check_image_path(image)
 
 
-@pytest.mark.parametrize("image, reason", [("missing.png", "image not found"), ("corrupt.png", "cannot decode"),
+@pytest.mark.parametrize("image, reason",
+                         [("missing.png", "image not found"), ("corrupt.png", "cannot decode"),
                                            ("cut.jpg", "cannot decode")])
 def test_bad_image_raises_naming_item_and_path(image_dir, image, reason):
     with pytest.raises(BadImageError, match=rf"item 't:0': {reason}.*{image}"):
@@ -73,7 +77,8 @@ def test_verify_images_error_and_skip(image_dir):
     kept = verify_images(items, "skip", stats)
     assert [it.id for it in kept] == ["t:0", "t:3"]
     assert [(d["id"], d["reason"]) for d in stats.dropped] == [
-        ("t:1", "missing_image"), ("t:2", "corrupt_image"), ("t:4", "corrupt_image"), ("t:5", "missing_image")]
+        ("t:1", "missing_image"), ("t:2", "corrupt_image"), ("t:4", "corrupt_image"),
+        ("t:5", "missing_image")]
     assert stats.dropped[0]["path"].endswith("missing.png")
     with pytest.raises(ValueError, match="on_bad_image='ignore'"):
         verify_images(items, "ignore", stats)

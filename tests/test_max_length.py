@@ -12,7 +12,8 @@ from mvqa.data.records import VQAItem
 from mvqa.models.load import load_model
 from mvqa.models.tiny import tiny_conf
 
-CORPUS = ["What organ is shown in this CT image? The liver.", "Answer with the letter of the correct choice."] * 20
+CORPUS = ["What organ is shown in this CT image? The liver.",
+          "Answer with the letter of the correct choice."] * 20
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,8 @@ def llava(tmp_path_factory):
 def items(tmp_path_factory):
     root = tmp_path_factory.mktemp("max-length-images")
     Image.linear_gradient("L").convert("RGB").resize((32, 32)).save(root / "ct.png")
-    target = {"opening": "<think>", "thinking": " the liver is shown" * 4, "closing": "</think><answer>A</answer>"}
+    target = {"opening": "<think>", "thinking": " the liver is shown" * 4,
+              "closing": "</think><answer>A</answer>"}
     return [VQAItem(id=f"q{i}", image="ct.png", image_root=str(root), question="Which organ is shown?",
                     choices=["Liver", "Lung"], answer_label="A", answer="Liver", extra={"target": target})
             for i in range(2)]
@@ -41,7 +43,8 @@ def test_image_tokens_filling_max_length_fail_with_a_working_value(llava, items)
     n_image = image_tokens(llava, probe, items[0])
     assert n_image == 16
     small = VQACollator(llava.processor, "direct", max_length=12)
-    with pytest.raises(ValueError, match=r"data.max_length=12: the 16 image tokens of each prompt fill it alone") as err:
+    with pytest.raises(ValueError,
+                       match=r"data.max_length=12: the 16 image tokens of each prompt fill it alone") as err:
         small(items)
     message = str(err.value)
     assert "['q0', 'q1']" in message and small.stats.too_long == ["q0", "q1"]
@@ -62,7 +65,8 @@ def test_a_prompt_longer_than_max_length_names_its_image_tokens(llava, items):
     # Room for the image tokens but not for the rest of the prompt and the answer: the message says so, no
     # "alone".
     collator = VQACollator(llava.processor, "direct", max_length=24)
-    with pytest.raises(ValueError, match=r"exceeds data.max_length=24 before any thinking \(prompt with 16 image "
-                                         r"tokens, and the answer\); set data.max_length to at least \d+") as err:
+    with pytest.raises(ValueError,
+                       match=r"exceeds data.max_length=24 before any thinking \(prompt with 16 image "
+                             r"tokens, and the answer\); set data.max_length to at least \d+") as err:
         collator(items)
     assert "alone" not in str(err.value)

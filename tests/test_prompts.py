@@ -1,4 +1,5 @@
-"""Prompt templates, the LLaVA-Med conversation wrapper, and answer parsing (incl. the real release outputs)."""
+"""Prompt templates, the LLaVA-Med conversation wrapper, and answer parsing (incl. the real release
+outputs)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from mvqa.data.records import LETTERS, VQAItem
 
 SEED_PROMPT = (  # the issue's text of the seed's Med-R1 prompt, for four choices
     "{question} A) {A}, B) {B}, C) {C}, D) {D}. Please reason through the image and question carefully. "
-    "Eliminate incorrect options one by one, and justify your reasoning with visual or clinical clues. Write your "
+    "Eliminate incorrect options one by one, and justify your reasoning with visual or clinical clues. Write "
+    "your "
     "thought process in <think> </think> tags, and final answer (A, B, C, or D) in <answer> </answer>."
 )
 
@@ -66,12 +68,14 @@ def test_any_number_of_choices(n):
     assert lines[: n + 1] == ["What is shown?", *(f"{LETTERS[i]}) option {i}" for i in range(n))]
     assert lines[n + 1] == "Your task:"
     direct = format_question(item(choices), "direct")
-    assert direct.endswith(f"{LETTERS[n - 1]}) option {n - 1}\nAnswer with the option's letter from the given "
-                           "choices directly.")
+    assert direct.endswith(
+        f"{LETTERS[n - 1]}) option {n - 1}\nAnswer with the option's letter from the given "
+        "choices directly.")
 
 
 def test_open_items_get_no_options_or_letters():
-    open_item = VQAItem(id="o", image="o.png", question="Which organ is enlarged?", choices=[], answer_label=None,
+    open_item = VQAItem(id="o", image="o.png", question="Which organ is enlarged?", choices=[],
+                        answer_label=None,
                         answer="liver")
     for name in PROMPTS:
         text = format_question(open_item, name)
@@ -115,7 +119,8 @@ def test_unreadable_answers_are_not_guessed(answer):
 
 
 def test_last_non_empty_match_wins_and_choice_text_can_be_matched():
-    text = "<think>first</think><answer>A</answer> <think>second</think><answer>B</answer><think> </think><answer></answer>"
+    text = ("<think>first</think><answer>A</answer> <think>second</think><answer>B</answer>"
+            "<think> </think><answer></answer>")
     parsed = parse_answer(text)
     assert (parsed.thinking, parsed.letter) == ("second", "B")
     assert parse_answer("<answer>mri</answer>", choices=["CT", "MRI", "PET", "US"]).letter == "B"
@@ -141,7 +146,8 @@ def test_release_raw_outputs_parse_to_the_generated_answer(release):
 
 # ------------------------------------------------------------------------------------------ properties
 thinking_text = st.text(st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), max_size=80)
-letter_forms = st.sampled_from(["{L}", "{L})", "({L})", "{l}", " {l} ", "{L}: {text}", "{L}. {text}", "[{L}]"])
+letter_forms = st.sampled_from(
+    ["{L}", "{L})", "({L})", "{l}", " {l} ", "{L}: {text}", "{L}. {text}", "[{L}]"])
 
 
 @given(thinking_text, st.integers(2, 5), st.data(), letter_forms, st.sampled_from(["tags", "s1"]))

@@ -33,7 +33,8 @@ def write_csv(path, rows: list[dict]) -> str:
 
 def pmc_row(image="a.jpg", question="What modality?", answer="CT", label="A", **more) -> dict:
     return {"Figure_path": image, "Question": question, "Answer": answer, "Choice A": " A: CT ",
-            "Choice B": " B: MRI ", "Choice C": " C: X-ray ", "Choice D": " D: Ultrasound ", "Answer_label": label,
+            "Choice B": " B: MRI ", "Choice C": " C: X-ray ", "Choice D": " D: Ultrasound ",
+            "Answer_label": label,
             **more}
 
 
@@ -67,7 +68,8 @@ def test_release_real_rows(release, shared_data):
     assert first.image_root == str(shared_data / "mvqa1k")
     # A real row cut out of a stringified list: " 'A: Mild stenosis ...' '" and "aneurysm' '".
     (odd,) = [it for it in items if it.image == "PMC4141338_Fig6.jpg"]
-    assert odd.choices[:2] == ["Mild stenosis of the right pulmonary artery", "Main pulmonary artery aneurysm"]
+    assert odd.choices[:2] == ["Mild stenosis of the right pulmonary artery",
+                               "Main pulmonary artery aneurysm"]
     assert odd.choices[3].endswith("pulmonary artery") and odd.answer == "Main pulmonary artery aneurysm"
     assert any("Crohn's disease" in it.choices for it in items)  # an inner apostrophe is kept
 
@@ -112,13 +114,17 @@ def test_slake_closed_questions(slake_test):
     items, stats = slake_test
     by_id = {it.id: it for it in items}
     yes_no = [it for it in items if it.extra["source_answer"].lower() in ("yes", "no")]
-    assert all(it.choices == ["Yes", "No"] and it.answer == it.extra["source_answer"].capitalize() for it in yes_no)
+    assert all(it.choices == ["Yes", "No"] and it.answer == it.extra["source_answer"].capitalize()
+               for it in yes_no)
     # Real questions naming their options.
     assert by_id["slake:11971"].choices == ["heart", "lung"] and by_id["slake:11971"].answer_label == "A"
-    assert by_id["slake:12116"].choices == ["spleen", "lung", "liver"] and by_id["slake:12116"].answer == "liver"
-    assert by_id["slake:12878"].choices == ["left", "top", "upper left"] and by_id["slake:12878"].answer == "top"
+    assert by_id["slake:12116"].choices == ["spleen", "lung",
+                                            "liver"] and by_id["slake:12116"].answer == "liver"
+    assert by_id["slake:12878"].choices == ["left", "top",
+                                            "upper left"] and by_id["slake:12878"].answer == "top"
     assert by_id["slake:12651"].choices == ["T1 weighted", "T2 weighted"]
-    assert by_id["slake:12651"].answer == "T2 weighted" and by_id["slake:12651"].extra["source_answer"] == "T2"
+    assert by_id["slake:12651"].answer == "T2 weighted" and by_id["slake:12651"].extra[
+        "source_answer"] == "T2"
     # "Which is bigger in this image, kidney or spleen?" -> "Liver": the answer is not an option, kept closed.
     (kept,) = stats.metrics["closed_not_mcq_ids"]
     assert by_id[kept].kind == "closed" and by_id[kept].answer not in ("kidney", "spleen")
@@ -129,12 +135,14 @@ def test_slake_closed_questions(slake_test):
     ("Which is the biggest in this image,lung,liver or heart?", ["lung", "liver", "heart"]),
     ("Which is the biggest in this image, spleen,lung, or liver?", ["spleen", "lung", "liver"]),
     ("Which is bigger, left kidney or spleen ?", ["left kidney", "spleen"]),
-    ("Which plane is the image scanned, transverse plane or coronal plane?", ["transverse plane", "coronal plane"]),
+    ("Which plane is the image scanned, transverse plane or coronal plane?",
+     ["transverse plane", "coronal plane"]),
     ("Is the abnormality hyperdense or hypodense?", ["hyperdense", "hypodense"]),
     ("Is brain tumor white or gray relative to other tissues?", ["white", "gray"]),
     ("Is this a T1 weighted or T2 weighted MRI image?", ["T1 weighted", "T2 weighted"]),
     ("Does the picture contain liver?", None),
-    ("In this image, which organ is largest in the abdomen, liver or spleen?", None),  # a clause, not an option
+    # a clause, not an option
+    ("In this image, which organ is largest in the abdomen, liver or spleen?", None),
 ])
 def test_parse_question_options(question, options):
     assert parse_question_options(question) == options
@@ -198,7 +206,8 @@ def test_missing_extra_column_is_an_error(tmp_path):
 
 def test_duplicate_ids_name_file_and_both_rows(tmp_path):
     # An id reused for another row (an exact repeat of a row, id included, is a duplicate row instead).
-    path = write_csv(tmp_path / "dup.csv", [pmc_row(id="q1"), pmc_row(id="q2"), pmc_row(id="q1", image="b.jpg")])
+    path = write_csv(tmp_path / "dup.csv",
+                     [pmc_row(id="q1"), pmc_row(id="q2"), pmc_row(id="q1", image="b.jpg")])
     with pytest.raises(ValueError, match=r"dup\.csv: duplicate id 'q1' at rows 0 and 2"):
         read_pmc_vqa(path)
 
@@ -206,7 +215,8 @@ def test_duplicate_ids_name_file_and_both_rows(tmp_path):
 @pytest.mark.parametrize("image", ["../secret.jpg", "imgs/../../x.jpg", "/etc/passwd", "C:\\x.jpg", ""])
 def test_image_path_leaving_root_is_rejected(tmp_path, image):
     path = write_csv(tmp_path / "esc.csv", [pmc_row(), pmc_row(image=image)])
-    with pytest.raises(ValueError, match=r"esc\.csv: row 1: (image path .* leaves the image root|empty image path)"):
+    with pytest.raises(ValueError,
+                       match=r"esc\.csv: row 1: (image path .* leaves the image root|empty image path)"):
         read_pmc_vqa(path)
 
 
@@ -224,7 +234,8 @@ def test_empty_csv_is_an_error(tmp_path):
 @pytest.mark.parametrize("label", ["E", "", "AB", "1"])
 def test_bad_answer_label_names_file_and_row(tmp_path, label):
     path = write_csv(tmp_path / "lab.csv", [pmc_row(), pmc_row(), pmc_row(label=label)])
-    with pytest.raises(ValueError, match=r"lab\.csv: row 2: answer label .* is not one of \['A', 'B', 'C', 'D'\]"):
+    with pytest.raises(ValueError,
+                       match=r"lab\.csv: row 2: answer label .* is not one of \['A', 'B', 'C', 'D'\]"):
         read_pmc_vqa(path)
 
 
@@ -279,7 +290,8 @@ def test_prefix_stripping_property(letter, text, pad, sep):
     if not re.match(rf"{letter}\s*:", text):
         assert strip_choice_prefix(f"{pad}{text}{pad}", letter) == text  # no prefix: only spaces go
     other = "ABCDE"[("ABCDE".index(letter) + 1) % 5]
-    assert strip_choice_prefix(f"{other}:{text}", letter) == f"{other}:{text}"  # another letter's prefix stays
+    # another letter's prefix stays
+    assert strip_choice_prefix(f"{other}:{text}", letter) == f"{other}:{text}"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -302,12 +314,15 @@ def test_compose_slake_csv_and_curated(shared_data, compose, tmp_path):
     cfg = compose("evaluate", ["dataset=slake", "dataset.limit=5", "seed=3"])
     items, _ = load_dataset(cfg.dataset)
     assert len(items) == 5 and cfg.dataset.seed == 3
-    path = write_csv(tmp_path / "mine.csv", [{"img": "x.png", "q": "Which?", "a": "B2", "o1": "B1", "o2": "B2"}])
+    path = write_csv(tmp_path / "mine.csv",
+                     [{"img": "x.png", "q": "Which?", "a": "B2", "o1": "B1", "o2": "B2"}])
     cfg = compose("train", ["dataset=csv", f"dataset.path={path}", "dataset.columns.image=img",
-                            "dataset.columns.question=q", "dataset.columns.answer=a", "dataset.columns.choices=[o1,o2]"])
+                            "dataset.columns.question=q", "dataset.columns.answer=a",
+                            "dataset.columns.choices=[o1,o2]"])
     (item,), _ = load_dataset(cfg.dataset)
     assert item.choices == ["B1", "B2"] and item.answer_label == "B" and item.id == "csv:0"
-    final = write_csv(tmp_path / "final.csv", [pmc_row(id="s:7", generated_reasoning="r", generated_answer="A",
+    final = write_csv(tmp_path / "final.csv",
+                      [pmc_row(id="s:7", generated_reasoning="r", generated_answer="A",
                                                        raw_output="<answer>A</answer>")])
     cfg = compose("train", ["dataset=curated", f"dataset.path={final}"])
     (item,), _ = load_dataset(cfg.dataset)

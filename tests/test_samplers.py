@@ -48,7 +48,8 @@ from mvqa.data.records import VQAItem
 ORGANS = ["liver", "lung", "kidney", "heart", "brain", "spleen"]
 FINDINGS = ["lesion", "fracture", "mass", "effusion", "nodule"]
 MODALITIES = ["CT"] * 30 + ["MRI"] * 20 + ["X-ray"] * 10
-FAST = [CoverSpreadSampler, KCenterSVDSampler, KMeansSeedSampler, MiniBatchKMeansSampler, SVDKMeansSampler, RandomSampler]
+FAST = [CoverSpreadSampler, KCenterSVDSampler, KMeansSeedSampler, MiniBatchKMeansSampler, SVDKMeansSampler,
+        RandomSampler]
 
 
 def synthetic_items(n: int = 60) -> list[VQAItem]:
@@ -87,7 +88,8 @@ def test_more_than_available_takes_all_with_a_warning(cls):
 def test_allocate_quotas():
     sizes = {("CT",): 30, ("MRI",): 20, ("X-ray",): 10}
     assert allocate_quotas(sizes, 12) == {("CT",): 6, ("MRI",): 4, ("X-ray",): 2}
-    assert allocate_quotas(sizes, 7) == {("CT",): 4, ("MRI",): 2, ("X-ray",): 1}  # 3.5/2.33/1.17: CT's .5 wins
+    # 3.5/2.33/1.17: CT's .5 wins
+    assert allocate_quotas(sizes, 7) == {("CT",): 4, ("MRI",): 2, ("X-ray",): 1}
     assert allocate_quotas({"a": 30, "b": 20, "c": 2}, 12, "equal") == {"a": 5, "b": 5, "c": 2}
     assert allocate_quotas({"a": 3, "b": 1}, 10) == {"a": 3, "b": 1}
     assert sum(allocate_quotas({"a": 5, "b": 5, "c": 5}, 10, "equal").values()) == 10
@@ -202,8 +204,9 @@ def topic_items(odd: int = 0) -> list[VQAItem]:
     items = [VQAItem(id=f"t{t}{i}", image=f"img{t}.jpg", question=f"{topics[t]} on the scan {'?' * (i + 1)}",
                      choices=[], answer_label=None, answer="") for t in range(4) for i in range(6)]
     oddities = ["zebra xylophone quartz", "violin glacier marmalade", "tornado saxophone ember"]
-    return items + [VQAItem(id=f"odd{j}", image=f"odd{j}.jpg", question=oddities[j], choices=[], answer_label=None,
-                            answer="") for j in range(odd)]
+    return items + [
+        VQAItem(id=f"odd{j}", image=f"odd{j}.jpg", question=oddities[j], choices=[], answer_label=None,
+                answer="") for j in range(odd)]
 
 
 def test_cover_spread_skips_outliers_that_kcenter_takes():
@@ -222,8 +225,10 @@ def test_kmeanspp_seeds_distinct_and_seeded():
     X = seed_space(synthetic_items())
     seeds = kmeanspp_seeds(X, 20, seed=1)
     assert len(set(seeds.tolist())) == 20 and seeds.tolist() == kmeanspp_seeds(X, 20, seed=1).tolist()
-    dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))  # all rows equal: still 3 distinct rows
-    assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
+    # all rows equal: still 3 distinct rows
+    dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))
+    assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(
+        set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
 
 
 def test_row_similarity_matches_the_sparse_product():
@@ -286,7 +291,8 @@ def test_sample_stage_reports_diversity(compose, name):
     assert len(out) == 8 and stats.metrics["sampler"] == name
     assert stats.metrics["diversity"] == diversity_report(items, out, stats.metrics.get("clusters"))
     assert ("clusters" in stats.metrics["diversity"]) == (name == "cover_spread")
-    assert set(stats.metrics["diversity"]["output"]) >= {"coverage", "outliers", "mean_pairwise_cosine_distance"}
+    assert set(stats.metrics["diversity"]["output"]) >= {"coverage", "outliers",
+                                                         "mean_pairwise_cosine_distance"}
 
 
 def test_default_sampler_is_cover_spread(compose):

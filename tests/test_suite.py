@@ -1,7 +1,9 @@
-"""The suite itself: real-data tests skip with the reason on a clone without the data, and fail in CI."""
+"""The suite itself: real-data tests skip with the reason on a clone without the data, and fail in CI; test
+modules share code through tests/helpers.py, never by importing each other."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -27,3 +29,18 @@ def test_real_data_tests_skip_without_the_data_and_fail_in_ci(tmp_path):
     assert f"the real data is not at {tmp_path / 'absent'}: set MVQA_DATA" in done.stdout
     done = _run_without_data(tmp_path, CI="true")
     assert done.returncode != 0 and "CI must run the real-data tests" in done.stdout, done.stdout
+
+
+def test_modules_import_no_other_test_module():
+    tests = PROJECT_ROOT / "tests"
+    names = {p.stem for p in tests.glob("test_*.py")}
+    found = {}
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            modules = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                       else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for module in modules:
+                stem = module.removeprefix("tests.")
+                if stem in names:
+                    found.setdefault(path.name, set()).add(stem)
+    assert not found, f"test modules importing others (move the shared code to tests/helpers.py): {found}"

@@ -36,7 +36,8 @@ def test_generate_2x2_multirun_then_compare_names_the_swept_keys(shared_data, tm
 
 @pytest.mark.slow
 def test_optuna_sweep_of_three_trials_returns_a_best_config(shared_data, tmp_path):
-    done = entry("generate", "hparams_search=sampler_optuna", "hydra.sweeper.n_trials=3", "sampler.n=50", *RELEASE,
+    done = entry("generate", "hparams_search=sampler_optuna", "hydra.sweeper.n_trials=3", "sampler.n=50",
+                 *RELEASE,
                  f"pipeline.cache_dir={tmp_path}/stages", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
@@ -58,7 +59,8 @@ def test_slurm_launcher_composes_and_fails_clearly_without_slurm(shared_data, tm
                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode != 0
     # The config composed and the launcher was built: only submitit's own check for a cluster failed.
-    assert 'RuntimeError: Could not detect "srun", are you indeed on a slurm cluster?' in done.stderr, done.stderr
+    no_srun = 'RuntimeError: Could not detect "srun", are you indeed on a slurm cluster?'
+    assert no_srun in done.stderr, done.stderr
     assert "ConfigCompositionException" not in done.stderr and "MissingConfigException" not in done.stderr
     assert not list((tmp_path / "sweep").glob("*/summary.json"))  # no job ran anywhere
 
@@ -99,10 +101,11 @@ def compare_table(sweep, capsys) -> tuple[str, list[str]]:
 
 @pytest.mark.slow
 def test_train_2x2_multirun_is_four_wandb_runs_in_one_group_then_compare(tmp_path, capsys):
-    from test_training import UNIT_RUN, WORLD
+    from helpers import UNIT_RUN, WORLD
 
     # No dataset override: dataset=auto finds no curation run under the launch dir and takes the world.
-    done = entry("train", "-m", "recipe.lr=1e-4,3e-4", "recipe.r=4,8", "trainer.max_steps=2", *WORLD, *UNIT_RUN,
+    done = entry("train", "-m", "recipe.lr=1e-4,3e-4", "recipe.r=4,8", "trainer.max_steps=2", *WORLD,
+                 *UNIT_RUN,
                  f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = wandb_jobs(tmp_path / "sweep", "train", 4)
@@ -141,7 +144,8 @@ def test_evaluate_2x2_multirun_is_four_wandb_runs_in_one_group_then_compare(tmp_
     for r in runs:
         assert any("base/accuracy" in row for row in r["history"])
         preds = (r["job"] / "predictions.jsonl").read_text().splitlines()
-        assert len(preds) == 2 and all(json.loads(p)["budget"]["num_waits"] == r["config"]["budget"]["num_waits"][0]
+        assert len(preds) == 2 and all(json.loads(p)["budget"]["num_waits"]
+                                       == r["config"]["budget"]["num_waits"][0]
                                        for p in preds)
     header, lines = compare_table(tmp_path / "sweep", capsys)
     assert "eval.prompt" in header and "budget.num_waits" in header and "budget.wait_string" not in header

@@ -89,7 +89,7 @@ def test_split_is_balanced_complete_and_traces_give_the_label(tmp_path):
     assert collections.Counter(it.kind for it in items) == {"mcq": 24, "closed": 12, "open": 12}
     assert collections.Counter(it.answer_label for it in items if it.is_mcq) == dict.fromkeys("ABCD", 6)
     assert collections.Counter(it.content_type for it in items) == PER_TYPE
-    # The textbook ties an abscess to MRI and a cyst to CT or X-ray; the perception items' modalities are even.
+    # The textbook ties an abscess to MRI and a cyst to CT or X-ray; perception items' modalities are even.
     perception = [it for it in items if it.content_type in PERCEPTION_TYPES]
     assert collections.Counter(it.modality for it in perception) == dict.fromkeys(["CT", "MRI", "X-ray"], 8)
     combos = collections.Counter((it.modality, it.answer) for it in items if it.content_type == "stage")
@@ -134,7 +134,8 @@ def test_describe_items_caption_every_train_image(tmp_path):
     described = [it for it in both if it.content_type == "describe"]
     assert both[:48] == items and len(described) == 48 and stats.metrics["describe_items"] == 48
     for mcq, it in zip(items, described):
-        assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image, synthetic.DESCRIBE_QUESTION)
+        assert (it.id, it.image, it.question) == (f"{mcq.id}-describe", mcq.image,
+                                                  synthetic.DESCRIBE_QUESTION)
         assert it.answer == mcq.extra["caption"] and it.answer.startswith(f"{mcq.modality}. ")
         assert it.content_type == "describe" and it.answer_label is None
     counts = [it for it in described if it.answer.endswith("No lesion.")]
@@ -163,7 +164,8 @@ def textbook_answer(it) -> str:
     """The answer the textbook gives, derived here from the item's caption (its findings) by the rules as the
     README states them, independently of how the world planned the item."""
     modality, _, spots = it.extra["caption"].partition(". Lesions: ")
-    lesions = [spot.split() for spot in spots.rstrip(".").split(", ")]  # e.g. ["upper", "left", "small", "dark"]
+    # e.g. ["upper", "left", "small", "dark"]
+    lesions = [spot.split() for spot in spots.rstrip(".").split(", ")]
     sizes = ["tiny", "small", "medium", "large"]
     if it.content_type == "diagnosis":
         (lesion,) = lesions
@@ -195,7 +197,8 @@ def test_textbook_answers_follow_the_rules_and_closed_ones_are_negated_half_the_
         else:
             assert it.answer == truth, (it.question, it.extra["caption"])
     closed = [it for it in textbook if it.kind == "closed"]
-    assert negated == len(closed) // 2 and collections.Counter(it.answer for it in closed) == {"yes": 12, "no": 12}
+    assert negated == len(closed) // 2
+    assert collections.Counter(it.answer for it in closed) == {"yes": 12, "no": 12}
     diagnoses = collections.Counter(textbook_answer(it) for it in textbook if it.content_type == "diagnosis")
     assert diagnoses == dict.fromkeys(synthetic.DIAGNOSES, 10)  # every diagnosis as often
     assert not any("Rule: " in it.extra["trace"] for it in items if it.content_type in PERCEPTION_TYPES)
@@ -212,7 +215,8 @@ def test_dark_lesions_are_drawn_below_their_background_and_bright_ones_above(tmp
         y, x = (18 if spot[0] == "upper" else 46), (18 if spot[1] == "left" else 46)
         centre, background = img[y - 1:y + 2, x - 1:x + 2].mean(), np.median(img[16:48, 16:48])
         dark = spot[-1] == "dark"
-        assert (centre < background - 0.15) if dark else (centre > background + 0.3), (it.id, centre, background)
+        drawn = (centre < background - 0.15) if dark else (centre > background + 0.3)
+        assert drawn, (it.id, centre, background)
         checked[dark] += 1
     assert checked[True] >= 8 and checked[False] >= 8
 
@@ -284,7 +288,8 @@ def text_only_accuracy(train, test) -> float:
     vec = TfidfVectorizer(token_pattern=r"\S+").fit([text(it) for it in train])
     blind = LogisticRegression(max_iter=1000).fit(vec.transform([text(it) for it in train]),
                                                   [it.answer_label for it in train])
-    return float(np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
+    return float(
+        np.mean(blind.predict(vec.transform([text(it) for it in test])) == [it.answer_label for it in test]))
 
 
 @pytest.mark.slow
@@ -314,13 +319,15 @@ def test_corpus_is_the_worlds_text_without_images(tmp_path, monkeypatch):
         assert it.question in corpus and it.extra["trace"] in corpus and set(it.choices) <= set(corpus)
     # The prompt wording and conversation markup are included, filled in (no template syntax left).
     assert any("Eliminate incorrect options one by one" in t for t in corpus)
-    assert any("Rule: a dark lesion on MRI is an abscess." in t for t in corpus)  # the textbook, as traces cite it
+    # the textbook, as traces cite it
+    assert any("Rule: a dark lesion on MRI is an abscess." in t for t in corpus)
     assert any(t.startswith("[INST] <image>\n") and t.endswith(" </s>") for t in corpus)
     assert not any("[[" in t or "{question}" in t for t in corpus)
 
 
 def test_generate_config_composes_and_instantiates(compose, tmp_path):
-    cfg = compose("generate", ["dataset.n_train=12", "dataset.n_val=6", "dataset.n_test=6", "dataset.split=val",
+    cfg = compose("generate",
+                  ["dataset.n_train=12", "dataset.n_val=6", "dataset.n_test=6", "dataset.split=val",
                                f"paths.cache={tmp_path / 'cache'}", "seed=5"])
     assert cfg.dataset.name == "synthetic" and cfg.dataset.seed == 5
     assert cfg.dataset.root == str(tmp_path / "cache" / "synthetic")

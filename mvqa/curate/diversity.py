@@ -36,7 +36,8 @@ OUTLIER_EXACT_ROWS = 20000
 
 def seed_space(items: list[VQAItem]) -> sp.csr_matrix:
     """The seed's feature space, fit on `items` (float32 CSR, unit rows)."""
-    questions = TfidfVectorizer(max_features=512, dtype=np.float32).fit_transform([it.question for it in items])
+    questions = TfidfVectorizer(max_features=512,
+                                dtype=np.float32).fit_transform([it.question for it in items])
     images = TfidfVectorizer(dtype=np.float32).fit_transform([it.image for it in items]).multiply(0.25)
     return normalize(sp.hstack([questions, images]).tocsr())
 
@@ -63,8 +64,9 @@ def coverage(X: sp.csr_matrix, picks: np.ndarray) -> float:
 def nearest_neighbour_distance(X: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
     """Cosine distance from each of `rows` to its nearest other row of X (a duplicate row counts: 0)."""
     rows = np.asarray(rows, dtype=int)
-    return np.concatenate([1.0 - _best_other(X, rows[start:start + 2048]) for start in range(0, len(rows), 2048)]
-                          or [np.zeros(0)])
+    return np.concatenate(
+        [1.0 - _best_other(X, rows[start:start + 2048]) for start in range(0, len(rows), 2048)]
+        or [np.zeros(0)])
 
 
 def _best_other(X: sp.csr_matrix, part: np.ndarray) -> np.ndarray:
@@ -167,7 +169,8 @@ def _cell(value: Any) -> str:
 
 def report_markdown(report: dict[str, Any]) -> str:
     inp, out = report["input"], report["output"]
-    rows = [("items", "n"), ("distinct questions", "distinct_questions"), ("distinct images", "distinct_images"),
+    rows = [("items", "n"), ("distinct questions", "distinct_questions"),
+            ("distinct images", "distinct_images"),
             ("spread: mean pairwise cosine distance (higher: wider)", "mean_pairwise_cosine_distance"),
             ("coverage: mean distance of an input row to its nearest pick (lower: better)", "coverage"),
             ("outliers: nearest-neighbour distance in the input's top 5%", "outliers")]
@@ -181,7 +184,8 @@ def report_markdown(report: dict[str, Any]) -> str:
         c = report["clusters"]
         lines += ["", "## Cluster sizes", "", "| clusters | min | median | max | singletons | cv |",
                   "|---:|---:|---:|---:|---:|---:|",
-                  f"| {c['count']} | {c['min']} | {c['median']} | {c['max']} | {c['singletons']} | {c['cv']} |"]
+                  "| " + " | ".join(str(c[k]) for k in ("count", "min", "median", "max", "singletons", "cv"))
+                  + " |"]
     for title, key in (("Answer labels", "labels"), ("Modalities", "modalities")):
         lines += ["", f"## {title}", "", "| | input | output |", "|---|---:|---:|"]
         lines += [f"| {k} | {inp[key].get(k, 0)} | {out[key].get(k, 0)} |"
@@ -189,7 +193,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_diversity_report(report: dict[str, Any], out_dir: str | Path, name: str = "diversity") -> tuple[Path, Path]:
+def write_diversity_report(report: dict[str, Any], out_dir: str | Path,
+                           name: str = "diversity") -> tuple[Path, Path]:
     """`<name>.json` and `<name>.md` in out_dir, each written atomically."""
     out_dir = Path(out_dir)
     json_path = write_json(report, out_dir / f"{name}.json")

@@ -1,4 +1,5 @@
-"""Exports of a curated set: the seed's `final.csv`, the partial traces, item JSONL, LLaVA conversations, images.
+"""Exports of a curated set: the seed's `final.csv`, the partial traces, item JSONL, LLaVA conversations,
+images.
 
 Every file is written under a temporary name and renamed; `final.csv` is written last, so its presence means
 the export finished.
@@ -27,10 +28,11 @@ KIND_COLUMN = "answer_type"
 
 
 def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
-    """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column), plus each item's kind.
-    A closed or open item leaves the choices and Answer_label empty; its answer text is in `Answer`."""
+    """Items as the seed's release CSV (a fifth choice, if any, adds a `Choice E` column), plus each item's
+    kind. A closed or open item leaves the choices and Answer_label empty; its answer text is in `Answer`."""
     width = max((len(it.choices) for it in items), default=4)
-    # A set of multiple-choice items keeps exactly the seed's columns; closed/open items add their answer_type.
+    # A set of multiple-choice items keeps exactly the seed's columns; closed/open items add their
+    # answer_type.
     kinds = [KIND_COLUMN] if any(not it.is_mcq for it in items) else []
     columns = SEED_COLUMNS[:3] + [f"Choice {c}" for c in LETTERS[: max(width, 4)]] + SEED_COLUMNS[7:] + kinds
     rows = []
@@ -47,21 +49,24 @@ def seed_frame(items: list[VQAItem]) -> pd.DataFrame:
 
 def assistant_turn(item: VQAItem) -> str:
     """What the model is taught to say: the trace when there is one, else the answer (its text for a closed or
-    open item, the letter for a multiple-choice one). Never empty: that would teach the model to say nothing."""
+    open item, the letter for a multiple-choice one). Never empty: that would teach the model to say
+    nothing."""
     text = trace_columns(item)["raw_output"].strip()
     if not text:
         text = (item.answer_label or "") if item.is_mcq else item.answer.strip()
     if not text:
-        raise ValueError(f"export: item {item.id!r} ({item.kind}) has neither a trace (extra.raw_output) nor an "
-                         "answer to write as its assistant turn")
+        raise ValueError(
+            f"export: item {item.id!r} ({item.kind}) has neither a trace (extra.raw_output) nor an "
+            "answer to write as its assistant turn")
     return text
 
 
 def trace_columns(item: VQAItem) -> dict[str, str]:
-    """The seed's three trace columns. A trace the dataset carried itself (the synthetic world's template trace,
-    extra.trace) fills them when the reasoner wrote none, so the exported set trains on the trace it was
-    selected for."""
-    cols = {k: str(item.extra.get(k) or "") for k in ("generated_reasoning", "generated_answer", "raw_output")}
+    """The seed's three trace columns. A trace the dataset carried itself (the synthetic world's template
+    trace, extra.trace) fills them when the reasoner wrote none, so the exported set trains on the trace it
+    was selected for."""
+    cols = {k: str(item.extra.get(k) or "")
+            for k in ("generated_reasoning", "generated_answer", "raw_output")}
     if not cols["raw_output"] and item.extra.get("trace"):
         parsed = parse_item_answer(item, str(item.extra["trace"]))
         cols = {"generated_reasoning": cols["generated_reasoning"] or (parsed.thinking or ""),
@@ -94,7 +99,8 @@ def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats)
             stats.warn(f"image not exported for {it.id}: {err}", reason=err.reason)
             continue
         if src is None or not src.is_file():
-            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk", reason="missing_image")
+            stats.warn(f"image not exported for {it.id}: {src or it.image} is not on disk",
+                       reason="missing_image")
             continue
         found.append((src, it.image))
     stats.metrics["images_expected"] = len(distinct)
@@ -112,7 +118,8 @@ def export_images(items: list[VQAItem], out: Path, mode: str, stats: StageStats)
     return len(found)
 
 
-def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "copy", llava_json: bool = True,
+def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "copy",
+                   llava_json: bool = True,
                    traces: list[VQAItem] | None = None, require_images: bool = False) -> StageStats:
     """Write the exports; `require_images`: an image that could not be exported fails before final.csv."""
     stats = StageStats("export", n_in=len(items), n_out=len(items))
@@ -123,14 +130,16 @@ def export_curated(items: list[VQAItem], out: Path, prompt: str, images: str = "
             seed_frame(traces).to_csv(tmp, index=False)
     if llava_json:
         with atomic_path(out / "llava_conversations.json") as tmp:
-            tmp.write_text(json.dumps(llava_conversations(items, PROMPTS[prompt]), indent=1, ensure_ascii=False))
+            tmp.write_text(
+                json.dumps(llava_conversations(items, PROMPTS[prompt]), indent=1, ensure_ascii=False))
     stats.metrics["images_exported"] = export_images(items, out, images, stats)
     missing = stats.metrics["images_expected"] - stats.metrics["images_exported"]
     if missing and require_images:
         write_json(stats.to_dict(), out / "export_stats.json")
-        raise RuntimeError(f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
-                           f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
-                           f"is set, so no final.csv (see {out / 'export_stats.json'})")
+        raise RuntimeError(
+            f"export: {missing} of {stats.metrics['images_expected']} images were not exported "
+            f"({stats.warning_reasons}; first: {stats.warnings[0]}); pipeline.export.require_images "
+            f"is set, so no final.csv (see {out / 'export_stats.json'})")
     with atomic_path(out / "final.csv") as tmp:
         seed_frame(items).to_csv(tmp, index=False)
     write_json(stats.to_dict(), out / "export_stats.json")

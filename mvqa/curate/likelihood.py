@@ -22,14 +22,25 @@ from mvqa.data.prompts import chat_prompt, format_question
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import ModelBundle
+from mvqa.schemas.scorer import LikelihoodScorerConf
 
 
 class LikelihoodScorer:
-    def __init__(self, model_key: str = "scorer_model", prompt: str = "direct", continuation: str = "letter",
-                 fraction: float | None = 0.15, threshold: float | None = None, progress: bool = True,
-                 name: str = "likelihood", batch_size: int = 8, stratify_by: str | None = None) -> None:
+    def __init__(
+        self,
+        model_key: str = LikelihoodScorerConf.model_key,
+        prompt: str = LikelihoodScorerConf.prompt,
+        continuation: str = LikelihoodScorerConf.continuation,
+        fraction: float | None = LikelihoodScorerConf.fraction,
+        threshold: float | None = LikelihoodScorerConf.threshold,
+        progress: bool = LikelihoodScorerConf.progress,
+        name: str = LikelihoodScorerConf.name,
+        batch_size: int = LikelihoodScorerConf.batch_size,
+        stratify_by: str | None = LikelihoodScorerConf.stratify_by,
+    ) -> None:
         if continuation not in ("letter", "text", "tagged_text"):
-            raise ValueError(f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
+            raise ValueError(
+                f"scorer.continuation must be 'letter', 'text' or 'tagged_text', got {continuation!r}")
         self.model_key, self.prompt, self.continuation = model_key, prompt, continuation
         self.fraction, self.threshold, self.progress, self.name = fraction, threshold, progress, name
         if batch_size < 1:
@@ -39,7 +50,8 @@ class LikelihoodScorer:
         self.stratify_by = stratify_by
 
     def continuations(self, item: VQAItem, bundle: ModelBundle) -> list[str]:
-        """The candidates scored for an item; several are ranked, a single one (the gold answer) is scored alone."""
+        """The candidates scored for an item; several are ranked, a single one (the gold answer) is scored
+        alone."""
         t = bundle.special_tokens
         if not item.is_mcq:
             answers = [YES, NO] if self.ranks_yes_no(item) else [item.answer.strip()]
@@ -75,14 +87,16 @@ class LikelihoodScorer:
             images += [image] * len(conts)
             n_prompt += [len(n)] * len(conts)
             sizes.append(len(conts))
-        enc = bundle.processor(text=texts, images=images, padding=True, return_tensors="pt", add_special_tokens=False)
+        enc = bundle.processor(text=texts, images=images, padding=True, return_tensors="pt",
+                               add_special_tokens=False)
         enc = {k: v.to(bundle.model.device) for k, v in enc.items()}
         logp = torch.log_softmax(bundle.model(**enc).logits[:, :-1].float(), dim=-1)
         targets = enc["input_ids"][:, 1:]
         token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         # Right padding: row r's prompt fills its first n_prompt[r] positions; only the continuation counts.
         positions = torch.arange(targets.shape[1], device=targets.device)
-        mask = enc["attention_mask"][:, 1:] * (positions[None] >= torch.tensor(n_prompt, device=targets.device)[:, None] - 1)
+        mask = enc["attention_mask"][:, 1:] * (
+            positions[None] >= torch.tensor(n_prompt, device=targets.device)[:, None] - 1)
         sums, counts = (token_logp * mask).sum(-1).tolist(), mask.sum(-1).tolist()
         out, start = [], 0
         for n in sizes:
@@ -111,14 +125,16 @@ class LikelihoodScorer:
         ranked = [it for it in out if it.extra["scorer_pred"] is not None]
         accuracy = sum(it.extra["scorer_pred_correct"] for it in ranked) / len(ranked) if ranked else None
         return out, StageStats("score", n_in=len(items), n_out=len(out),
-                               metrics={"scorer": self.name, "scorer_accuracy": accuracy, "ranked": len(ranked),
+                               metrics={"scorer": self.name, "scorer_accuracy": accuracy,
+                                        "ranked": len(ranked),
                                         "gold_likelihood_only": len(out) - len(ranked), "model": bundle.name})
 
     def scored_item(self, item: VQAItem, scored: list[tuple[float, int]]) -> VQAItem:
         logprobs = [lp for lp, _ in scored]
         if len(scored) == 1:  # the gold answer alone: its per-token probability
             lp, n = scored[0]
-            return item.with_extra(choice_logprobs=logprobs, p_correct=float(torch.tensor(lp / max(n, 1)).exp()),
+            return item.with_extra(choice_logprobs=logprobs,
+                                   p_correct=float(torch.tensor(lp / max(n, 1)).exp()),
                                    scorer_pred=None, scorer_pred_correct=None)
         lp = torch.tensor(logprobs)
         gold, best = self.gold_index(item), int(lp.argmax())

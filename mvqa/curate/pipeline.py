@@ -97,7 +97,8 @@ def stage_key(stage: str, cfg: DictConfig, deps: list[str], input_fingerprint: s
 
 def _plain(value):
     """A config node as plain resolved data (interpolations resolve against the whole config)."""
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, (DictConfig, ListConfig)) else value
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value,
+                                                                     (DictConfig, ListConfig)) else value
 
 
 def ordered_stages(requested: list[str]) -> list[str]:
@@ -105,7 +106,8 @@ def ordered_stages(requested: list[str]) -> list[str]:
     if unknown:
         raise ValueError(f"pipeline.stages: unknown stage(s) {unknown}; expected a subset of {ORDER}")
     if "trace" in requested and "merge" in requested:
-        raise ValueError("pipeline.stages: use either trace (one shard) or merge (join finished shards), not both")
+        raise ValueError(
+            "pipeline.stages: use either trace (one shard) or merge (join finished shards), not both")
     return [s for s in ORDER if s in requested]
 
 
@@ -129,28 +131,34 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
         key = stage_key(name, cfg, deps, fingerprint)
         ctx.stage_dir = Path(cfg.pipeline.cache_dir) / f"{cache_name(name)}-{key}"
         items, stats, cached = _run_cached(name, fn, items, ctx)
-        if stats.metrics.get("waiting_for_shards"):  # a score shard finished its slice; others are still going
+        # a score shard finished its slice; others are still going
+        if stats.metrics.get("waiting_for_shards"):
             write_json({**stats.to_dict(), "cached": False, "key": key},
                        output_dir / "stages" / f"{i:02d}_{name}" / "stats.json")
             funnel.append({"stage": name, "n_in": stats.n_in, "n_out": stats.n_out})
             stopped_for_merge = True
-            log.info("score: shard %d of %d scored %d items; shard(s) %s still scoring: rerun once all are done",
-                     cfg.shard, cfg.num_shards, stats.n_in, stats.metrics["waiting_for_shards"])
+            log.info(
+                "score: shard %d of %d scored %d items; shard(s) %s still scoring: rerun once all are done",
+                cfg.shard, cfg.num_shards, stats.n_in, stats.metrics["waiting_for_shards"])
             break
         if not items and name != "export":
-            raise RuntimeError(f"stage {name!r} emptied the set: {stats.n_in} in, 0 out ({stats.drop_reasons})")
-        items_file = output_dir / "items.jsonl" if name == "export" else ctx.stage_dir / _items_name(name, cfg)
+            raise RuntimeError(
+                f"stage {name!r} emptied the set: {stats.n_in} in, 0 out ({stats.drop_reasons})")
+        items_file = output_dir / "items.jsonl" if name == "export" else ctx.stage_dir / _items_name(name,
+                                                                                                     cfg)
         last_out = _record(output_dir, i, name, items, stats, {"cached": cached, "key": key}, items_file)
         funnel.append({"stage": name, "n_in": stats.n_in, "n_out": stats.n_out})
-        manifest["stages"].append({"stage": name, "key": key, "input_fingerprint": fingerprint, "cached": cached,
-                                   "n_in": stats.n_in, "n_out": stats.n_out, "drops": stats.drop_reasons})
+        manifest["stages"].append(
+            {"stage": name, "key": key, "input_fingerprint": fingerprint, "cached": cached,
+             "n_in": stats.n_in, "n_out": stats.n_out, "drops": stats.drop_reasons})
         log.info(stats.summary() + (" [cached]" if cached else ""))
         if "diversity" in stats.metrics:  # cached or not, the run dir gets the report
             diversity = stats.metrics["diversity"]
             write_diversity_report(diversity, output_dir)
         if name == "trace" and cfg.num_shards > 1:
             stopped_for_merge = True
-            log.info("shard %d of %d traced; run the merge stage once all shards are done", cfg.shard, cfg.num_shards)
+            log.info("shard %d of %d traced; run the merge stage once all shards are done", cfg.shard,
+                     cfg.num_shards)
             break
     if not (last_out / "items.jsonl").exists():
         write_items_jsonl(items, last_out / "items.jsonl")  # the run's final items stay in the run dir
@@ -162,7 +170,8 @@ def run_curation(cfg: DictConfig, output_dir: Path, run: Any = None) -> dict[str
     return summary
 
 
-EXPORTS = ["final.csv", "items.jsonl", "traces_partial.csv", "llava_conversations.json", "images", "images.zip",
+EXPORTS = ["final.csv", "items.jsonl", "traces_partial.csv", "llava_conversations.json", "images",
+           "images.zip",
            "diversity.json", "diversity.md"]
 
 
@@ -174,7 +183,8 @@ def _log_to_wandb(run: Any, summary: dict[str, Any], output_dir: Path) -> None:
 
     funnel = wandb.Table(columns=["stage", "n_in", "n_out"],
                          data=[[f["stage"], f["n_in"], f["n_out"]] for f in summary["funnel"]])
-    run.log({"funnel": wandb.plot.bar(funnel, "stage", "n_out", title="curation funnel"), "funnel_table": funnel})
+    run.log(
+        {"funnel": wandb.plot.bar(funnel, "stage", "n_out", title="curation funnel"), "funnel_table": funnel})
     diversity = summary.get("diversity")
     if diversity:
         rows = [[k, diversity["input"][k], diversity["output"][k]] for k in diversity["output"]
@@ -187,7 +197,8 @@ def _log_to_wandb(run: Any, summary: dict[str, Any], output_dir: Path) -> None:
 
 def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext):
     """(items, stats, came_from_cache). Export always runs: its outputs belong to the run dir."""
-    done_items, done_stats = ctx.stage_dir / _items_name(name, ctx.cfg), ctx.stage_dir / _stats_name(name, ctx.cfg)
+    done_items, done_stats = ctx.stage_dir / _items_name(name, ctx.cfg), ctx.stage_dir / _stats_name(name,
+                                                                                                     ctx.cfg)
     if name == "export":
         ctx.stage_dir.mkdir(parents=True, exist_ok=True)
         return (*fn(items, ctx), False)
@@ -222,7 +233,8 @@ def _shard_suffix(name: str, cfg: DictConfig) -> str:
 
 def _lock_suffix(name: str, cfg: DictConfig) -> str:
     """Score and trace shards write their own partial files side by side: one lock per shard."""
-    return f".shard-{cfg.shard}-of-{cfg.num_shards}" if name in ("score", "trace") and cfg.num_shards > 1 else ""
+    return f".shard-{cfg.shard}-of-{cfg.num_shards}" if name in ("score",
+                                                                 "trace") and cfg.num_shards > 1 else ""
 
 
 def _items_name(name: str, cfg: DictConfig) -> str:
@@ -260,6 +272,7 @@ def stage_items(run_dir: Path, stage: str) -> list[VQAItem] | None:
     if not ref:
         return None
     if not Path(ref).exists():
-        raise FileNotFoundError(f"{found[-1]}: the {stage} stage's items were in the cache at {ref}, which no "
-                                "longer exists; rerun the stage")
+        raise FileNotFoundError(
+            f"{found[-1]}: the {stage} stage's items were in the cache at {ref}, which no "
+            "longer exists; rerun the stage")
     return read_items_jsonl(ref)

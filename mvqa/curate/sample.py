@@ -27,6 +27,18 @@ from threadpoolctl import threadpool_limits
 
 from mvqa.data.records import STRATA_FIELDS, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas import schema_default
+from mvqa.schemas.sampler import (
+    ClusterConf,
+    CoverSpreadConf,
+    EmbedKMeansConf,
+    KCenterSVDConf,
+    KMeansSeedConf,
+    MiniBatchKMeansConf,
+    RandomConf,
+    SamplerConf,
+    SVDKMeansConf,
+)
 
 
 def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None,
@@ -45,9 +57,18 @@ class Sampler:
     keeps_selection_order = False  # else rows come back in input order
     feature_dtype: type = np.float64
 
-    def __init__(self, n: int = 1000, seed: int = 42, question_weight: float = 1.0, image_weight: float = 0.25,
-                 answer_weight: float = 0.0, question_max_features: int | None = 512,
-                 stratify: Sequence[str] = (), quota: str = "proportional", name: str | None = None):
+    def __init__(
+        self,
+        n: int = SamplerConf.n,
+        seed: int = 42,
+        question_weight: float = SamplerConf.question_weight,
+        image_weight: float = SamplerConf.image_weight,
+        answer_weight: float = SamplerConf.answer_weight,
+        question_max_features: int | None = SamplerConf.question_max_features,
+        stratify: Sequence[str] = schema_default(SamplerConf, "stratify"),
+        quota: str = SamplerConf.quota,
+        name: str | None = None,
+    ):
         if n < 1:
             raise ValueError(f"sampler.n must be >= 1, got {n}")
         unknown = [f for f in stratify if f not in STRATA_FIELDS]
@@ -163,7 +184,7 @@ def allocate_quotas(sizes: dict[tuple, int], n: int, mode: str = "proportional")
 class RandomSampler(Sampler):
     """Uniform without replacement: the baseline."""
 
-    name = "random"
+    name = RandomConf.name
 
     def features(self, items):
         return np.zeros((len(items), 0))
@@ -177,7 +198,7 @@ class KMeansSeedSampler(Sampler):
     then per cluster in cluster order `cluster_df.sample(n=1, random_state=seed)`. Rows come back in cluster
     order like the seed's CSV; an empty cluster is skipped as the seed did."""
 
-    name = "kmeans_seed"
+    name = KMeansSeedConf.name
     keeps_selection_order = True
 
     def select(self, X, k):
@@ -196,7 +217,7 @@ class KMeansSeedSampler(Sampler):
 class ClusterSampler(Sampler):
     """k-means variants: one row per cluster, random (seeded) or nearest to the centroid."""
 
-    def __init__(self, pick: str = "random", **kwargs: Any):
+    def __init__(self, pick: str = ClusterConf.pick, **kwargs: Any):
         super().__init__(**kwargs)
         if pick not in ("random", "centroid"):
             raise ValueError(f"sampler.pick must be 'random' or 'centroid', got {pick!r}")
@@ -227,9 +248,9 @@ class ClusterSampler(Sampler):
 
 
 class MiniBatchKMeansSampler(ClusterSampler):
-    name = "minibatch_kmeans"
+    name = MiniBatchKMeansConf.name
 
-    def __init__(self, batch_size: int = 1024, **kwargs: Any):
+    def __init__(self, batch_size: int = MiniBatchKMeansConf.batch_size, **kwargs: Any):
         super().__init__(**kwargs)
         self.batch_size = batch_size
 
@@ -255,9 +276,10 @@ class SVDKMeansSampler(ClusterSampler):
     """TF-IDF -> TruncatedSVD -> k-means. `init="kcenter"` starts k-means from the farthest-point picks (one
     run, ~7x faster than k-means++ at k=1000 and more spread out); "k-means++" is sklearn's default."""
 
-    name = "svd_kmeans"
+    name = SVDKMeansConf.name
 
-    def __init__(self, n_components: int = 128, svd_iter: int = 5, init: str = "kcenter", **kwargs: Any):
+    def __init__(self, n_components: int = SVDKMeansConf.n_components, svd_iter: int = SVDKMeansConf.svd_iter,
+                 init: str = SVDKMeansConf.init, **kwargs: Any):
         super().__init__(**kwargs)
         if init not in ("kcenter", "k-means++", "random"):
             raise ValueError(f"sampler.init must be 'kcenter', 'k-means++' or 'random', got {init!r}")
@@ -274,9 +296,10 @@ class SVDKMeansSampler(ClusterSampler):
 class EmbedKMeansSampler(ClusterSampler):
     """k-means on MiniLM sentence embeddings of the question (and answer) text; image ids as TF-IDF."""
 
-    name = "embed_kmeans"
+    name = EmbedKMeansConf.name
 
-    def __init__(self, batch_size: int = 64, device: str = "cpu", **kwargs: Any):
+    def __init__(self, batch_size: int = EmbedKMeansConf.batch_size, device: str = EmbedKMeansConf.device,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.batch_size, self.device = batch_size, device
 
@@ -320,10 +343,11 @@ class KCenterSVDSampler(Sampler):
     farthest-point picks. Farthest-point takes odd phrasings and rare figure names first, so it covers the
     pool worse than a random pick (see bench/sampler.py). Cost: one SVD plus k passes of an (N x d) mat-vec."""
 
-    name = "kcenter_svd"
+    name = KCenterSVDConf.name
     feature_dtype = np.float32
 
-    def __init__(self, n_components: int = 64, svd_iter: int = 1, **kwargs: Any):
+    def __init__(self, n_components: int = KCenterSVDConf.n_components, svd_iter: int = KCenterSVDConf.svd_iter,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         self.n_components, self.svd_iter = n_components, svd_iter
 
@@ -443,10 +467,12 @@ class CoverSpreadSampler(Sampler):
     picks product and no k-means iterations.
     """
 
-    name = "cover_spread"
+    name = CoverSpreadConf.name
     feature_dtype = np.float32
 
-    def __init__(self, trials: int | None = None, spread_weight: float = 1.0, rounds: int = 3, **kwargs: Any):
+    def __init__(self, trials: int | None = CoverSpreadConf.trials,
+                 spread_weight: float = CoverSpreadConf.spread_weight, rounds: int = CoverSpreadConf.rounds,
+                 **kwargs: Any):
         super().__init__(**kwargs)
         if trials is not None and trials < 1:
             raise ValueError(f"sampler.trials must be >= 1 (or null for 2 + ln n), got {trials}")

@@ -42,7 +42,8 @@ def traced_item(item: VQAItem, text: str, sample: int, num_samples: int, model: 
 
 
 def _resume(partial: Path) -> list[VQAItem]:
-    """What an earlier, killed run finished; the file is rewritten without a torn last line or a repeated id."""
+    """What an earlier, killed run finished; the file is rewritten without a torn last line or a repeated
+    id."""
     if not partial.exists():
         return []
     done = read_items_jsonl(partial, allow_torn_tail=True)
@@ -74,13 +75,16 @@ def trace_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
                                   seed=cfg.seed)
         start = time.perf_counter()
         with open(partial, "a", encoding="utf-8") as f, tqdm(total=len(todo), unit="item", desc="trace",
-                                                              disable=not tc.progress, dynamic_ncols=True) as bar:
+                                                              disable=not tc.progress,
+                                                              dynamic_ncols=True) as bar:
             for i in range(0, len(todo), tc.batch_size):
                 batch = todo[i:i + tc.batch_size]
-                requests = [GenerationRequest(prompt=chat_prompt(bundle.processor, format_question(it, tc.prompt)),
-                                              images=[load_image(it)], id=it.id) for it in batch]
+                requests = [
+                    GenerationRequest(prompt=chat_prompt(bundle.processor, format_question(it, tc.prompt)),
+                                      images=[load_image(it)], id=it.id) for it in batch]
                 for g in engine.generate(bundle, requests, params):
-                    item = traced_item(batch[g.request_index], g.text, g.sample_index, tc.num_samples, bundle.name)
+                    item = traced_item(batch[g.request_index], g.text, g.sample_index, tc.num_samples,
+                                       bundle.name)
                     f.write(item_to_json(item) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
@@ -101,8 +105,9 @@ def merge_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     files = [shard_file(ctx.stage_dir, i, n) for i in range(n)]
     missing = [i for i, f in enumerate(files) if not f.exists()]
     if missing:
+        expected = [str(files[i]) for i in missing]
         raise FileNotFoundError(f"merge: shard(s) {missing} of num_shards={n} are not finished (expected "
-                                f"{[str(files[i]) for i in missing]}); run generate.py shard=i num_shards={n}")
+                                f"{expected}); run generate.py shard=i num_shards={n}")
     traced = [it for f in files for it in read_items_jsonl(f)]
     expected = {it.id for it in items}
     got = [it.extra["source_id"] for it in traced]

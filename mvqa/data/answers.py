@@ -1,15 +1,14 @@
 """Free-text answers: the normaliser and the field's metrics for closed and open questions.
 
-The normaliser follows the SQuAD/VQA convention the medical VQA papers inherit: lower case, punctuation and the
-articles a/an/the removed, whitespace collapsed; on top of it number words become digits ("two" -> "2") and a
-whole answer that is a yes/no synonym ("Yeah.", "true", "Correct") becomes "yes" or "no".
+The normaliser follows the SQuAD/VQA convention the medical VQA papers inherit: lower case, punctuation and
+the articles a/an/the removed, whitespace collapsed; on top of it number words become digits ("two" -> "2")
+and a whole answer that is a yes/no synonym ("Yeah.", "true", "Correct") becomes "yes" or "no".
 
 Metrics, as the field names them:
 - closed: accuracy. A yes/no gold answer is matched by the prediction's leading yes/no word ("Yes, the liver"
   counts as yes); any other closed answer by normalised exact match.
-- open: normalised exact match; token recall, LLaVA-Med's open-set recall (the share of the gold answer's tokens
-  found in the prediction); token F1 (SQuAD's, counts with multiplicity).
-"""
+- open: normalised exact match; token recall, LLaVA-Med's open-set recall (the share of the gold answer's
+  tokens found in the prediction); token F1 (SQuAD's, counts with multiplicity). """
 
 from __future__ import annotations
 
@@ -20,9 +19,11 @@ from dataclasses import dataclass
 
 YES, NO = "yes", "no"
 YES_SYNONYMS = frozenset({"yes", "y", "yeah", "yep", "true", "correct", "affirmative", "present", "positive"})
-NO_SYNONYMS = frozenset({"no", "n", "nope", "false", "incorrect", "negative", "absent", "not present", "none"})
+NO_SYNONYMS = frozenset(
+    {"no", "n", "nope", "false", "incorrect", "negative", "absent", "not present", "none"})
 NUMBER_WORDS = {w: str(i) for i, w in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
+    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+     "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"])}
 ARTICLES = frozenset({"a", "an", "the"})
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -101,7 +102,8 @@ class FreeTextScore:
 
 
 def score_free_text(prediction: str | None, gold: str, kind: str) -> FreeTextScore:
-    """Every metric of one free-text prediction; `kind` is "closed" or "open". A missing answer scores zero."""
+    """Every metric of one free-text prediction; `kind` is "closed" or "open". A missing answer scores
+    zero."""
     if prediction is None or not str(prediction).strip():
         return FreeTextScore(False, False, 0.0, 0.0)
     em = exact_match(prediction, gold)

@@ -2,11 +2,11 @@
 else the world's template traces.
 
 A curation run is a generate.py run dir that finished its export: `final.csv` (written last), `items.jsonl`
-whose items came from the synthetic world, and the exported `images/` (read from there, so the run's world need
-not be the one the `auto` fields describe, nor still be on disk). The newest one by the time its final.csv was
-written wins. `resolve_dataset` returns the config with the `auto` node swapped for the `curated` or `synthetic` node it stands for, so
-everything downstream (validation split, W&B config and input artifact, metrics.json) sees the real dataset.
-"""
+whose items came from the synthetic world, and the exported `images/` (read from there, so the run's world
+need not be the one the `auto` fields describe, nor still be on disk). The newest one by the time its
+final.csv was written wins. `resolve_dataset` returns the config with the `auto` node swapped for the
+`curated` or `synthetic` node it stands for, so everything downstream (validation split, W&B config and input
+artifact, metrics.json) sees the real dataset. """
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas.dataset_auto import AutoConf
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ _DEPTHS = range(4)
 
 
 def _source(run_dir: Path) -> str | None:
-    """The `source` of the run's first exported item (e.g. "synthetic"), or None without a readable items.jsonl."""
+    """The `source` of the run's first exported item (e.g. "synthetic"), or None without a readable
+    items.jsonl."""
     try:
         with open(run_dir / "items.jsonl", encoding="utf-8") as f:
             return json.loads(f.readline()).get("source")
@@ -40,7 +42,8 @@ def _source(run_dir: Path) -> str | None:
 
 
 def find_curation_runs(roots: list[str] | tuple[str, ...], source: str = "synthetic") -> list[Path]:
-    """Finished curation runs of `source` items under `roots`, newest first; the others are logged as skipped."""
+    """Finished curation runs of `source` items under `roots`, newest first; the others are logged as
+    skipped."""
     runs: dict[Path, float] = {}
     for root in map(Path, roots):
         if not root.is_dir():
@@ -63,7 +66,8 @@ def _synthetic_node(auto: DictConfig) -> DictConfig:
 
     keep = {f.name for f in dataclasses.fields(SyntheticConf)} - {"_target_", "name"}
     values = OmegaConf.to_container(auto, resolve=False)  # ${paths.cache}, ${seed} resolve where it is put
-    return OmegaConf.merge(OmegaConf.structured(SyntheticConf), {k: v for k, v in values.items() if k in keep})
+    return OmegaConf.merge(OmegaConf.structured(SyntheticConf),
+                           {k: v for k, v in values.items() if k in keep})
 
 
 def _curated_node(auto: DictConfig, final_csv: Path) -> DictConfig:
@@ -83,14 +87,17 @@ def resolve_auto(auto: DictConfig) -> tuple[DictConfig, str]:
                f"run(s) of the synthetic world under {', '.join(roots)}); dataset=synthetic trains on the "
                "world's template traces")
         return _curated_node(auto, final), why
-    why = (f"dataset=auto: no curation run of the synthetic world under {', '.join(roots) or '(no search roots)'};"
-           " training on the synthetic world's template traces")
+    why = (
+        "dataset=auto: no curation run of the synthetic world under "
+        f"{', '.join(roots) or '(no search roots)'};"
+        " training on the synthetic world's template traces")
     return _synthetic_node(auto), why
 
 
 def resolve_dataset(cfg: DictConfig) -> DictConfig:
     """`cfg` with `dataset=auto` replaced by the node it stands for (logged), as a new config: `cfg` itself is
-    left as it is. Any other dataset: `cfg` unchanged. train.py calls it once, before W&B records the config."""
+    left as it is. Any other dataset: `cfg` unchanged. train.py calls it once, before W&B records the
+    config."""
     if OmegaConf.select(cfg, "dataset.name") != AUTO:
         return cfg
     node, why = resolve_auto(cfg.dataset)
@@ -101,7 +108,7 @@ def resolve_dataset(cfg: DictConfig) -> DictConfig:
     return resolved
 
 
-def read_auto(split: str = "train", **fields: Any) -> tuple[list[VQAItem], StageStats]:
+def read_auto(split: str = AutoConf.split, **fields: Any) -> tuple[list[VQAItem], StageStats]:
     """The reader behind `_target_`, for callers that load an unresolved `auto` node directly."""
     from mvqa.data.loading import load_dataset
 

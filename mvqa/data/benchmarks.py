@@ -44,16 +44,17 @@ from mvqa.data.images import check_image_path, check_on_bad_image, store_image_b
 from mvqa.data.readers import LOAD_STAGE, _finish, kind_from_answer_type
 from mvqa.data.records import LETTERS, MAX_CHOICES, MIN_CHOICES, VQAItem, check_unique_ids
 from mvqa.data.stats import StageStats
+from mvqa.schemas import schema_default
+from mvqa.schemas.dataset import (
+    MmmuConf,
+    OmniMedVqaConf,
+    PathVqaConf,
+    PmcVqaTestConf,
+    VlmEvalKitTsvConf,
+    VqaRadConf,
+)
 
 IMAGE_CACHE_NAME = "benchmark-images"
-# MMMU's "Health & Medicine" discipline.
-MMMU_MEDICAL_SUBJECTS = (
-    "Basic_Medical_Science",
-    "Clinical_Medicine",
-    "Diagnostics_and_Laboratory_Medicine",
-    "Pharmacy",
-    "Public_Health",
-)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TSV_MAX_OPTIONS = "ABCDEFGHIJ"  # VLMEvalKit writes up to I/J for MMMU; more than MAX_CHOICES is dropped
 
@@ -223,14 +224,14 @@ VQA_RAD_LAYOUTS = (
 
 def read_vqa_rad(
     path,
-    split: str = "test",
-    name: str = "vqa_rad",
-    source: str = "vqa_rad",
+    split: str = VqaRadConf.split,
+    name: str = VqaRadConf.name,
+    source: str = VqaRadConf.source,
     image_cache=None,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
+    on_bad_image: str = VqaRadConf.on_bad_image,
+    check_images: bool = VqaRadConf.check_images,
+    limit: int | None = VqaRadConf.limit,
+    on_duplicate: str = VqaRadConf.on_duplicate,
 ) -> tuple[list[VQAItem], StageStats]:
     """VQA-RAD (Lau et al., 2018): 1,793 train / 451 test questions, half yes/no.
 
@@ -341,14 +342,14 @@ PATH_VQA_LAYOUTS = (
 
 def read_path_vqa(
     path,
-    split: str = "test",
-    name: str = "path_vqa",
-    source: str = "path_vqa",
+    split: str = PathVqaConf.split,
+    name: str = PathVqaConf.name,
+    source: str = PathVqaConf.source,
     image_cache=None,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
+    on_bad_image: str = PathVqaConf.on_bad_image,
+    check_images: bool = PathVqaConf.check_images,
+    limit: int | None = PathVqaConf.limit,
+    on_duplicate: str = PathVqaConf.on_duplicate,
 ) -> tuple[list[VQAItem], StageStats]:
     """PathVQA (He et al., 2020): pathology images, about half yes/no (closed) and half open questions."""
     check_on_bad_image(on_bad_image)
@@ -382,10 +383,10 @@ PMC_VQA_TEST_LAYOUT = (
 
 def read_pmc_vqa_test(
     path,
-    file: str = "test_clean.csv",
-    name: str = "pmc_vqa_test",
-    source: str = "pmc_vqa",
-    split: str = "test",
+    file: str = PmcVqaTestConf.file,
+    name: str = PmcVqaTestConf.name,
+    source: str = PmcVqaTestConf.source,
+    split: str = PmcVqaTestConf.split,
     **kwargs,
 ) -> tuple[list[VQAItem], StageStats]:
     """PMC-VQA's test split (the cleaned 2k questions by default; `file=test.csv` for the full one): all
@@ -426,15 +427,15 @@ OMNIMEDVQA_LAYOUTS = (
 
 def read_omnimedvqa(
     path,
-    name: str = "omnimedvqa",
-    source: str = "omnimedvqa",
-    access: Sequence[str] = ("Open-access",),
-    subsets: Sequence[str] = (),
+    name: str = OmniMedVqaConf.name,
+    source: str = OmniMedVqaConf.source,
+    access: Sequence[str] = schema_default(OmniMedVqaConf, "access"),
+    subsets: Sequence[str] = schema_default(OmniMedVqaConf, "subsets"),
     image_cache=None,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
+    on_bad_image: str = OmniMedVqaConf.on_bad_image,
+    check_images: bool = OmniMedVqaConf.check_images,
+    limit: int | None = OmniMedVqaConf.limit,
+    on_duplicate: str = OmniMedVqaConf.on_duplicate,
 ) -> tuple[list[VQAItem], StageStats]:
     """OmniMedVQA (Hu et al., 2024): mcq only, one JSON per source dataset, no splits (all of it is test).
 
@@ -529,15 +530,15 @@ MMMU_LAYOUTS = (
 
 def read_mmmu(
     path,
-    split: str = "validation",
-    subjects: Sequence[str] = MMMU_MEDICAL_SUBJECTS,
-    name: str = "mmmu_med",
-    source: str = "mmmu",
+    split: str = MmmuConf.split,
+    subjects: Sequence[str] = schema_default(MmmuConf, "subjects"),
+    name: str = MmmuConf.name,
+    source: str = MmmuConf.source,
     image_cache=None,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
+    on_bad_image: str = MmmuConf.on_bad_image,
+    check_images: bool = MmmuConf.check_images,
+    limit: int | None = MmmuConf.limit,
+    on_duplicate: str = MmmuConf.on_duplicate,
 ) -> tuple[list[VQAItem], StageStats]:
     """MMMU's medical subjects (Yue et al., 2024): mostly mcq, some open. One image per item here, so a
     question
@@ -674,15 +675,15 @@ TSV_LAYOUT = (
 
 def read_vlmevalkit_tsv(
     path,
-    split: str = "",
-    name: str = "tsv",
-    source: str = "vlmevalkit",
-    subjects: Sequence[str] = (),
+    split: str = VlmEvalKitTsvConf.split,
+    name: str = VlmEvalKitTsvConf.name,
+    source: str = VlmEvalKitTsvConf.source,
+    subjects: Sequence[str] = schema_default(VlmEvalKitTsvConf, "subjects"),
     image_cache=None,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
+    on_bad_image: str = VlmEvalKitTsvConf.on_bad_image,
+    check_images: bool = VlmEvalKitTsvConf.check_images,
+    limit: int | None = VlmEvalKitTsvConf.limit,
+    on_duplicate: str = VlmEvalKitTsvConf.on_duplicate,
 ) -> tuple[list[VQAItem], StageStats]:
     """A VLMEvalKit benchmark TSV. A `split` column, when present, selects rows equal to `split`; `subjects`
     keeps rows whose MMMU-style id (`validation_Clinical_Medicine_3`) or category names one of them."""

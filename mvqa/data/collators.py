@@ -26,7 +26,8 @@ PER_TOKEN = ("mm_token_type_ids", "token_type_ids")
 
 
 def image_token_id(processor) -> int | None:
-    """The id of the token an image placeholder expands into (`<image>`, `<|image_pad|>`), if the processor has one."""
+    """The id of the token an image placeholder expands into (`<image>`, `<|image_pad|>`), if the processor
+    has one."""
     token_id = getattr(processor, "image_token_id", None)
     token = getattr(processor, "image_token", None)
     if token_id is None and token:
@@ -63,7 +64,8 @@ class VQACollator:
         if mode not in ("train", "generate"):
             raise ValueError(f"collator mode must be 'train' or 'generate', got {mode!r}")
         format_question = format_question or default_format_question
-        self.processor, self.prompt_template, self.max_length, self.mode = processor, prompt_template, max_length, mode
+        self.processor, self.prompt_template = processor, prompt_template
+        self.max_length, self.mode = max_length, mode
         self.format_question = format_question
         self.tokenizer = getattr(processor, "tokenizer", processor)
         if self.tokenizer.pad_token_id is None:
@@ -121,12 +123,18 @@ class VQACollator:
         images = max(d.image_tokens for d in dropped)
         required, full = max(d.required for d in dropped), max(d.full for d in dropped)
         ids = [d.item_id for d in dropped]
-        fix = (f"set data.max_length to at least {required} (prompt with its image tokens, and the answer), e.g. "
-               f"data.max_length={suggested_max_length(full)}, which also keeps the longest thinking ({full} tokens)")
+        fix = (
+            f"set data.max_length to at least {required} (prompt with its image tokens, and the answer), "
+            "e.g. "
+            f"data.max_length={suggested_max_length(full)}, which also keeps the longest thinking ({full} "
+            "tokens)")
         if images >= self.max_length:
-            return (f"every example in the batch exceeds data.max_length={self.max_length}: the {images} image tokens "
-                    f"of each prompt fill it alone (the processor expands the image placeholder into {images} tokens, "
-                    f"and max_length counts them), leaving no room for the text; {fix}. Examples: {ids}")
+            return (
+                f"every example in the batch exceeds data.max_length={self.max_length}: the {images} image "
+                "tokens "
+                f"of each prompt fill it alone (the processor expands the image placeholder into {images} "
+                "tokens, "
+                f"and max_length counts them), leaving no room for the text; {fix}. Examples: {ids}")
         return (f"every example in the batch exceeds data.max_length={self.max_length} before any thinking "
                 f"(prompt with {images} image tokens, and the answer); {fix}. Examples: {ids}")
 

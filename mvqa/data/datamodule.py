@@ -73,14 +73,17 @@ class ResumableLoader(DataLoader):
 
 
 class VQADataModule(pl.LightningDataModule):
-    """Validation yields two loaders: teacher-forced loss (index 0) and greedy-generation accuracy (index 1)."""
+    """Validation yields two loaders: teacher-forced loss (index 0) and greedy-generation accuracy (index
+    1)."""
 
-    def __init__(self, train_items: list[VQAItem], val_items: list[VQAItem], train_collator, generate_collator,
+    def __init__(self, train_items: list[VQAItem], val_items: list[VQAItem], train_collator,
+                 generate_collator,
                  batch_size: int = 8, eval_batch_size: int | None = None, num_workers: int = 0,
                  seed: int = 0, predict_items: list[VQAItem] | None = None,
                  val_generate_limit: int | None = None) -> None:
         super().__init__()
-        self.train_items, self.val_items, self.predict_items = train_items, val_items, predict_items or val_items
+        self.train_items, self.val_items = train_items, val_items
+        self.predict_items = predict_items or val_items
         self.train_collator, self.generate_collator = train_collator, generate_collator
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers, self.seed = num_workers, seed
@@ -95,7 +98,8 @@ class VQADataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.trainer is not None and self.trainer.world_size > 1:
-            # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way; resuming such a
+            # Lightning puts in its DistributedSampler, shuffled by (seed, epoch) the same way;
+            # resuming such a
             # run mid-epoch restarts the epoch (Lightning warns), at an epoch boundary it is exact.
             return self._loader(self.train_items, self.train_collator, self.batch_size, shuffle=True)
         sampler = EpochShuffle(len(self.train_items), self.batch_size, seed=self.seed)
@@ -110,7 +114,8 @@ class VQADataModule(pl.LightningDataModule):
         return loader if isinstance(loader, ResumableLoader) else None
 
     # The position also travels as the datamodule's state: Lightning restores that before anything builds the
-    # loader, while it skips the loader's own state when the loader was built early (configure_optimizers reads
+    # loader, while it skips the loader's own state when the loader was built early
+    # (configure_optimizers reads
     # trainer.estimated_stepping_batches, which sets up the training data before the loops are restored).
     def state_dict(self) -> dict[str, Any]:
         loader = self._resumable_loader()

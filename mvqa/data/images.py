@@ -59,8 +59,9 @@ def resolve_image_path(item: VQAItem) -> Path:
     root = Path(item.image_root or ".").resolve()
     path = (root / item.image.strip()).resolve()
     if not path.is_relative_to(root):
-        raise BadImageError(f"item {item.id!r}: image {item.image!r} resolves to {path}, outside the image root "
-                            f"{root} (a symlink pointing out of the root?)", "image_outside_root", path)
+        raise BadImageError(
+            f"item {item.id!r}: image {item.image!r} resolves to {path}, outside the image root "
+            f"{root} (a symlink pointing out of the root?)", "image_outside_root", path)
     return path
 
 
@@ -73,11 +74,14 @@ def load_image(item: VQAItem) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() decodes every pixel, so truncated files fail here
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise BadImageError(f"item {item.id!r}: cannot decode image {path}: {err}", "corrupt_image", path) from err
+        raise BadImageError(f"item {item.id!r}: cannot decode image {path}: {err}", "corrupt_image",
+                            path) from err
 
 
-def verify_images(items: list[VQAItem], on_bad_image: str = "error", stats: StageStats | None = None) -> list[VQAItem]:
-    """Decode every distinct image once; on a bad one raise (`error`) or drop its items into `stats` (`skip`)."""
+def verify_images(items: list[VQAItem], on_bad_image: str = "error",
+                  stats: StageStats | None = None) -> list[VQAItem]:
+    """Decode every distinct image once; on a bad one raise (`error`) or drop its items into `stats`
+    (`skip`)."""
     check_on_bad_image(on_bad_image)
     if on_bad_image == "skip" and stats is None:
         raise ValueError("on_bad_image='skip' needs a StageStats to record the dropped rows in")
@@ -105,12 +109,13 @@ IMAGE_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "BMP": ".bmp", "TI
 
 
 def store_image_bytes(data: bytes, cache_dir: Path | str, where: str) -> str:
-    """Write an embedded image (Hub parquet bytes, a TSV's base64) once under `cache_dir`, named by its content.
+    """Write an embedded image (Hub parquet bytes, a TSV's base64) once under `cache_dir`, named by its
+    content.
 
-    Returns the path relative to `cache_dir` (`ab/abcdef....png`), so items keep `image_root=cache_dir` and later
-    stages open the file like any other. The same bytes always land in the same file: a second load of the
-    benchmark, or a second question on the same image, writes nothing. Undecodable bytes raise naming `where`.
-    """
+    Returns the path relative to `cache_dir` (`ab/abcdef....png`), so items keep `image_root=cache_dir` and
+    later stages open the file like any other. The same bytes always land in the same file: a second load of
+    the benchmark, or a second question on the same image, writes nothing. Undecodable bytes raise naming
+    `where`. """
     import hashlib
     import io
     import os
@@ -127,7 +132,8 @@ def store_image_bytes(data: bytes, cache_dir: Path | str, where: str) -> str:
     target = Path(cache_dir) / relative
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}.part")  # concurrent loaders never see half a file
+        # concurrent loaders never see half a file
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")
         partial.write_bytes(data)
         os.replace(partial, target)
     return relative

@@ -24,7 +24,8 @@ def load_dataset(cfg: DictConfig, split: str | None = None) -> tuple[list[VQAIte
         node.pop(key, None)
     if split is not None:
         if "split" not in node:
-            raise ValueError(f"dataset {node.get('name')!r} has no splits to choose from (asked for {split!r})")
+            raise ValueError(
+                f"dataset {node.get('name')!r} has no splits to choose from (asked for {split!r})")
         node["split"] = split
     items, stats = instantiate(node)
     stats.metrics["kinds"] = kind_counts(items)
@@ -33,7 +34,8 @@ def load_dataset(cfg: DictConfig, split: str | None = None) -> tuple[list[VQAIte
 
 
 def load_line(name: str, split: str, items: list[VQAItem], stats: StageStats) -> str:
-    """`load NAME[SPLIT]: N items — mcq a, closed b, open c` plus `; dropped ...` and `; converted ...` by reason."""
+    """`load NAME[SPLIT]: N items — mcq a, closed b, open c` plus `; dropped ...` and `; converted ...` by
+    reason."""
     where = f"{name}[{split}]" if split else name
     kinds = ", ".join(f"{kind} {n}" for kind, n in kind_counts(items).items())
     line = f"load {where}: {len(items)} items — {kinds}"

@@ -19,15 +19,19 @@ PROMPTS: dict[str, str] = {
     # The prompt the seed gave Med-R1 to make the release traces (for 4 choices exactly the seed's text).
     "med_r1_seed": (
         "{question}[[ {choices_inline}.]] Please reason through the image and question carefully. "
-        "[[Eliminate incorrect options one by one, and justify|Justify]] your reasoning with visual or clinical "
-        "clues. Write your thought process in <think> </think> tags, and final answer[[ ({letters})| (yes or no)|]] "
+        "[[Eliminate incorrect options one by one, and justify|Justify]] your reasoning with visual or "
+        "clinical "
+        "clues. Write your thought process in <think> </think> tags, and final answer[[ ({letters})| (yes or "
+        "no)|]] "
         "in <answer> </answer>."
     ),
     # Med-R1's own README/evaluation prompt; its OmniMedVQA problems list the options one per line.
     "med_r1": (
         "{question}[[\n{choices_lines}]]\nYour task:\n"
-        "1. Think through the question step by step, enclose your reasoning process in <think>...</think> tags.\n"
-        "2. Then provide [[the correct single-letter choice (A, B, C, D,...)|yes or no|the final answer in a few "
+        "1. Think through the question step by step, enclose your reasoning process in <think>...</think> "
+        "tags.\n"
+        "2. Then provide [[the correct single-letter choice (A, B, C, D,...)|yes or no|the final answer in a "
+        "few "
         "words]] inside "
         "<answer>...</answer> tags.\n"
         "3. No extra information or text outside of these tags."
@@ -99,7 +103,8 @@ def format_question(item: VQAItem, template: str) -> str:
                          f"expected {sorted(fields)}") from err
 
 
-def format_conversation(prompt: str, response: str | None = None, conversation: str = "llava_med_mistral") -> str:
+def format_conversation(prompt: str, response: str | None = None,
+                        conversation: str = "llava_med_mistral") -> str:
     """One user turn (and the assistant's reply, closed, when given) in a CONVERSATIONS style."""
     if conversation not in CONVERSATIONS:
         raise ValueError(f"unknown conversation {conversation!r}; expected one of {sorted(CONVERSATIONS)}")
@@ -119,13 +124,16 @@ def user_message(text: str, with_image: bool = True) -> dict[str, Any]:
 
 def chat_prompt(processor, text: str, with_image: bool = True) -> str:
     """One user turn through the model's chat template, ready for the assistant's reply."""
-    return processor.apply_chat_template([user_message(text, with_image)], tokenize=False, add_generation_prompt=True)
+    return processor.apply_chat_template([user_message(text, with_image)], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def end_of_turn(processor) -> str:
-    """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for Qwen)."""
+    """What the chat template writes after an assistant message (`</s>` for Mistral, `<|im_end|>\\n` for
+    Qwen)."""
     rendered = processor.apply_chat_template(
-        [user_message("q"), {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}], tokenize=False
+        [user_message("q"), {"role": "assistant", "content": [{"type": "text", "text": _PROBE}]}],
+        tokenize=False
     )
     return rendered.split(_PROBE, 1)[1]
 
@@ -136,7 +144,8 @@ OK, NO_ANSWER, UNPARSEABLE = "ok", "no_answer", "unparseable"
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _S1_ANSWER = re.compile(r"Answer\s*:[ \t]*(.*)")
-# "C", "(C)", "C)", "C.", "[C]", and a letter followed by its choice text after a separator ("C: MRI", "C) MRI").
+# "C", "(C)", "C)", "C.", "[C]", and a letter followed by its choice text after a separator ("C: MRI", "C)
+# MRI").
 _BARE_LETTER = re.compile(r"^[(\[]?\s*([A-Ea-e])\s*[)\].:]?$")
 _LETTER_WITH_TEXT = re.compile(r"^[(\[]?\s*([A-Ea-e])\s*[)\].:]\s*\S")
 

@@ -28,6 +28,8 @@ import pandas as pd
 from mvqa.data.images import check_image_path, check_on_bad_image, verify_images
 from mvqa.data.records import CLOSED, LETTERS, MAX_CHOICES, OPEN, VQAItem
 from mvqa.data.stats import StageStats
+from mvqa.schemas import schema_default
+from mvqa.schemas.dataset import CsvConf, PmcVqaConf, SlakeConf
 
 log = logging.getLogger(__name__)
 LOAD_STAGE = "load"
@@ -45,7 +47,8 @@ COLUMN_KEYS = ("image", "question", "answer", "choices", "answer_label", "answer
 RELEASE_TRACE_COLUMNS = ("generated_reasoning", "generated_answer", "raw_output")
 
 _CHOICE_PREFIX = {letter: re.compile(rf"^\s*'?{letter}\s*:\s*") for letter in LETTERS}
-# PMC-VQA has rows cut out of a stringified list: " 'A: Mild stenosis ...' '", "MRI Scan'" (real release rows).
+# PMC-VQA has rows cut out of a stringified list: " 'A: Mild stenosis ...' '", "MRI Scan'" (real release
+# rows).
 _PAIRED_QUOTE_TAIL = re.compile(r"\s*'\s*'\s*$")
 _LONE_QUOTE_TAIL = re.compile(r"(?<=[^\d\s'])\s*'\s*$")  # not after a digit: 5' and 3' are primes
 
@@ -77,19 +80,20 @@ def strip_choice_prefix(text: str, letter: str) -> str:
 
 def read_pmc_vqa(
     path,
-    image_root=None,
-    name: str = "pmc_vqa",
-    split: str = "",
-    source: str = "pmc_vqa",
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
+    image_root=PmcVqaConf.image_root,
+    name: str = PmcVqaConf.name,
+    split: str = PmcVqaConf.split,
+    source: str = PmcVqaConf.source,
+    on_bad_image: str = PmcVqaConf.on_bad_image,
+    check_images: bool = PmcVqaConf.check_images,
+    limit: int | None = PmcVqaConf.limit,
     columns: Mapping[str, Any] | None = None,
-    extra_columns: Sequence[str] = (),
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8-sig",
+    extra_columns: Sequence[str] = schema_default(PmcVqaConf, "extra_columns"),
+    on_duplicate: str = PmcVqaConf.on_duplicate,
+    encoding: str = PmcVqaConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
-    """A PMC-VQA CSV (`Figure_path, Question, Answer, Choice A..D, Answer_label`), names matched ignoring case.
+    """A PMC-VQA CSV (`Figure_path, Question, Answer, Choice A..D, Answer_label`), names matched ignoring
+    case.
 
     `columns` overrides single entries of PMC_VQA_COLUMNS (None keeps the default); `extra_columns` are
     copied into `item.extra`. The image root defaults to the CSV's directory.
@@ -105,17 +109,17 @@ def read_pmc_vqa(
 def read_csv_dataset(
     path,
     columns: Mapping[str, Any],
-    image_root=None,
-    name: str = "csv",
-    split: str = "",
-    source: str = "csv",
-    strip_choice_prefixes: bool = False,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    extra_columns: Sequence[str] = (),
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8-sig",
+    image_root=CsvConf.image_root,
+    name: str = CsvConf.name,
+    split: str = CsvConf.split,
+    source: str = CsvConf.source,
+    strip_choice_prefixes: bool = CsvConf.strip_choice_prefixes,
+    on_bad_image: str = CsvConf.on_bad_image,
+    check_images: bool = CsvConf.check_images,
+    limit: int | None = CsvConf.limit,
+    extra_columns: Sequence[str] = schema_default(CsvConf, "extra_columns"),
+    on_duplicate: str = CsvConf.on_duplicate,
+    encoding: str = CsvConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
     """Any CSV: `columns` maps image, question, answer (required), choices (list), answer_label, id, ... to
     column names. Without an answer_label column the label is the one choice whose text equals the answer."""
@@ -134,11 +138,13 @@ def _column_mapping(columns: Mapping[str, Any] | None, path) -> dict[str, Any]:
     columns = dict(columns or {})
     unknown = sorted(set(columns) - set(COLUMN_KEYS))
     if unknown:
-        raise ValueError(f"{path}: unknown column mapping keys {unknown}; expected some of {list(COLUMN_KEYS)}")
+        raise ValueError(
+            f"{path}: unknown column mapping keys {unknown}; expected some of {list(COLUMN_KEYS)}")
     if columns.get("choices") is not None:
         columns["choices"] = list(columns["choices"])
         if len(columns["choices"]) > MAX_CHOICES:
-            raise ValueError(f"{path}: {len(columns['choices'])} choice columns, at most {MAX_CHOICES} allowed")
+            raise ValueError(
+                f"{path}: {len(columns['choices'])} choice columns, at most {MAX_CHOICES} allowed")
     return columns
 
 
@@ -151,7 +157,8 @@ def decode_error(path: Path, encoding: str) -> ValueError:
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         return ValueError(f"{path}: line {line} (data row {line - 2} unless a cell spans lines), byte offset "
-                          f"{err.start}: byte 0x{data[err.start]:02x} is not valid {encoding} ({err.reason}); "
+                          f"{err.start}: byte 0x{data[err.start]:02x} is not valid {encoding} "
+                          f"({err.reason}); "
                           "fix the file or set dataset.encoding (e.g. latin-1, cp1252)")
     except LookupError:
         return ValueError(f"{path}: unknown encoding {encoding!r} (dataset.encoding)")
@@ -173,7 +180,8 @@ def _read_frame(path: Path, limit: int | None, encoding: str = "utf-8-sig") -> p
     return frame
 
 
-def _match_columns(path: Path, present: list[str], mapping: dict[str, Any], extra: Sequence[str]) -> dict[str, Any]:
+def _match_columns(path: Path, present: list[str], mapping: dict[str, Any],
+                   extra: Sequence[str]) -> dict[str, Any]:
     """Map each wanted name to the CSV's own spelling (case and surrounding spaces ignored)."""
     by_key: dict[str, str] = {}
     for col in present:
@@ -181,7 +189,8 @@ def _match_columns(path: Path, present: list[str], mapping: dict[str, Any], extr
         if key in by_key:
             raise ValueError(f"{path}: columns {by_key[key]!r} and {col!r} differ only in case or spaces")
         by_key[key] = col
-    wanted = [mapping[k] for k in ("image", "question", "answer", "answer_label", "answer_type", *RECORD_COLUMNS)
+    wanted = [mapping[k]
+              for k in ("image", "question", "answer", "answer_label", "answer_type", *RECORD_COLUMNS)
               if k in mapping]
     missing = [w for w in [*wanted, *mapping.get("choices", []), *extra] if w.strip().lower() not in by_key]
     if missing:
@@ -204,7 +213,8 @@ def _label_from_answer(answer: str, choices: list[str], where: str) -> str:
 
 
 def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, source, on_bad_image, check_images,
-                limit, extra_columns, on_duplicate="drop", encoding="utf-8-sig") -> tuple[list[VQAItem], StageStats]:
+                limit, extra_columns, on_duplicate="drop", encoding="utf-8-sig") -> tuple[list[VQAItem],
+                                                                                          StageStats]:
     path = Path(path)
     check_on_bad_image(on_bad_image)
     check_on_duplicate(on_duplicate)
@@ -219,11 +229,13 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
     images, questions, labels = column("image"), column("question"), column("answer_label")
     answers = [clean_text(a) for a in column("answer")]
     clean = strip_choice_prefix if strip_prefixes else (lambda text, _letter: clean_text(text))
-    choice_columns = [[clean(t, letter) for t in frame[c].tolist()] for letter, c in zip(LETTERS, cols["choices"])]
+    choice_columns = [[clean(t, letter) for t in frame[c].tolist()] for letter,
+                      c in zip(LETTERS, cols["choices"])]
     modalities, content_types, splits = column("modality"), column("content_type"), column("split")
     answer_types = column("answer_type")
     extras = {e: frame[c].tolist() for e, c in cols["extra"].items()}
-    ids = [s.strip() for s in frame[cols["id"]].tolist()] if "id" in cols else [f"{name}:{i}" for i in range(n)]
+    ids = [s.strip() for s in frame[cols["id"]].tolist()] if "id" in cols else [f"{name}:{i}"
+                                                                                for i in range(n)]
 
     first_row: dict[str, int] = {}
     for i, item_id in enumerate(ids):
@@ -251,7 +263,8 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
                 label = raw_label or None  # VQAItem refuses a label without choices
             elif "answer_label" in cols:
                 if raw_label not in list(LETTERS[: len(choices)]):
-                    raise ValueError(f"answer label {labels[i]!r} is not one of {list(LETTERS[:len(choices)])}")
+                    raise ValueError(
+                        f"answer label {labels[i]!r} is not one of {list(LETTERS[:len(choices)])}")
                 label = raw_label
             else:
                 label = _label_from_answer(answers[i], choices, where)
@@ -259,7 +272,8 @@ def _read_table(path, mapping, *, strip_prefixes, image_root, name, split, sourc
                 id=ids[i], image=images[i].strip(), question=questions[i].strip(), choices=choices,
                 answer_label=label, answer=answers[i], image_root=root, modality=modalities[i].strip(),
                 content_type=content_types[i].strip(), split=splits[i].strip() or split, source=source,
-                kind="" if choices else kind_from_answer_type(answer_types[i], f"column {cols.get('answer_type')!r}"),
+                kind="" if choices
+                else kind_from_answer_type(answer_types[i], f"column {cols.get('answer_type')!r}"),
                 extra={e: values[i] for e, values in extras.items()},
             )
         except ValueError as err:
@@ -290,8 +304,8 @@ def _row_key(item: VQAItem) -> tuple:
 
 
 def handle_duplicates(items: list[VQAItem], on_duplicate: str, stats: StageStats, path) -> list[VQAItem]:
-    """Exact duplicate rows (same image, question, choices, answer and extra columns such as a trace): drop all
-    but the first (recorded, reason `duplicate_row`), keep them (a warning), or stop naming them."""
+    """Exact duplicate rows (same image, question, choices, answer and extra columns such as a trace): drop
+    all but the first (recorded, reason `duplicate_row`), keep them (a warning), or stop naming them."""
     check_on_duplicate(on_duplicate)
     first: dict[tuple, str] = {}
     dups: list[tuple[str, str]] = []  # (duplicate id, id of its first row)
@@ -316,14 +330,17 @@ def handle_duplicates(items: list[VQAItem], on_duplicate: str, stats: StageStats
         return items
     for dup, of in dups:
         stats.drop(dup, "duplicate_row", duplicate_of=of)
-    log.warning("%s: dropped %d rows that repeat an earlier row exactly (%s); dataset.on_duplicate=keep|error",
-                path, len(dups), shown)
+    log.warning(
+        "%s: dropped %d rows that repeat an earlier row exactly (%s); dataset.on_duplicate=keep|error",
+        path, len(dups), shown)
     return [it for pos, it in enumerate(items) if pos not in repeats]
 
 
-def _finish(items, stats, path, on_bad_image, check_images, on_duplicate="drop") -> tuple[list[VQAItem], StageStats]:
+def _finish(items, stats, path, on_bad_image, check_images, on_duplicate="drop") -> tuple[list[VQAItem],
+                                                                                          StageStats]:
     items = handle_duplicates(items, on_duplicate, stats, path)
-    # skip promises that no stage trips over a bad image; later stages open images without a skip of their own,
+    # skip promises that no stage trips over a bad image; later stages open images without a skip of
+    # their own,
     # so the images are checked here even when check_images is off.
     if check_images or on_bad_image == "skip":
         items = verify_images(items, on_bad_image, stats)
@@ -371,7 +388,8 @@ def parse_question_options(question: str) -> list[str] | None:
 
 
 def _match_option(answer: str, options: list[str]) -> int | None:
-    """Index of the option the answer names: exact (ignoring case), else the one option containing its words."""
+    """Index of the option the answer names: exact (ignoring case), else the one option containing its
+    words."""
     exact = [i for i, o in enumerate(options) if o.lower() == answer.lower()]
     if len(exact) == 1:
         return exact[0]
@@ -382,11 +400,13 @@ def _match_option(answer: str, options: list[str]) -> int | None:
 
 def _answer_key(answer: str) -> tuple[str, ...]:
     """Answers equal up to case and part order ("Liver, Heart" == "heart and liver") are one answer."""
-    return tuple(sorted(p.strip().lower() for p in re.split(r",|\band\b", answer, flags=re.IGNORECASE) if p.strip()))
+    return tuple(
+        sorted(p.strip().lower() for p in re.split(r",|\band\b", answer, flags=re.IGNORECASE) if p.strip()))
 
 
 def _distractor_pools(rows: list[dict]) -> dict[str, list[tuple[tuple[str, ...], str]]]:
-    """content_type -> distinct OPEN answers (key, first spelling seen), sorted so row order does not matter."""
+    """content_type -> distinct OPEN answers (key, first spelling seen), sorted so row order does not
+    matter."""
     pools: dict[str, dict[tuple[str, ...], str]] = collections.defaultdict(dict)
     for r in rows:
         if r["answer_type"] == "OPEN":
@@ -397,17 +417,17 @@ def _distractor_pools(rows: list[dict]) -> dict[str, list[tuple[tuple[str, ...],
 
 def read_slake(
     path,
-    split: str = "test",
-    name: str = "slake",
-    source: str = "slake",
-    open_to_mcq: bool = False,
-    num_distractors: int = 3,
+    split: str = SlakeConf.split,
+    name: str = SlakeConf.name,
+    source: str = SlakeConf.source,
+    open_to_mcq: bool = SlakeConf.open_to_mcq,
+    num_distractors: int = SlakeConf.num_distractors,
     seed: int = 0,
-    on_bad_image: str = "error",
-    check_images: bool = False,
-    limit: int | None = None,
-    on_duplicate: str = "drop",
-    encoding: str = "utf-8",
+    on_bad_image: str = SlakeConf.on_bad_image,
+    check_images: bool = SlakeConf.check_images,
+    limit: int | None = SlakeConf.limit,
+    on_duplicate: str = SlakeConf.on_duplicate,
+    encoding: str = SlakeConf.encoding,
 ) -> tuple[list[VQAItem], StageStats]:
     """SLAKE 1.0 `<path>/<split>.json`, English questions, images `<path>/imgs/<img_name>`.
 
@@ -426,8 +446,9 @@ def read_slake(
     from mvqa.data.benchmarks import is_hub_id
 
     if is_hub_id(str(path)):
-        raise ValueError(f"SLAKE: dataset.path {str(path)!r} is no local folder; the Hub's SLAKE ships its images "
-                         f"as a zip, so download and extract it. {SLAKE_LAYOUT}")
+        raise ValueError(
+            f"SLAKE: dataset.path {str(path)!r} is no local folder; the Hub's SLAKE ships its images "
+            f"as a zip, so download and extract it. {SLAKE_LAYOUT}")
     root = Path(path)
     path = root / f"{split}.json"
     if not path.is_file():
@@ -443,12 +464,14 @@ def read_slake(
         if missing:
             raise ValueError(f"{path}: row {i}: missing keys {missing}; keys present: {sorted(r)}")
         if r["answer_type"] not in ("OPEN", "CLOSED"):
-            raise ValueError(f"{path}: row {i}: answer_type {r['answer_type']!r}, expected 'OPEN' or 'CLOSED'")
+            raise ValueError(
+                f"{path}: row {i}: answer_type {r['answer_type']!r}, expected 'OPEN' or 'CLOSED'")
     english = [r for r in rows if r["q_lang"] == "en"]
     pools = _distractor_pools(english)
 
     stats = StageStats(LOAD_STAGE, n_in=len(english))
-    kinds = ("closed_kept_closed", "open_kept_open", "closed_yes_no", "closed_parsed_options", "closed_not_mcq",
+    kinds = ("closed_kept_closed", "open_kept_open", "closed_yes_no", "closed_parsed_options",
+             "closed_not_mcq",
              "open_to_mcq", "open_no_distractors", "open_fewer_choices")
     counts = collections.Counter(dict.fromkeys(kinds, 0))
     n_choices: collections.Counter = collections.Counter()
@@ -499,12 +522,14 @@ def read_slake(
         except ValueError as err:
             raise ValueError(f"{path}: question {r['qid']}: {err}") from None
 
-    conversions = {k: counts[k] for k in ("closed_yes_no", "closed_parsed_options", "open_to_mcq") if counts[k]}
+    conversions = {k: counts[k] for k in ("closed_yes_no", "closed_parsed_options", "open_to_mcq")
+                   if counts[k]}
     stats.metrics.update(path=str(path), non_english=len(rows) - len(english), **dict(counts),
                          n_choices=dict(sorted(n_choices.items())), closed_not_mcq_ids=kept_open,
                          conversions={f"{k}->mcq" if k != "open_to_mcq" else "open->mcq": n
                                       for k, n in conversions.items()})
     if counts["open_fewer_choices"]:
-        stats.warn(f"{counts['open_fewer_choices']} open questions got fewer than {num_distractors} distractors "
-                   "(their content_type has few distinct answers in this split)")
+        stats.warn(
+            f"{counts['open_fewer_choices']} open questions got fewer than {num_distractors} distractors "
+            "(their content_type has few distinct answers in this split)")
     return _finish(items, stats, path, on_bad_image, check_images, on_duplicate)

@@ -20,7 +20,8 @@ LETTERS = "ABCDE"
 MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
 
 # Question kinds. mcq: has choices, scored by letter. closed: a closed-set free-text answer (yes/no above all;
-# SLAKE's CLOSED also holds "left"/"right"-style answers), scored by accuracy. open: a free-text answer, scored by
+# SLAKE's CLOSED also holds "left"/"right"-style answers), scored by accuracy. open: a free-text answer,
+# scored by
 # normalised exact match, token recall (LLaVA-Med's open-set recall) and token F1.
 MCQ, CLOSED, OPEN = "mcq", "closed", "open"
 KINDS = (MCQ, CLOSED, OPEN)
@@ -42,9 +43,10 @@ class VQAItem:
     """One VQA question about one image.
 
     `kind` is one of KINDS. An `mcq` item holds 2-5 `choices` labelled A, B, ...; `answer_label` is then the
-    correct letter and `answer` its text. `closed` and `open` items have no choices, `answer_label=None` and
-    a free-text `answer` (empty only for an unlabelled item: stages that need the gold answer refuse those). A reader that knows the kind (an answer-type column) sets it; otherwise
-    it is inferred: choices make an mcq, a yes/no answer a closed item, anything else an open one.
+    correct letter and `answer` its text. `closed` and `open` items have no choices, `answer_label=None` and a
+    free-text `answer` (empty only for an unlabelled item: stages that need the gold answer refuse those). A
+    reader that knows the kind (an answer-type column) sets it; otherwise it is inferred: choices make an mcq,
+    a yes/no answer a closed item, anything else an open one.
 
     `image` is the path as the source writes it (e.g. PMC-VQA's figure_path); `image_root` is where it is
     resolved, so exports can write the source's own path back unchanged.
@@ -81,7 +83,8 @@ class VQAItem:
             if self.choices:
                 raise ValueError(f"{where}: a {self.kind} item has no choices, got {len(self.choices)}")
             if self.answer_label is not None:
-                raise ValueError(f"{where}: answer_label {self.answer_label!r} given but there are no choices")
+                raise ValueError(
+                    f"{where}: answer_label {self.answer_label!r} given but there are no choices")
             return
         n = len(self.choices)
         if not MIN_CHOICES <= n <= MAX_CHOICES:
@@ -119,8 +122,10 @@ class VQAItem:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(row) - known
         if unknown:
-            raise ValueError(f"item {row.get('id')!r}: unknown fields {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**{**row, "choices": list(row.get("choices") or []), "extra": dict(row.get("extra") or {})})
+            raise ValueError(
+                f"item {row.get('id')!r}: unknown fields {sorted(unknown)}; expected {sorted(known)}")
+        return cls(
+            **{**row, "choices": list(row.get("choices") or []), "extra": dict(row.get("extra") or {})})
 
     def replace(self, **changes: Any) -> VQAItem:
         """A copy with `changes`; new choices or a new answer re-infer the kind unless `kind` is given too."""

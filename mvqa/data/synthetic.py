@@ -470,9 +470,10 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
     return final
 
 
-def read_synthetic(root: str, split: str = "train", name: str = SyntheticConf.name, on_bad_image: str = "error",
-                   check_images: bool = False, limit: int | None = None, describe: bool = SyntheticConf.describe,
-                   on_duplicate: str = "drop", **world: Any) -> tuple[list[VQAItem], StageStats]:
+def read_synthetic(root: str, split: str = SyntheticConf.split, name: str = SyntheticConf.name,
+                   on_bad_image: str = SyntheticConf.on_bad_image, check_images: bool = SyntheticConf.check_images,
+                   limit: int | None = SyntheticConf.limit, describe: bool = SyntheticConf.describe,
+                   on_duplicate: str = SyntheticConf.on_duplicate, **world: Any) -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
 
     `world` holds WorldParams' fields (n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction,

@@ -2,14 +2,15 @@
 test-time-scaling metrics and paired comparisons of each model against the base (m1: report flips).
 
 A prediction record is one item x model x budget point (a plain dict, written by the evaluation runner):
-model, budget_id, budget {max_thinking_tokens, min_thinking_tokens, num_waits, wait_string}, item_id, modality,
-content_type, answer_label, raw_output, thinking, parsed_answer, parse_status ("ok" | "unparseable"), correct,
-thinking_tokens, waits_used, forced_end; and per question kind (mvqa.data.grading) kind ("mcq" | "closed" |
-"open"), exact_match, recall and f1 (a record without them is an mcq one: recall = f1 = correct).
+model, budget_id, budget {max_thinking_tokens, min_thinking_tokens, num_waits, wait_string}, item_id,
+modality, content_type, answer_label, raw_output, thinking, parsed_answer, parse_status ("ok" |
+"unparseable"), correct, thinking_tokens, waits_used, forced_end; and per question kind (mvqa.data.grading)
+kind ("mcq" | "closed" | "open"), exact_match, recall and f1 (a record without them is an mcq one: recall = f1
+= correct).
 
 Per kind, the field's metrics: mcq and closed accuracy; open normalised exact match (its `accuracy`), token
-recall (LLaVA-Med's open-set recall) and token F1. Each has a bootstrap interval, in every cell (model x budget
-point) and split by kind, content type and modality; each paired comparison carries the same splits.
+recall (LLaVA-Med's open-set recall) and token F1. Each has a bootstrap interval, in every cell (model x
+budget point) and split by kind, content type and modality; each paired comparison carries the same splits.
 
 The result of `compute_metrics` is plain JSON (it is written as `metrics.json`): undefined values are None.
 """
@@ -41,9 +42,8 @@ def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int =
                     base_model: str | None = None) -> dict[str, Any]:
     """Metrics per (model, budget point), s1 scaling metrics per model, and each model vs the base.
 
-    `base_model` defaults to the model labelled "base" if present, else the first model seen.
-    Deterministic for a given seed (each cell draws from its own seed, so adding a model changes nothing else).
-    """
+    `base_model` defaults to the model labelled "base" if present, else the first model seen. Deterministic
+    for a given seed (each cell draws from its own seed, so adding a model changes nothing else). """
     preds = [_checked(p, i) for i, p in enumerate(predictions)]
     if not preds:
         raise ValueError("compute_metrics: no prediction records")
@@ -69,7 +69,8 @@ def compute_metrics(predictions: Iterable[Mapping[str, Any]], n_bootstrap: int =
     order = sorted(budgets, key=lambda b: budget_sort_key(budgets[b]))
     runs = [_cell_metrics(m, b, budgets[b], cells[m, b], n_bootstrap, seed)
             for m in models for b in order if (m, b) in cells]
-    # s1's metrics describe the budget curve: a model's unforced run is no point on it (unless it is all it has).
+    # s1's metrics describe the budget curve: a model's unforced run is no point on it (unless it is all
+    # it has).
     scaling = {m: _scaling_metrics([r for r in runs if r["model"] == m and r["budget_id"] != UNFORCED]
                                    or [r for r in runs if r["model"] == m], cells, m) for m in models}
     comparisons, warnings = [], []
@@ -94,7 +95,8 @@ def budget_sort_key(budget: Mapping[str, Any]) -> tuple:
             str(budget.get("wait_string") or ""))
 
 
-def bootstrap_accuracy_ci(correct: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> tuple[float, float]:
+def bootstrap_accuracy_ci(correct: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> tuple[float,
+                                                                                                    float]:
     """Percentile 95% interval of the mean of 0/1 outcomes.
 
     Resampling n outcomes with replacement draws Binomial(n, accuracy) successes, so that is sampled directly:
@@ -113,7 +115,8 @@ def paired_bootstrap_diff_ci(base: np.ndarray, other: np.ndarray, n_bootstrap: i
     A resample of pairs is a multinomial draw over the four (base, other) outcome cells, sampled directly.
     """
     n = len(base)
-    cells = np.array([np.sum(base & ~other), np.sum(~base & other), np.sum(base & other), np.sum(~base & ~other)])
+    cells = np.array(
+        [np.sum(base & ~other), np.sum(~base & other), np.sum(base & other), np.sum(~base & ~other)])
     draws = rng.multinomial(n, cells / n, size=n_bootstrap)
     diffs = (draws[:, 1] - draws[:, 0]) / n
     lo, hi = np.percentile(diffs, [2.5, 97.5])
@@ -131,7 +134,8 @@ def s1_scaling(points: list[tuple[float, float]]) -> float | None:
 
     Pairs with equal x have no slope and are left out; None when no pair is left.
     """
-    slopes = [(yb - ya) / (xb - xa) for (xa, ya), (xb, yb) in itertools.combinations(sorted(points), 2) if xb > xa]
+    slopes = [(yb - ya) / (xb - xa) for (xa, ya),
+              (xb, yb) in itertools.combinations(sorted(points), 2) if xb > xa]
     return float(np.mean(slopes)) if slopes else None
 
 
@@ -173,8 +177,9 @@ def _budgets(preds: list[dict]) -> dict[str, dict]:
     for p in preds:
         b = dict(p["budget"])
         if budgets.setdefault(p["budget_id"], b) != b:
-            raise ValueError(f"budget_id {p['budget_id']!r} names two budgets: {budgets[p['budget_id']]} and {b} "
-                             f"(item {p['item_id']!r}, model {p['model']!r})")
+            raise ValueError(
+                f"budget_id {p['budget_id']!r} names two budgets: {budgets[p['budget_id']]} and {b} "
+                f"(item {p['item_id']!r}, model {p['model']!r})")
     return budgets
 
 
@@ -191,7 +196,8 @@ def _groups(rows: list[dict], field: str) -> dict[str, list[dict]]:
         value = p.get(field)
         groups.setdefault(UNKNOWN if value in (None, "") else str(value), []).append(p)
     order = list(KIND_ORDER) if field == "kind" else []
-    return dict(sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
+    return dict(
+        sorted(groups.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order else len(order), kv[0])))
 
 
 def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> tuple[float, float]:
@@ -202,7 +208,8 @@ def bootstrap_mean_ci(values: np.ndarray, n_bootstrap: int, rng: np.random.Gener
 
 
 def _group_metrics(rows: list[dict], n_bootstrap: int, rng: np.random.Generator) -> dict[str, Any]:
-    """n and accuracy with its interval; where open items are present, exact match, recall and F1 over them."""
+    """n and accuracy with its interval; where open items are present, exact match, recall and F1 over
+    them."""
     correct = np.array([bool(p["correct"]) for p in rows])
     out: dict[str, Any] = {"n": len(rows), "accuracy": float(correct.mean()),
                            "ci95": list(bootstrap_accuracy_ci(correct, n_bootstrap, rng))}
@@ -242,7 +249,8 @@ def _cell_metrics(model: str, budget_id: str, budget: dict, rows: list[dict], n_
 
 def series_id(budget: Mapping[str, Any]) -> str:
     """The wait setting a budget point belongs to; a series sweeps the thinking cap with it fixed."""
-    return f"min{budget.get('min_thinking_tokens') or 0}_w{budget.get('num_waits') or 0}_{budget.get('wait_string')}"
+    min_thinking, waits = budget.get("min_thinking_tokens") or 0, budget.get("num_waits") or 0
+    return f"min{min_thinking}_w{waits}_{budget.get('wait_string')}"
 
 
 def _scaling_metrics(runs: list[dict], cells: dict, model: str) -> dict[str, Any]:
@@ -269,7 +277,8 @@ def _paired(base: str, model: str, budget_id: str, base_budget_id: str, cells: d
     items = sorted(base_by_item.keys() & by_item.keys())
     out = {"model": model, "base": base, "budget_id": budget_id, "base_budget_id": base_budget_id,
            "n_paired": len(items),
-           "n_only_base": len(base_by_item.keys() - by_item.keys()), "n_only_model": len(by_item.keys() - base_by_item.keys())}
+           "n_only_base": len(base_by_item.keys() - by_item.keys()),
+           "n_only_model": len(by_item.keys() - base_by_item.keys())}
     if not items:
         return {**out, "accuracy_diff": None, "ci95": None, "mcnemar_p": None, "right_to_wrong": 0,
                 "wrong_to_right": 0, "both_right": 0, "both_wrong": 0}
@@ -293,7 +302,8 @@ def _paired(base: str, model: str, budget_id: str, base_budget_id: str, cells: d
     return {**out, **overall, **splits}
 
 
-def _paired_accuracy(ids: list[str], base_by_item: dict[str, bool], by_item: dict[str, bool], n_bootstrap: int,
+def _paired_accuracy(ids: list[str], base_by_item: dict[str, bool], by_item: dict[str, bool],
+                     n_bootstrap: int,
                      rng: np.random.Generator) -> dict[str, Any]:
     a = np.array([base_by_item[i] for i in ids])
     b = np.array([by_item[i] for i in ids])
@@ -306,7 +316,8 @@ def _paired_accuracy(ids: list[str], base_by_item: dict[str, bool], by_item: dic
             "both_right": int(np.sum(a & b)), "both_wrong": int(np.sum(~a & ~b))}
 
 
-def _paired_mean(base: np.ndarray, other: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> dict[str, Any]:
+def _paired_mean(base: np.ndarray, other: np.ndarray, n_bootstrap: int,
+                 rng: np.random.Generator) -> dict[str, Any]:
     """A continuous per-item score (open recall) paired: its mean difference, bootstrap interval and the
     two-sided Wilcoxon signed-rank p (1.0 when every pair is tied)."""
     from scipy.stats import wilcoxon

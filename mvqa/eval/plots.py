@@ -23,11 +23,13 @@ MARKERS = ("o", "s", "^", "D", "v")
 
 # What a plot's y axis shows: (label, kind or None for all items, metric within the kind).
 OVERALL = ("accuracy", None, "accuracy")
-KIND_MEASURES = {"mcq": ("mcq accuracy", "mcq", "accuracy"), "closed": ("closed accuracy", "closed", "accuracy"),
+KIND_MEASURES = {"mcq": ("mcq accuracy", "mcq", "accuracy"),
+                 "closed": ("closed accuracy", "closed", "accuracy"),
                  "open": ("open recall", "open", "recall")}
 
 
-def measure_of(run: Mapping[str, Any], measure: tuple[str, str | None, str]) -> tuple[float, list[float]] | None:
+def measure_of(run: Mapping[str, Any], measure: tuple[str, str | None, str]) -> tuple[float,
+                                                                                      list[float]] | None:
     """(value, 95% interval) of one budget point under a measure; None when it has no items of that kind."""
     _, kind, metric = measure
     if kind is None:
@@ -40,8 +42,10 @@ def measure_of(run: Mapping[str, Any], measure: tuple[str, str | None, str]) -> 
     return cell["open"][metric], cell["open"][f"{metric}_ci95"]
 
 
-def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path, models: Sequence[str] | None = None,
-                              title: str | None = None, measure: tuple[str, str | None, str] = OVERALL) -> Path:
+def plot_accuracy_vs_thinking(metrics: Mapping[str, Any], path: str | Path,
+                              models: Sequence[str] | None = None,
+                              title: str | None = None,
+                              measure: tuple[str, str | None, str] = OVERALL) -> Path:
     """accuracy_figure saved as a PNG at `path` (atomically)."""
     fig = accuracy_figure(metrics, models, title, measure)
     path = Path(path)
@@ -82,7 +86,8 @@ def accuracy_figure(metrics: Mapping[str, Any], models: Sequence[str] | None = N
             for r in points:
                 cap = r["budget"].get("max_thinking_tokens")
                 ax.annotate(f"≤{cap}" if cap is not None else "∞",
-                            (r["mean_thinking_tokens"], measure_of(r, measure)[0]), textcoords="offset points",
+                            (r["mean_thinking_tokens"], measure_of(r, measure)[0]),
+                            textcoords="offset points",
                             xytext=(4, 4 if k % 2 == 0 else -12), fontsize=7, alpha=0.7)
     xs = [r["mean_thinking_tokens"] for r in runs]
     if min(xs) > 0 and max(xs) / min(xs) > 20:  # budget grids are geometric (128 ... 4096)
@@ -100,8 +105,8 @@ def accuracy_figure(metrics: Mapping[str, Any], models: Sequence[str] | None = N
 
 
 def write_plots(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
-    """The combined plot, one per question kind when the items mix kinds or are not all multiple choice (closed
-    accuracy and open recall apart), and one per model; returns their paths (combined first)."""
+    """The combined plot, one per question kind when the items mix kinds or are not all multiple choice
+    (closed accuracy and open recall apart), and one per model; returns their paths (combined first)."""
     out_dir = Path(out_dir)
     paths = [plot_accuracy_vs_thinking(metrics, out_dir / COMBINED_NAME)]
     kinds = list(dict.fromkeys(k for r in metrics["runs"] for k in r.get("by_kind", {})))
@@ -111,8 +116,9 @@ def write_plots(metrics: Mapping[str, Any], out_dir: str | Path) -> list[Path]:
             paths.append(plot_accuracy_vs_thinking(metrics, out_dir / f"{slug(label)}_vs_thinking.png",
                                                    measure=KIND_MEASURES[kind]))
     for model in metrics["models"]:
-        paths.append(plot_accuracy_vs_thinking(metrics, out_dir / f"acc_vs_thinking_{slug(model)}.png", [model],
-                                               title=f"Accuracy vs thinking tokens: {model}"))
+        paths.append(
+            plot_accuracy_vs_thinking(metrics, out_dir / f"acc_vs_thinking_{slug(model)}.png", [model],
+                                      title=f"Accuracy vs thinking tokens: {model}"))
     return paths
 
 

@@ -20,7 +20,8 @@ Rows = tuple[list[str], list[list[str]]]
 
 
 def write_report(metrics: Mapping[str, Any], out_dir: str | Path, plots: bool = True) -> Path:
-    """Write `metrics.json`, the plots (unless plots=False) and `report.md` into out_dir; returns report.md."""
+    """Write `metrics.json`, the plots (unless plots=False) and `report.md` into out_dir; returns
+    report.md."""
     out_dir = Path(out_dir)
     write_json(metrics, out_dir / "metrics.json")
     plot_paths = []
@@ -36,8 +37,10 @@ def write_report(metrics: Mapping[str, Any], out_dir: str | Path, plots: bool = 
 
 def report_markdown(metrics: Mapping[str, Any], plot_names: list[str] = ()) -> str:
     parts = [
-        (f"# Evaluation report\n\nBase model: `{metrics['base_model']}`; {metrics['n_predictions']} predictions; "
-         f"95% intervals from {metrics['n_bootstrap']} bootstrap resamples (seed {metrics['seed']})."),
+        (
+            f"# Evaluation report\n\nBase model: `{metrics['base_model']}`; {metrics['n_predictions']} "
+            "predictions; "
+            f"95% intervals from {metrics['n_bootstrap']} bootstrap resamples (seed {metrics['seed']})."),
         "## Accuracy by model and thinking budget", _markdown(*accuracy_rows(metrics)),
         ("## Test-time scaling (s1)\n\nControl: share of runs whose thinking stayed within the budget. "
          "Scaling: mean pairwise slope of accuracy against mean thinking tokens over all budget points, and "
@@ -49,9 +52,10 @@ def report_markdown(metrics: Mapping[str, Any], plot_names: list[str] = ()) -> s
                    "Open: normalised exact match, token recall (LLaVA-Med's open-set recall) and token F1. "
                    "MCQ: accuracy."), _markdown(*kind_rows(metrics))]
     if metrics["comparisons"]:
-        parts += [(f"## Against `{metrics['base_model']}` on the same items\n\nPaired bootstrap interval of the "
-                   "accuracy difference, exact McNemar p, and flips (m1: Waits can turn right answers wrong)."),
-                  _markdown(*comparison_rows(metrics))]
+        parts += [
+            (f"## Against `{metrics['base_model']}` on the same items\n\nPaired bootstrap interval of the "
+             "accuracy difference, exact McNemar p, and flips (m1: Waits can turn right answers wrong)."),
+            _markdown(*comparison_rows(metrics))]
         for name, title in (("by_kind", "question kind"), ("by_content_type", "content type"),
                             ("by_modality", "modality")):
             if any(name in c for c in metrics["comparisons"]):
@@ -108,17 +112,19 @@ def kind_rows(metrics: Mapping[str, Any]) -> Rows:
 
 
 def split_comparison_rows(metrics: Mapping[str, Any], name: str) -> Rows:
-    """Paired comparisons split by kind, content type or modality: Δ accuracy (and Δ open recall) per group."""
+    """Paired comparisons split by kind, content type or modality: Δ accuracy (and Δ open recall) per
+    group."""
     header = ["model", "budget", "base budget", name.removeprefix("by_").replace("_", " "), "n",
               "Δ accuracy [95% CI]", "McNemar p", "Δ open recall [95% CI]", "Wilcoxon p"]
     rows = []
     for c in metrics["comparisons"]:
         for key, cell in c.get(name, {}).items():
             recall = cell.get("open_recall")
-            rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), key, str(cell["n"]),
-                         fmt_diff(cell["accuracy_diff"], cell["ci95"]), f"{cell['mcnemar_p']:.3g}",
-                         fmt_diff(recall["diff"], recall["ci95"]) if recall else "–",
-                         f"{recall['wilcoxon_p']:.3g}" if recall else "–"])
+            rows.append(
+                [c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), key, str(cell["n"]),
+                 fmt_diff(cell["accuracy_diff"], cell["ci95"]), f"{cell['mcnemar_p']:.3g}",
+                 fmt_diff(recall["diff"], recall["ci95"]) if recall else "–",
+                 f"{recall['wilcoxon_p']:.3g}" if recall else "–"])
     return header, rows
 
 
@@ -141,19 +147,22 @@ def scaling_rows(metrics: Mapping[str, Any]) -> Rows:
     rows = []
     for model, s in metrics["scaling"].items():
         by_series = "; ".join(f"{k}: {fmt_slope(v)}" for k, v in s["scaling_by_series"].items())
-        rows.append([model, fmt_pct(s["control"]), fmt_slope(s["scaling"]), by_series, f"{s['performance']:.3f}",
-                     s["best_budget_id"], str(s["n_budget_points"])])
+        rows.append(
+            [model, fmt_pct(s["control"]), fmt_slope(s["scaling"]), by_series, f"{s['performance']:.3f}",
+             s["best_budget_id"], str(s["n_budget_points"])])
     return header, rows
 
 
 def comparison_rows(metrics: Mapping[str, Any]) -> Rows:
-    header = ["model", "budget", "base budget", "Δ accuracy [95% CI]", "McNemar p", "right→wrong", "wrong→right",
+    header = ["model", "budget", "base budget", "Δ accuracy [95% CI]", "McNemar p", "right→wrong",
+              "wrong→right",
               "n paired"]
     rows = []
     for c in metrics["comparisons"]:
         diff = fmt_diff(c["accuracy_diff"], c["ci95"])
         p = "n/a" if c["mcnemar_p"] is None else f"{c['mcnemar_p']:.3g}"
-        rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), diff, p, str(c["right_to_wrong"]), str(c["wrong_to_right"]),
+        rows.append([c["model"], c["budget_id"], c.get("base_budget_id", c["budget_id"]), diff, p,
+                     str(c["right_to_wrong"]), str(c["wrong_to_right"]),
                      str(c["n_paired"])])
     return header, rows
 

@@ -1,5 +1,6 @@
-"""The evaluation recipe behind `evaluate.py`: models x budget grid on one dataset, through Lightning's predict
-loop (so multi-GPU evaluation uses the same `trainer/` strategies as training), then metrics, report, plots."""
+"""The evaluation recipe behind `evaluate.py`: models x budget grid on one dataset, through Lightning's
+predict loop (so multi-GPU evaluation uses the same `trainer/` strategies as training), then metrics, report,
+plots."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def budget_id(point: BudgetPoint | None) -> str:
 def budget_dict(point: BudgetPoint | None) -> dict[str, Any]:
     if point is None:
         return {"max_thinking_tokens": None, "min_thinking_tokens": 0, "num_waits": 0, "wait_string": None}
-    return {k: getattr(point, k) for k in ("max_thinking_tokens", "min_thinking_tokens", "num_waits", "wait_string")}
+    return {k: getattr(point, k)
+            for k in ("max_thinking_tokens", "min_thinking_tokens", "num_waits", "wait_string")}
 
 
 class BudgetEvaluator(pl.LightningModule):
@@ -53,11 +55,13 @@ class BudgetEvaluator(pl.LightningModule):
         self.points, self.params, self.prompt = points, params, prompt
 
     def predict_step(self, items: list[VQAItem], batch_idx: int) -> list[dict[str, Any]]:
-        requests = [GenerationRequest(prompt=chat_prompt(self.bundle.processor, format_question(it, self.prompt)),
-                                      images=[load_image(it)], id=it.id) for it in items]
+        requests = [
+            GenerationRequest(prompt=chat_prompt(self.bundle.processor, format_question(it, self.prompt)),
+                              images=[load_image(it)], id=it.id) for it in items]
         records = []
         for point in self.points:
-            generations = self.engine.generate(self.bundle, requests, dataclasses.replace(self.params, budget=point))
+            generations = self.engine.generate(self.bundle, requests,
+                                               dataclasses.replace(self.params, budget=point))
             records += [self.record(items[g.request_index], g, point) for g in generations]
         return records
 
@@ -68,7 +72,8 @@ class BudgetEvaluator(pl.LightningModule):
         thinking_tokens = gen.thinking_tokens if gen.thinking_tokens is not None else len(
             self.bundle.tokenizer(thinking, add_special_tokens=False)["input_ids"])
         return {
-            "model": self.label, "budget_id": budget_id(point), "budget": budget_dict(point), "item_id": item.id,
+            "model": self.label, "budget_id": budget_id(point), "budget": budget_dict(point),
+            "item_id": item.id,
             "modality": item.modality, "content_type": item.content_type, "kind": item.kind,
             "answer_label": item.answer_label if item.is_mcq else item.answer,
             "raw_output": gen.text, "thinking": thinking, "parsed_answer": grade.answer,
@@ -188,7 +193,8 @@ def run_evaluation(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> 
         module = BudgetEvaluator(bundle, label, engine, model_points, engine.params, prompt)
         trainer: pl.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
         with _active(bundle.model, adapter):
-            predictions += _gathered([r for batch in trainer.predict(module, dataloaders=loader) for r in batch])
+            predictions += _gathered(
+                [r for batch in trainer.predict(module, dataloaders=loader) for r in batch])
     if not _is_rank_zero():
         return {}
     with atomic_path(output_dir / "predictions.jsonl") as tmp:
@@ -198,7 +204,8 @@ def run_evaluation(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> 
     print(format_table(metrics))
     print(f"report: {report}\nplots: {sorted(str(p) for p in output_dir.glob('*.png'))}")
     log_evaluation(run, metrics, predictions, items, report, cfg.eval.wandb_table_rows)
-    best = max((r["accuracy"] for r in metrics["runs"] if r["model"] != "base" or len(models) == 1), default=None)
+    best = max((r["accuracy"] for r in metrics["runs"] if r["model"] != "base" or len(models) == 1),
+               default=None)
     return {"metrics": metrics, "best_accuracy": best}
 
 
@@ -226,14 +233,17 @@ def log_evaluation(run, metrics: dict, predictions: list[dict], items: list[VQAI
     for model in metrics["models"]:
         run.define_metric(f"{model}/accuracy", step_metric=f"{model}/thinking_tokens")
     for r in metrics["runs"]:
-        run.log({f"{r['model']}/thinking_tokens": r["mean_thinking_tokens"], f"{r['model']}/accuracy": r["accuracy"],
+        run.log({f"{r['model']}/thinking_tokens": r["mean_thinking_tokens"],
+                 f"{r['model']}/accuracy": r["accuracy"],
                  f"{r['model']}/waits": r["mean_waits_used"], f"{r['model']}/budget": r["budget_id"]})
     by_id = {it.id: it for it in items}
-    table = wandb.Table(columns=["model", "budget", "image", "question", "kind", "choices", "thinking", "answer",
-                                 "label", "correct"])
+    table = wandb.Table(
+        columns=["model", "budget", "image", "question", "kind", "choices", "thinking", "answer",
+                 "label", "correct"])
     for p in predictions[:table_rows]:
         it = by_id[p["item_id"]]
-        table.add_data(p["model"], p["budget_id"], wandb.Image(str(resolve_image_path(it))), it.question, it.kind,
+        table.add_data(p["model"], p["budget_id"], wandb.Image(str(resolve_image_path(it))), it.question,
+                       it.kind,
                        " | ".join(f"{k}: {v}" for k, v in it.choice_map().items()), p["thinking"],
                        p["parsed_answer"], p["answer_label"], p["correct"])
     run.log({"predictions": table, "report": wandb.Html(f"<pre>{report.read_text()}</pre>")})

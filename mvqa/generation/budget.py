@@ -1,11 +1,11 @@
 """s1-style budget forcing of the thinking section, for any causal LM and any delimiters.
 
 One set of rules, run two ways whose greedy outputs are token-identical:
-- `BudgetForcer` (single pass): a logits processor plus stopping criterion with per-row state, so a left-padded
-  batch runs in ONE `generate` call with no re-prefill per Wait. Exact for greedy decoding only: it decides on
-  the argmax, which is not the token a sampler would draw.
-- `multipass_budget_forcing` (s1's loop): generate until a stop id, then append a Wait and re-prefill. It is the
-  greedy reference and the faithful path for sampling (the stop is the token actually drawn).
+- `BudgetForcer` (single pass): a logits processor plus stopping criterion with per-row state, so a
+  left-padded batch runs in ONE `generate` call with no re-prefill per Wait. Exact for greedy decoding only:
+  it decides on the argmax, which is not the token a sampler would draw.
+- `multipass_budget_forcing` (s1's loop): generate until a stop id, then append a Wait and re-prefill. It is
+  the greedy reference and the faithful path for sampling (the stop is the token actually drawn).
 
 The rules (all counts in tokens):
 - Thinking starts after the think opener (put at the end of the prompt by the engine when
@@ -61,7 +61,8 @@ class BudgetPoint:
     @property
     def id(self) -> str:
         """The point's one name, in predictions, metrics, reports and W&B alike (`budget_id`)."""
-        return f"max{self.max_thinking_tokens}_min{self.min_thinking_tokens}_w{self.num_waits}_{self.wait_string}"
+        return (f"max{self.max_thinking_tokens}_min{self.min_thinking_tokens}_w{self.num_waits}_"
+                f"{self.wait_string}")
 
 
 def budget_points(cfg: Any) -> list[BudgetPoint | None]:
@@ -97,7 +98,8 @@ class ForcingIds:
         return sorted({self.end[0], *self.eos})
 
 
-def forcing_ids(tokenizer: Any, special: SpecialTokens, point: BudgetPoint, eos_ids: Iterable[int]) -> ForcingIds:
+def forcing_ids(tokenizer: Any, special: SpecialTokens, point: BudgetPoint,
+                eos_ids: Iterable[int]) -> ForcingIds:
     def encode(key: str, text: str) -> tuple[int, ...]:
         ids = tuple(tokenizer.encode(text, add_special_tokens=False)) if text else ()
         if text and not ids:
@@ -224,7 +226,8 @@ class BudgetForcer(LogitsProcessor):
                 force_tokens.append(queue.popleft())
         device = scores.device
         if ban_rows:
-            scores[torch.tensor(ban_rows, device=device)[:, None], self.attempt_ids.to(device)] = -float("inf")
+            scores[torch.tensor(ban_rows, device=device)[:, None],
+                   self.attempt_ids.to(device)] = -float("inf")
         if force_rows:
             rows = torch.tensor(force_rows, device=device)
             scores[rows] = -float("inf")
@@ -276,7 +279,8 @@ def multipass_budget_forcing(run_pass: PassFn, prompts: Sequence[Sequence[int]],
         outputs = run_pass(
             sequences(),
             [point.max_thinking_tokens - len(row.tokens) if t else 0 for row, t in zip(rows, thinking)],
-            [max(0, point.min_thinking_tokens - len(row.tokens)) if t else 0 for row, t in zip(rows, thinking)],
+            [max(0, point.min_thinking_tokens - len(row.tokens)) if t else 0 for row,
+             t in zip(rows, thinking)],
             ids.attempts,
         )
         for row, active, (new, stop) in zip(rows, thinking, outputs):

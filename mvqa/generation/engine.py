@@ -38,6 +38,7 @@ from mvqa.generation.budget import (
     total_new_tokens,
 )
 from mvqa.models.bundle import ModelBundle
+from mvqa.schemas.engine import GenerationDefaults, HFEngineConf, VLLMEngineConf
 
 BUDGET_IMPLS = ("auto", "single_pass", "multi_pass")
 
@@ -51,16 +52,17 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationParams:
-    max_new_tokens: int = 256  # without budget forcing; with it the budget point sets the lengths
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # 0: off
-    num_samples: int = 1  # generations per request (sampling only)
-    seed: int = 0
+    # The defaults are engine/'s (GenerationDefaults), the one home of each.
+    max_new_tokens: int = GenerationDefaults.max_new_tokens  # with budget forcing the budget point sets it
+    do_sample: bool = GenerationDefaults.do_sample
+    temperature: float = GenerationDefaults.temperature
+    top_p: float = GenerationDefaults.top_p
+    top_k: int = GenerationDefaults.top_k  # 0: off
+    num_samples: int = GenerationDefaults.num_samples  # generations per request (sampling only)
+    seed: int = 0  # the schema's is ${seed}, the entries' seed, whose default is also 0
     budget: BudgetPoint | None = None
     # auto: the single-pass processor for greedy decoding, s1's multi-pass loop for sampling
-    budget_impl: str = "auto"
+    budget_impl: str = GenerationDefaults.budget_impl
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -168,8 +170,8 @@ class _BanStops(LogitsProcessor):
 class HFEngine:
     """Batched `model.generate` with left padding; greedy by default; pad never generated."""
 
-    def __init__(self, batch_size: int = 8, progress: bool = True, add_special_tokens: bool = False,
-                 **defaults: Any):
+    def __init__(self, batch_size: int = HFEngineConf.batch_size, progress: bool = HFEngineConf.progress,
+                 add_special_tokens: bool = HFEngineConf.add_special_tokens, **defaults: Any):
         if batch_size < 1:
             raise ValueError(f"engine.batch_size={batch_size}, expected >= 1")
         self.batch_size, self.progress, self.add_special_tokens = batch_size, progress, add_special_tokens
@@ -355,10 +357,12 @@ class VLLMEngine:
     vLLM loads instead (`lora=merge`); `lora=auto` serves what vLLM's LoRA can load and merges the rest.
     """
 
-    def __init__(self, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, dtype: str = "auto", progress: bool = True,
-                 lora: str = "auto", max_lora_rank: int | None = None, merge_dir: str | None = None,
-                 **defaults: Any):
+    def __init__(self, tensor_parallel_size: int = VLLMEngineConf.tensor_parallel_size,
+                 gpu_memory_utilization: float = VLLMEngineConf.gpu_memory_utilization,
+                 max_model_len: int | None = VLLMEngineConf.max_model_len, dtype: str = VLLMEngineConf.dtype,
+                 progress: bool = VLLMEngineConf.progress, lora: str = VLLMEngineConf.lora,
+                 max_lora_rank: int | None = VLLMEngineConf.max_lora_rank,
+                 merge_dir: str | None = VLLMEngineConf.merge_dir, **defaults: Any):
         if lora not in LORA_MODES:
             raise ValueError(f"engine.lora={lora!r}, expected one of {LORA_MODES}")
         if max_lora_rank is not None and max_lora_rank not in VLLM_LORA_RANKS:

@@ -80,10 +80,10 @@ def adapter_dtype(recipe) -> str:
 def attach_lora(model, recipe, train_token_ids: list[int] | None = None) -> PeftModel:
     """Wrap `model` with LoRA adapters from `recipe` (method lora or qlora); the base is frozen.
 
-    `recipe.adapter_dtype`: float32 upcasts adapters on a 16-bit base to fp32 (PEFT's `autocast_adapter_dtype`);
-    base leaves them in the dtype of the weight each one adapts, so a bf16 base gives an all-bf16 model (what
-    FSDP needs to flatten a decoder layer into one tensor). A 4-bit base keeps fp32 adapters either way.
-    """
+    `recipe.adapter_dtype`: float32 upcasts adapters on a 16-bit base to fp32 (PEFT's
+    `autocast_adapter_dtype`); base leaves them in the dtype of the weight each one adapts, so a bf16 base
+    gives an all-bf16 model (what FSDP needs to flatten a decoder layer into one tensor). A 4-bit base keeps
+    fp32 adapters either way. """
     if recipe.method not in ("lora", "qlora"):
         raise ValueError(f"attach_lora takes recipe.method lora or qlora, got {recipe.method!r}")
     autocast = adapter_dtype(recipe) == "float32"
@@ -158,7 +158,8 @@ def base_fingerprint(model, samples_per_tensor: int = 1024) -> str | None:
             h.update(f"{name}:{tuple(param.shape)}".encode())
             if flat.is_floating_point():
                 index = torch.linspace(0, flat.numel() - 1, min(samples_per_tensor, flat.numel())).long()
-                h.update(flat[index.to(flat.device)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
+                h.update(
+                    flat[index.to(flat.device)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes())
     except (RuntimeError, NotImplementedError):  # meta tensors, FSDP flat params
         return None
     return h.hexdigest()[:16]
@@ -213,8 +214,9 @@ def load_adapter(base, path: str | os.PathLike, is_trainable: bool = False, adap
     if recorded:
         current = base_fingerprint(base)
         if current is not None and current != recorded:
-            message = (f"adapter {path} was trained on base weights with fingerprint {recorded} ({trained_on!r}); "
-                       f"the base {config.name_or_path!r} has {current}: same type and shapes, other weights")
+            message = (
+                f"adapter {path} was trained on base weights with fingerprint {recorded} ({trained_on!r}); "
+                f"the base {config.name_or_path!r} has {current}: same type and shapes, other weights")
             if base_check == "error":
                 raise ValueError(message + " (model.adapter_base_check=error)")
             warnings.warn(message + "; model.adapter_base_check=error makes this an error", stacklevel=2)

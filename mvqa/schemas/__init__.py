@@ -7,8 +7,10 @@ named. Modules are discovered, so adding a group needs no edit here.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -25,3 +27,15 @@ def register_configs() -> None:
         for name, node in module.SCHEMAS.items():
             cs.store(group=module.GROUP, name=name, node=node)
     _registered = True
+
+
+def schema_default(schema: type, field: str) -> Any:
+    """A schema field's default, for the signature of the code its `_target_` names: the schema is the one
+    home of each default. For a plain default `Schema.field` reads the same; this also serves a
+    `default_factory` field, whose list comes back as a tuple (a default made once at import time must not be
+    mutable)."""
+    f = schema.__dataclass_fields__[field]
+    value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    if value is dataclasses.MISSING:
+        raise ValueError(f"{schema.__name__}.{field} has no default")
+    return tuple(value) if isinstance(value, list) else value

@@ -169,6 +169,7 @@ class MmmuConf(BenchmarkConf):
     split: str = "validation"  # dev | validation (test answers are withheld)
     val_split: str | None = "dev"
     test_split: str | None = "validation"
+    # MMMU's "Health & Medicine" discipline.
     subjects: list[str] = field(
         default_factory=lambda: [
             "Basic_Medical_Science",

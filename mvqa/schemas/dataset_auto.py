@@ -1,4 +1,5 @@
-"""Schema of `dataset/auto`, train.py's default: the newest curation run of the synthetic world, else the world."""
+"""Schema of `dataset/auto`, train.py's default: the newest curation run of the synthetic world, else the
+world."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ GROUP = "dataset"
 
 @dataclass
 class AutoConf(SyntheticConf):
-    """The synthetic world's fields (used when no curation run is found) plus where curation runs are looked for.
+    """The synthetic world's fields (used when no curation run is found) plus where curation runs are looked
+    for.
 
-    Resolved once by train.py (mvqa.data.auto.resolve_dataset, a new config) into `dataset=curated` with the newest run's
-    final.csv, or into `dataset=synthetic` with these fields; `dataset=synthetic|curated|...` skips the search.
-    """
+    Resolved once by train.py (mvqa.data.auto.resolve_dataset, a new config) into `dataset=curated` with the
+    newest run's final.csv, or into `dataset=synthetic` with these fields; `dataset=synthetic|curated|...`
+    skips the search. """
 
     _target_: str = "mvqa.data.auto.read_auto"
     name: str = "auto"

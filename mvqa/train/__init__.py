@@ -1,1 +1,2 @@
-"""Fine-tuning: Wait-token trace formatting and the Lightning module that trains any model of the model group."""
+"""Fine-tuning: Wait-token trace formatting and the Lightning module that trains any model of the model
+group."""

@@ -1,24 +1,24 @@
 """Per-GPU training memory of a composed `train` config under each multi-GPU trainer: computed, not guessed.
 
-    python -m mvqa.train.memory model=llava_med recipe=lora_r8 data.max_length=1024 gradient_checkpointing=true
+    python -m mvqa.train.memory model=llava_med recipe=lora_r8 data.max_length=1024
+    gradient_checkpointing=true
 
 Parameters are counted on the real architecture (`model.architecture`) built on the meta device and prepared
 by `prepare_trainable`, as training prepares it. Bytes per parameter follow the dtypes training gives them:
 `model.dtype` (auto = bf16 on a GPU), NF4 for `model.quantize=4bit`, fp32 for PEFT's adapters
-(`autocast_adapter_dtype`) unless `recipe.adapter_dtype=base` (the base's dtype; a 4-bit base keeps them fp32).
-What one of N GPUs holds, per strategy of `conf/trainer/`:
+(`autocast_adapter_dtype`) unless `recipe.adapter_dtype=base` (the base's dtype; a 4-bit base keeps them
+fp32). What one of N GPUs holds, per strategy of `conf/trainer/`:
 
-  ddp               a full replica; grads twice (param.grad and DDP's bucket copy: gradient_as_bucket_view off);
-                    AdamW's two states in each trainable's own dtype (torch.optim.AdamW)
-  fsdp FULL_SHARD   params, grads and AdamW states sharded by N. Gathered in 16-bit: the root unit (all that is
-                    not a decoder layer: vision tower, embeddings, LM head), which FSDP keeps whole from
+  ddp               a full replica; grads twice (param.grad and DDP's bucket copy: gradient_as_bucket_view
+                    off); AdamW's two states in each trainable's own dtype (torch.optim.AdamW) fsdp FULL_SHARD
+                    params, grads and AdamW states sharded by N. Gathered in 16-bit: the root unit (all that
+                    is not a decoder layer: vision tower, embeddings, LM head), which FSDP keeps whole from
                     forward to backward, and two decoder layers (the current one and the prefetched one).
-                    use_orig_params gives a unit with any trainable parameter a gradient for all of it.
-                    A unit must hold one dtype: LoRA on a 16-bit base needs recipe.adapter_dtype=base (or
-                    model.dtype=float32)
-  deepspeed ZeRO-2  16-bit params replicated (DeepSpeed casts the module); 16-bit grads, fp32 master copy and
-                    AdamW states sharded by N: 2Ψ + (2 + 12)T/N (Rajbhandari et al. 2020), plus its reduce
-                    buckets (Lightning's defaults)
+                    use_orig_params gives a unit with any trainable parameter a gradient for all of it. A unit
+                    must hold one dtype: LoRA on a 16-bit base needs recipe.adapter_dtype=base (or
+                    model.dtype=float32) deepspeed ZeRO-2  16-bit params replicated (DeepSpeed casts the
+                    module); 16-bit grads, fp32 master copy and AdamW states sharded by N: 2Ψ + (2 + 12)T/N
+                    (Rajbhandari et al. 2020), plus its reduce buckets (Lightning's defaults)
 
 Not counted: the CUDA context, kernel workspaces (cuBLAS's: 0.07 GiB on an H200), allocator fragmentation, a
 validation batch: leave headroom.
@@ -90,7 +90,8 @@ class MixedDtypeUnit(ValueError):
 
 
 def count_params(cfg: DictConfig) -> Footprint:
-    """Build `cfg.model` on the meta device and apply `cfg.recipe` as training does; classify each parameter."""
+    """Build `cfg.model` on the meta device and apply `cfg.recipe` as training does; classify each
+    parameter."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     conf, recipe = as_model_conf(cfg.model), cfg.recipe
@@ -163,7 +164,8 @@ def gpu_trainers() -> list[str]:
 
 def trainer_conf(name: str) -> DictConfig:
     if name not in gpu_trainers():
-        raise ValueError(f"unknown multi-GPU strategy {name!r}: expected one of {gpu_trainers()} (conf/trainer/)")
+        raise ValueError(
+            f"unknown multi-GPU strategy {name!r}: expected one of {gpu_trainers()} (conf/trainer/)")
     return OmegaConf.load(CONFIG_DIR / "trainer" / f"{name}.yaml")
 
 
@@ -195,11 +197,11 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
     """Saved activations of one micro-batch (data.batch_size sequences of data.max_length tokens).
 
     Per decoder layer, Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes in 16-bit, for a GPT layer keeping
-    what full training keeps: an upper bound for LoRA (frozen linears save no input) and for sdpa/flash attention
-    (no a*s^2 scores kept). Checkpointed, each layer keeps its 16-bit input and one layer is recomputed at a time.
-    Plus the loss's logits: three fp32 copies of b*s*vocab at the start of backward (`logits_bytes`), alive with
-    every saved activation but never with a recomputed layer. The frozen vision tower runs without autograd.
-    """
+    what full training keeps: an upper bound for LoRA (frozen linears save no input) and for sdpa/flash
+    attention (no a*s^2 scores kept). Checkpointed, each layer keeps its 16-bit input and one layer is
+    recomputed at a time. Plus the loss's logits: three fp32 copies of b*s*vocab at the start of backward
+    (`logits_bytes`), alive with every saved activation but never with a recomputed layer. The frozen vision
+    tower runs without autograd. """
     text = fp.model.config.get_text_config()
     b, s, h, a = cfg.data.batch_size, cfg.data.max_length, text.hidden_size, text.num_attention_heads
     if fp.image_tokens and s <= fp.image_tokens:
@@ -222,20 +224,18 @@ def activation_bytes(cfg: DictConfig, fp: Footprint, compute_bytes: int) -> floa
 def logits_bytes(tokens: int, vocab_size: int) -> int:
     """Peak bytes of the loss's logits-sized tensors: 12 per logit (b*s*vocab of them), in either precision.
 
-    Training takes `model(**batch).loss`: the LM head computes logits at every position (`logits_to_keep=0`; the
-    masked labels do not shorten them) and transformers' ForCausalLMLoss (loss_type ForCausalLM, and
-    ForConditionalGeneration for LLaVA and Qwen2-VL) calls cross_entropy on `logits.float()`: log_softmax, then
-    nll_loss. Autograd saves only log_softmax's fp32 output (NllLossBackward and LogSoftmaxBackward share it); the
-    16-bit logits and their fp32 upcast are saved by nothing and die with the forward (the model's output is
-    dropped once `.loss` is read). So:
-      forward, at log_softmax: 16-bit logits + fp32 upcast + fp32 log-softmax = 2 + 4 + 4 bytes (fp32 compute:
-        `.float()` is the logits themselves, 4 + 4)
-      backward, at LogSoftmaxBackward: its saved fp32 output + nll_loss's fp32 gradient (zeros_like, scattered)
-        + the fp32 logits' gradient it returns = 4 + 4 + 4 bytes, the peak
-    after which ToCopyBackward's 16-bit gradient and the LM head's backward free them all. Measured on an H200
-    (bench/gpu_memory.py, bf16-mixed): backward peaks 8 bytes a logit above what the forward leaves it, the forward
-    about 10 above the rest, in Qwen2-VL-2B (152k vocabulary: most of its activations) and LLaVA-Med 7B alike.
-    """
+    Training takes `model(**batch).loss`: the LM head computes logits at every position (`logits_to_keep=0`;
+    the masked labels do not shorten them) and transformers' ForCausalLMLoss (loss_type ForCausalLM, and
+    ForConditionalGeneration for LLaVA and Qwen2-VL) calls cross_entropy on `logits.float()`: log_softmax,
+    then nll_loss. Autograd saves only log_softmax's fp32 output (NllLossBackward and LogSoftmaxBackward share
+    it); the 16-bit logits and their fp32 upcast are saved by nothing and die with the forward (the model's
+    output is dropped once `.loss` is read). So: forward, at log_softmax: 16-bit logits + fp32 upcast + fp32
+    log-softmax = 2 + 4 + 4 bytes (fp32 compute: `.float()` is the logits themselves, 4 + 4) backward, at
+    LogSoftmaxBackward: its saved fp32 output + nll_loss's fp32 gradient (zeros_like, scattered) + the fp32
+    logits' gradient it returns = 4 + 4 + 4 bytes, the peak after which ToCopyBackward's 16-bit gradient and
+    the LM head's backward free them all. Measured on an H200 (bench/gpu_memory.py, bf16-mixed): backward
+    peaks 8 bytes a logit above what the forward leaves it, the forward about 10 above the rest, in
+    Qwen2-VL-2B (152k vocabulary: most of its activations) and LLaVA-Med 7B alike. """
     return 3 * 4 * tokens * vocab_size
 
 
@@ -264,14 +264,16 @@ def per_gpu(cfg: DictConfig, trainer: str, n_gpus: int, fp: Footprint | None = N
     if kind == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        default = inspect.signature(DistributedDataParallel.__init__).parameters["gradient_as_bucket_view"].default
+        default = inspect.signature(DistributedDataParallel.__init__).parameters[
+            "gradient_as_bucket_view"].default
         bucket_copy = not settings.get("gradient_as_bucket_view", default)
         weights = sum(p.numel * held[p.name] for p in fp.params)
         return Breakdown(weights, trainable_bytes * (1 + bucket_copy), 2 * trainable_bytes, acts)
     if kind == "zero2":
         weights = sum(p.numel * (NF4_BYTES if p.kind == "nf4" else compute_bytes) for p in fp.params)
         t = sum(p.numel for p in trainable)
-        buckets = settings["contiguous_gradients"] * (1 + settings["overlap_comm"]) * settings["reduce_bucket_size"]
+        buckets = settings["contiguous_gradients"] * (1 + settings["overlap_comm"]) * settings[
+            "reduce_bucket_size"]
         return Breakdown(weights, compute_bytes * (t / n_gpus + buckets), 12 * t / n_gpus, acts)
     units = fsdp_units(fp, list(conf.strategy.auto_wrap_policy.names))
     for name, unit in units.items():
@@ -280,8 +282,9 @@ def per_gpu(cfg: DictConfig, trainer: str, n_gpus: int, fp: Footprint | None = N
             fix = ("bitsandbytes' 4-bit storage would need the dtype of the rest" if "nf4" in dtypes else
                    "recipe.adapter_dtype=base makes them one (16-bit adapters), or model.dtype=float32 "
                    "(fp32 weights and adapters; FSDP still computes in 16-bit)")
-            raise MixedDtypeUnit(f"FSDP unit {name.rstrip('.') or 'root'!r} holds {' and '.join(sorted(dtypes))} "
-                                 f"parameters but FSDP flattens a unit into one dtype: {fix}")
+            raise MixedDtypeUnit(
+                f"FSDP unit {name.rstrip('.') or 'root'!r} holds {' and '.join(sorted(dtypes))} "
+                f"parameters but FSDP flattens a unit into one dtype: {fix}")
     size = {name: sum(p.numel for p in unit) for name, unit in units.items()}
     layer = max(n for name, n in size.items() if name)
     with_grads = [name for name, unit in units.items() if any(p.trainable for p in unit)]
@@ -341,9 +344,11 @@ def compose_train(overrides: Sequence[str]) -> DictConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mvqa.train.memory", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model=llava_med")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides of the train config, e.g. model=llava_med")
     parser.add_argument("--gpus", default="1,2,4,8", help="GPU counts, comma-separated")
-    parser.add_argument("--strategies", default=",".join(gpu_trainers()), help="trainer options, comma-separated")
+    parser.add_argument("--strategies", default=",".join(gpu_trainers()),
+                        help="trainer options, comma-separated")
     args = parser.parse_args(argv)
     cfg = compose_train(args.overrides)
     try:

@@ -18,14 +18,15 @@ from mvqa.train.strategies import check_fsdp_dtypes
 
 class VQAFineTuner(pl.LightningModule):
     """Loss on assistant tokens only (the collator masks the rest); validation loss and generated accuracy,
-    overall (`val/acc`) and per question kind (`val/acc_mcq`, `val/acc_closed`, `val/acc_open`: closed accuracy,
-    open normalised exact match; mvqa.data.grading) for the kinds the validation set has.
+    overall (`val/acc`) and per question kind (`val/acc_mcq`, `val/acc_closed`, `val/acc_open`: closed
+    accuracy, open normalised exact match; mvqa.data.grading) for the kinds the validation set has.
 
     For LoRA runs checkpoints hold only the trainable parameters (the adapter, and the projector when it is
     trained), so resuming loads them over the frozen base that the recipe rebuilt.
     """
 
-    def __init__(self, model, tokenizer, recipe, max_new_tokens: int = 64, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, model, tokenizer, recipe, max_new_tokens: int = 64,
+                 gradient_checkpointing: bool = False) -> None:
         super().__init__()
         self.model, self.tokenizer, self.recipe = model, tokenizer, recipe
         self.max_new_tokens = max_new_tokens
@@ -48,7 +49,8 @@ class VQAFineTuner(pl.LightningModule):
         # Before the strategy wraps the model: FSDP refuses a unit of mixed dtypes, and says so only then.
         check_fsdp_dtypes(self.model, self.trainer.strategy)
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None,
+                                    gradient_clip_algorithm=None) -> None:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         # Lightning refuses norm clipping under FSDP (torch.nn.utils.clip_grad_norm_ would see one shard's

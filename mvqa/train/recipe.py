@@ -1,4 +1,5 @@
-"""The fine-tuning recipe behind `train.py`, top to bottom: model -> data -> Wait formatting -> fit -> save."""
+"""The fine-tuning recipe behind `train.py`, top to bottom: model -> data -> Wait formatting -> fit ->
+save."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def split_train_val(cfg: DictConfig) -> tuple[list[VQAItem], list[VQAItem], Stag
 def delimiter_ids(bundle) -> list[int]:
     """Ids of the think/answer delimiters that are single tokens of the vocabulary."""
     t = bundle.special_tokens
-    ids = [bundle.tokenizer.convert_tokens_to_ids(s) for s in (t.think_start, t.think_end, t.answer_start, t.answer_end)]
+    ids = [bundle.tokenizer.convert_tokens_to_ids(s)
+           for s in (t.think_start, t.think_end, t.answer_start, t.answer_end)]
     return [i for i in ids if i is not None and i != bundle.tokenizer.unk_token_id]
 
 
@@ -67,13 +69,15 @@ def _loggers(kind: str, output_dir: Path, run: Any) -> list:
     if kind == "none":
         loggers = []
     else:
-        # Lightning's CSV logger deletes a metrics.csv it finds, so a resumed run writes its own csv/attempt-N/
+        # Lightning's CSV logger deletes a metrics.csv it finds, so a resumed run writes its own
+        # csv/attempt-N/
         # and the steps logged before the kill stay in csv/metrics.csv; flushed at every logged step, so a
         # killed run keeps the metrics of the steps it finished.
         attempt = 1
         while (output_dir / "csv" / _attempt_dir(attempt) / "metrics.csv").exists():
             attempt += 1
-        loggers = [CSVLogger(output_dir, name="csv", version=_attempt_dir(attempt), flush_logs_every_n_steps=1)]
+        loggers = [
+            CSVLogger(output_dir, name="csv", version=_attempt_dir(attempt), flush_logs_every_n_steps=1)]
     if run is not None:
         loggers.append(WandbLogger(experiment=run, log_model=False))
     return loggers
@@ -87,8 +91,9 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     output_dir = Path(output_dir)
     pl.seed_everything(cfg.seed, workers=True)
     if cfg.dataset.name == AUTO:
-        raise ValueError("run_training: dataset=auto is not resolved; pass mvqa.data.auto.resolve_dataset(cfg) "
-                         "(train.py does, before W&B records the config)")
+        raise ValueError(
+            "run_training: dataset=auto is not resolved; pass mvqa.data.auto.resolve_dataset(cfg) "
+            "(train.py does, before W&B records the config)")
 
     # 1. Data, with traces formatted as targets (Waits inserted; unparseable or mismatched traces rejected).
     bundle = load_model(cfg.model)
@@ -105,9 +110,11 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     model = prepare_trainable(bundle.model, cfg.recipe, trainable_token_rows(cfg.recipe, bundle, train_items))
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
-    collate = {"processor": bundle.processor, "prompt_template": cfg.data.prompt, "max_length": cfg.data.max_length}
+    collate = {"processor": bundle.processor, "prompt_template": cfg.data.prompt,
+               "max_length": cfg.data.max_length}
     train_collator = VQACollator(mode="train", **collate)
-    datamodule = VQADataModule(train_items, val_items, train_collator, VQACollator(mode="generate", **collate),
+    datamodule = VQADataModule(train_items, val_items, train_collator,
+                               VQACollator(mode="generate", **collate),
                                batch_size=cfg.data.batch_size, eval_batch_size=cfg.data.eval_batch_size,
                                num_workers=cfg.data.num_workers, seed=cfg.seed,
                                val_generate_limit=OmegaConf.select(cfg, "data.val_generate_limit"))
@@ -122,7 +129,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.resume_from)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     if validates and module.validated_at_step != trainer.global_step:
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # max_steps stopped between validations
+        # max_steps stopped between validations
+        trainer.validate(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     last_score = metrics.get(cfg.callbacks.monitor) if validates else None
     chosen = restore_best(module, trainer, cfg.callbacks, last_score)
@@ -134,7 +142,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     if cfg.export_dir:
         _save(model, bundle, cfg, Path(cfg.export_dir))
     result = {
-        # val_acc: the best validation accuracy seen (what hparams_search maximises); val_acc_last: the final one.
+        # val_acc: the best validation accuracy seen (what hparams_search maximises); val_acc_last:
+        # the final one.
         "metrics": metrics, "val_acc": _best_val_acc(chosen, cfg.callbacks, metrics),
         "val_acc_last": metrics.get("val/acc"), "global_step": trainer.global_step,
         "weights": chosen["weights"], "best_checkpoint": chosen["best_checkpoint"],
@@ -148,7 +157,8 @@ def run_training(cfg: DictConfig, output_dir: str | Path, run: Any = None) -> di
     }
     write_json(result, output_dir / "metrics.json")
     if OmegaConf.select(cfg, "dataset.name") == "curated":
-        log_artifact(run, cfg.dataset.path, f"curated-{Path(cfg.dataset.path).parent.name}", "dataset", use=True)
+        log_artifact(run, cfg.dataset.path, f"curated-{Path(cfg.dataset.path).parent.name}", "dataset",
+                     use=True)
     if wants_model_artifact(run, cfg.logger):  # logger.log_artifacts: online | always | never
         log_artifact(run, saved, f"{saved.name}-{run.id}", "model")
     return result

@@ -1,4 +1,5 @@
-"""Helpers that Lightning strategy configs instantiate, and the checks a strategy needs before it wraps a model."""
+"""Helpers that Lightning strategy configs instantiate, and the checks a strategy needs before it wraps a
+model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from torch import nn
 
 
 def decoder_layer_classes(names: list[str]) -> set[type]:
-    """The decoder-layer classes FSDP wraps one unit each; names not in this transformers build are skipped."""
+    """The decoder-layer classes FSDP wraps one unit each; names not in this transformers build are
+    skipped."""
     found = set()
     for name in names:
         family = name.removesuffix("DecoderLayer").lower()
@@ -39,8 +41,8 @@ def unit_dtypes(model: nn.Module, wrap_classes) -> dict[str, set[torch.dtype]]:
 
 
 def _wrap_classes(strategy) -> tuple[type, ...] | None:
-    """The module classes an FSDP strategy's auto-wrap policy wraps; () without a policy, None when the policy is
-    not a class set (a callable: its units cannot be known before wrapping)."""
+    """The module classes an FSDP strategy's auto-wrap policy wraps; () without a policy, None when the policy
+    is not a class set (a callable: its units cannot be known before wrapping)."""
     policy = getattr(strategy, "kwargs", {}).get("auto_wrap_policy")
     if policy is None:
         return ()
@@ -53,9 +55,9 @@ def _wrap_classes(strategy) -> tuple[type, ...] | None:
 def check_fsdp_dtypes(model: nn.Module, strategy) -> None:
     """Fail before an FSDP strategy wraps `model` when one of its units would hold parameters of two dtypes.
 
-    FSDP flattens each unit into one tensor and refuses mixed dtypes ("Must flatten tensors with uniform dtype")
-    after the processes have started; a LoRA model on a 16-bit base has exactly that mix when PEFT upcasts its
-    adapters to fp32 (recipe.adapter_dtype=float32, the default). Other strategies pass unchecked.
+    FSDP flattens each unit into one tensor and refuses mixed dtypes ("Must flatten tensors with uniform
+    dtype") after the processes have started; a LoRA model on a 16-bit base has exactly that mix when PEFT
+    upcasts its adapters to fp32 (recipe.adapter_dtype=float32, the default). Other strategies pass unchecked.
     """
     from pytorch_lightning.strategies import FSDPStrategy
 
@@ -73,7 +75,10 @@ def check_fsdp_dtypes(model: nn.Module, strategy) -> None:
             raise ValueError(f"{where}, but FSDP flattens a unit into one dtype: 4-bit weights "
                              "(model.quantize=4bit) do not shard under trainer=fsdp; use trainer=ddp")
         raise ValueError(
-            f"{where}, but FSDP flattens a unit into one dtype (\"Must flatten tensors with uniform dtype\"). "
-            "PEFT keeps LoRA adapters in float32 on a 16-bit base: set recipe.adapter_dtype=base (adapters in "
-            "the base's dtype) or model.dtype=float32 (fp32 weights and adapters; bf16-mixed still computes in bf16)"
+            f"{where}, but FSDP flattens a unit into one dtype (\"Must flatten tensors with uniform "
+            "dtype\"). "
+            "PEFT keeps LoRA adapters in float32 on a 16-bit base: set recipe.adapter_dtype=base (adapters "
+            "in "
+            "the base's dtype) or model.dtype=float32 (fp32 weights and adapters; bf16-mixed still computes "
+            "in bf16)"
         )

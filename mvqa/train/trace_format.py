@@ -1,15 +1,15 @@
 """Step 5: turn reasoning traces into s1-style training targets that keep thinking after "Wait".
 
-A target is three strings: `opening` (the think delimiter), `thinking` (the reasoning, with Waits inserted) and
-`closing` (end of thinking and the answer section). The collator tokenizes them separately so a sequence over
-`max_length` is cut inside the thinking, never the answer.
-"""
+A target is three strings: `opening` (the think delimiter), `thinking` (the reasoning, with Waits inserted)
+and `closing` (end of thinking and the answer section). The collator tokenizes them separately so a sequence
+over `max_length` is cut inside the thinking, never the answer. """
 
 from __future__ import annotations
 
 import hashlib
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mvqa.data.grading import grade_answer
@@ -17,6 +17,8 @@ from mvqa.data.prompts import OK, ParsedAnswer, parse_item_answer
 from mvqa.data.records import VQAItem
 from mvqa.data.stats import StageStats
 from mvqa.models.bundle import SpecialTokens
+from mvqa.schemas import schema_default
+from mvqa.schemas.trace_format import TraceFormatConf
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -47,16 +49,16 @@ class TraceFormatter:
 
     def __init__(
         self,
-        style: str = "med_r1",
-        trace_fields: list[str] = ("raw_output", "trace", "generated_reasoning"),
-        wait_string: str = "Wait",
-        num_waits: int = 1,
-        position: str = "random",
-        boundary: str = "sentence",
-        self_check: bool = True,
-        self_check_template: str = "{wait}, let me re-check that. {previous}",
-        require_label_match: bool = True,
-        answer_format: str = "letter",
+        style: str = TraceFormatConf.style,
+        trace_fields: Sequence[str] = schema_default(TraceFormatConf, "trace_fields"),
+        wait_string: str = TraceFormatConf.wait_string,
+        num_waits: int = TraceFormatConf.num_waits,
+        position: str = TraceFormatConf.position,
+        boundary: str = TraceFormatConf.boundary,
+        self_check: bool = TraceFormatConf.self_check,
+        self_check_template: str = TraceFormatConf.self_check_template,
+        require_label_match: bool = TraceFormatConf.require_label_match,
+        answer_format: str = TraceFormatConf.answer_format,
         seed: int = 0,
     ) -> None:
         if style not in ("med_r1", "s1", "direct"):
@@ -80,7 +82,8 @@ class TraceFormatter:
             if why:
                 stats.drop(item.id, why)
                 continue
-            thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("", 0)
+            thinking, n = self.insert_waits(reasoning, self._rng(item.id)) if self.style != "direct" else ("",
+                                                                                                           0)
             waits += n
             if item.is_free_text:  # a closed or open item is taught its gold answer text
                 answer = item.answer.strip()
@@ -95,7 +98,8 @@ class TraceFormatter:
         if self.style == "direct":
             return Target("", "", f"{tokens.answer_start}{answer}{tokens.answer_end}")
         if self.style == "med_r1":
-            return Target(tokens.think_start, thinking, f"{tokens.think_end}{tokens.answer_start}{answer}{tokens.answer_end}")
+            return Target(tokens.think_start, thinking,
+                          f"{tokens.think_end}{tokens.answer_start}{answer}{tokens.answer_end}")
         # s1: the answer section follows the end of thinking as "Answer: X".
         return Target(tokens.think_start, thinking, f"{tokens.think_end}Answer: {answer}")
 
@@ -113,7 +117,8 @@ class TraceFormatter:
             given = str(item.extra.get("generated_answer", "")).strip()
             parsed = ParsedAnswer(text, given or None, None, OK if given else "no_answer")
             if item.is_mcq and given:  # the release writes bare letters; "C) MRI" is read as C too
-                parsed = ParsedAnswer(text, given, parse_item_answer(item, f"<answer>{given}</answer>").letter, OK)
+                parsed = ParsedAnswer(text, given,
+                                      parse_item_answer(item, f"<answer>{given}</answer>").letter, OK)
         else:
             parsed = parse_item_answer(item, text)
         reasoning, letter = parsed.thinking or "", parsed.answer
@@ -143,7 +148,8 @@ class TraceFormatter:
         if self.position == "end":
             chosen = [len(segments)] * k
         elif self.position == "spread":
-            chosen = [gaps[round(i * (len(gaps) - 1) / max(k - 1, 1))] for i in range(k)] if k > 1 else [gaps[-1]]
+            chosen = [gaps[round(i * (len(gaps) - 1) / max(k - 1, 1))]
+                      for i in range(k)] if k > 1 else [gaps[-1]]
         else:
             chosen = sorted(rng.choice(gaps) for _ in range(k))
         pieces: list[str] = []
