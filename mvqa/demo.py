@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> Path:
     for name, path in (("base", base), ("reasoner", reasoner)):
         shipped = SHIPPED / name
         if not args.retrain and stamp_matches(path, name):
-            print(f"  reusing {path} (held-out accuracy {read_stamp(path).get('val_acc')}; delete it, or pass "
+            print(f"  reusing {path} (held-out accuracy {stamp_accuracy(path)}; delete it, or pass "
                   "--retrain, to bootstrap again)")
         elif not args.retrain and stamp_matches(shipped, name):
             copy_checkpoint(shipped, path)
             print(f"  {name}: the shipped bootstrap {shipped.relative_to(PROJECT_ROOT)} (made by this recipe: "
-                  f"held-out accuracy {read_stamp(shipped).get('val_acc')}) -> {path}")
+                  f"held-out accuracy {stamp_accuracy(shipped)}) -> {path}")
         else:
             if (path / "config.json").is_file() or (shipped / "config.json").is_file():
                 print(f"  {name}: the kept bootstrap was made for another world, tiny-model build or recipe: "
@@ -298,6 +298,11 @@ def read_stamp(path: Path) -> dict | None:
         return json.loads((path / STAMP).read_text())
     except (OSError, ValueError):
         return None
+
+
+def stamp_accuracy(path: Path) -> str:
+    value = (read_stamp(path) or {}).get("val_acc")
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def read_metric(run_dir: Path, key: str) -> str:
