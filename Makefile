@@ -25,10 +25,9 @@ demo: $(STAMP)
 	$(PY) -m mvqa.demo
 
 # The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA).
-# TEST_WORKERS=N|auto runs it on N pytest-xdist workers, one OpenMP thread each, a file's tests on one worker
-# (--dist loadfile: module-scoped fixtures built once). Off by default: under xdist one run failed
-# test_checkpoints' early-stopping test (it passes alone), and on a loaded machine it was not faster.
-TEST_WORKERS ?= 0
+# On TEST_WORKERS pytest-xdist workers (default 2, one per core here; 0: one process), one OpenMP thread each,
+# a file's tests on one worker (--dist loadfile: module-scoped fixtures built once).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(if $(filter-out 0,$(TEST_WORKERS)),OMP_NUM_THREADS=1) $(PY) -m pytest -q \
 		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
