@@ -76,8 +76,10 @@ def test_more_samples_than_items_takes_all_with_a_warning(shared_data, compose, 
 def test_a_stage_that_empties_the_set_names_itself_and_the_counts(compose, tmp_path):
     cfg = compose("generate", [*TINY, "pipeline.stages=[score,hard,trace,filter]",
                                f"pipeline.cache_dir={tmp_path}/stages"], tmp_path / "run")
-    # Random tiny models answer nothing parseable, so the filter has nothing left.
-    with pytest.raises(RuntimeError, match=r"stage 'filter' emptied the set: 4 in, 0 out"):
+    # Random tiny models answer nothing parseable, so the filter has nothing left. The hard stage passes it
+    # 5 items: the hardest 15% (the scorer's default) of each kind, rounded up, of 18 mcq, 3 closed and 3
+    # open items: 3 + 1 + 1.
+    with pytest.raises(RuntimeError, match=r"stage 'filter' emptied the set: 5 in, 0 out"):
         run_curation(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "final.csv").exists()
 
@@ -96,11 +98,11 @@ def test_likelihood_scores_every_item_and_keeps_the_hardest(compose, tmp_path):
     scored = stage_items(tmp_path / "run", "score")
     hard = read_items_jsonl(next((tmp_path / "run" / "stages").glob("*_hard/items.jsonl")))
     # The hardest quarter of each kind, rounded up (scores are on different scales by kind): of the tiny
-    # world's
-    # 12 mcq, 6 closed and 6 open items, 3 + 2 + 2.
+    # world's 18 mcq, 3 closed and 3 open items (24 items over 9 question types: the 6 perception types get 2
+    # items each, all mcq; the 3 textbook types 4 each, one closed and one open), 5 + 1 + 1.
     assert len(scored) == 24 and len(hard) == 7
-    assert {k: sum(it.kind == k for it in hard) for k in ("mcq", "closed", "open")} == {"mcq": 3, "closed": 2,
-                                                                                     "open": 2}
+    assert {k: sum(it.kind == k for it in hard) for k in ("mcq", "closed", "open")} == {"mcq": 5, "closed": 1,
+                                                                                     "open": 1}
     # The run dir references the score stage's items in the cache; the last stage's items are copied in.
     score_stats = json.loads(next((tmp_path / "run" / "stages").glob("*_score/stats.json")).read_text())
     assert Path(score_stats["items"]).is_relative_to(tmp_path / "stages")
@@ -198,8 +200,8 @@ def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(co
         assert a.extra["p_correct"] == pytest.approx(b.extra["p_correct"], rel=1e-5)
     stats = json.loads(next((tmp_path / "s1" / "stages").glob("*_score/stats.json")).read_text())
     assert stats["n_in"] == stats["n_out"] == 24 and stats["metrics"]["num_shards"] == 3
-    ranked = [it for it in whole if it.extra["scorer_pred"] is not None]  # mcq and yes/no items: 12 + 6
-    assert stats["metrics"]["ranked"] == len(ranked) == 18 and stats["metrics"]["gold_likelihood_only"] == 6
+    ranked = [it for it in whole if it.extra["scorer_pred"] is not None]  # mcq and yes/no items: 18 + 3
+    assert stats["metrics"]["ranked"] == len(ranked) == 21 and stats["metrics"]["gold_likelihood_only"] == 3
     assert stats["metrics"]["scorer_accuracy"] == pytest.approx(
         sum(it.extra["scorer_pred_correct"] for it in ranked) / len(ranked))
 
