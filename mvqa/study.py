@@ -67,7 +67,7 @@ def common_overrides(cfg: DictConfig) -> list[str]:
 
 def run_pool(cfg: DictConfig, study_dir: Path) -> Path:
     pool = study_dir / "pool"
-    if (pool / "final.csv").is_file():
+    if (pool / "summary.json").is_file():  # the pipeline's last write: the pool is complete
         print(f"pool: finished earlier ({pool})")
         return pool
     stages = ",".join(cfg.study.pool_stages)
@@ -115,13 +115,15 @@ def train_dir(study_dir: Path, arm: str, seed: int) -> Path:
     return study_dir / "train" / f"{arm}-seed{seed}"
 
 
+def unfinished_fine_tunes(study_dir: Path, arms, seed: int) -> list[str]:
+    """The arms whose fine-tune for `seed` has no metrics.json: train.py's last write, after the adapter, so a
+    run killed between the two is redone."""
+    return [a for a in arms if not (train_dir(study_dir, a, seed) / "metrics.json").is_file()]
+
+
 def run_fine_tunes(cfg: DictConfig, study_dir: Path) -> None:
     for seed in cfg.study.seeds:
-        todo = [
-            a
-            for a in cfg.study.run
-            if not (train_dir(study_dir, a, seed) / "adapter" / "adapter_config.json").is_file()
-        ]
+        todo = unfinished_fine_tunes(study_dir, cfg.study.run, seed)
         done = [a for a in cfg.study.run if a not in todo]
         if done:
             print(f"fine-tunes, seed {seed}: finished earlier: {done}")

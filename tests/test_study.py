@@ -78,7 +78,7 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    finished = study / "train" / "curated-seed0" / "adapter" / "adapter_config.json"
+    finished = study / "train" / "curated-seed0" / "metrics.json"  # the fine-tune's last write
     deadline = time.monotonic() + 900
     while not finished.is_file() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -163,3 +163,15 @@ def test_a_killed_study_resumes_and_reports_every_arm(tmp_path):
         check=True,
     )
     assert "Paired: each arm against random and the base" in compare.stdout and "curated" in compare.stdout
+
+
+def test_a_fine_tune_killed_after_its_adapter_but_before_metrics_is_redone(tmp_path):
+    from mvqa.study import train_dir, unfinished_fine_tunes
+
+    for arm in ("curated", "random"):
+        adapter = train_dir(tmp_path, arm, 0) / "adapter"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text("{}")
+    (train_dir(tmp_path, "curated", 0) / "metrics.json").write_text("{}")  # only curated got its last write
+    assert unfinished_fine_tunes(tmp_path, ["curated", "random"], 0) == ["random"]
+    assert unfinished_fine_tunes(tmp_path, ["curated", "random"], 1) == ["curated", "random"]
