@@ -3,11 +3,17 @@ and the rest of the chain (on a slice) leaves artifacts that exist and agree wit
 
 from __future__ import annotations
 
+import collections
 import csv
 import itertools
 import json
+import math
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,17 +26,49 @@ BOOTSTRAP_ACCURACY = {"base": 0.50, "reasoner": 0.50}
 
 
 @pytest.mark.slow
-def test_reduced_demo_chain_leaves_consistent_artifacts(tmp_path):
+def test_reduced_demo_killed_mid_study_resumes_and_leaves_consistent_artifacts(tmp_path, capsys):
+    """`make demo`'s chain on a slice, killed (kill -9, the whole process group) once its first fine-tune has
+    finished and rerun with the same --out: it resumes where it stopped, nothing is done twice, and every
+    artifact exists and agrees with the others."""
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    done = subprocess.run(
-        [sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
-         "--logger", "csv"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1800,
-        check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "Accuracy per arm and budget" in done.stdout and "Selection funnel per arm" in done.stdout
-    assert "the shipped bootstrap" in done.stdout  # a fresh cache takes the repository's checkpoints
+    command = [sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
+               "--logger", "wandb"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    study = out / "study"
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        finished = study / "train" / "curated-seed0" / "metrics.json"  # the fine-tune's last write
+        deadline = time.monotonic() + 1200
+        while not finished.is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert finished.is_file(), (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGKILL)  # mid-study: the demo, the study and its fine-tunes
+        first.wait()
+    assert "the shipped bootstrap" in (tmp_path / "first.log").read_text()  # a fresh cache takes the repo's
+    assert not (study / "study.json").exists()
+    done_before = {p: p.stat().st_mtime_ns for p in (study / "train").glob("*/metrics.json")}
+
+    second = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1800,
+                            check=False)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    said = second.stdout + second.stderr
+    assert "Accuracy per arm and budget" in said and "Selection funnel per arm" in said
+    assert "reusing" in said  # the bootstraps the first run copied into the cache
+    for step in ("score0", "score1", "trace0", "trace1"):
+        assert f"{step}: finished earlier" in said
+    assert "pool: finished earlier" in said and "arm curated: selected earlier, 30 items" in said
+    assert re.search(r"fine-tunes, seed 0: finished earlier: \[[^]]*'curated'", said)
+    # What had finished was not done again.
+    assert {p: p.stat().st_mtime_ns for p in done_before} == done_before
     check_bootstraps(cache)
-    check_chain(out / "study")
+    check_chain(study)
+    check_study_runs(study)
+    from mvqa.compare import main as compare
+
+    capsys.readouterr()
+    assert compare([str(study)]) == 0
+    assert "Paired: each arm against random and the base" in capsys.readouterr().out
 
 
 def check_bootstraps(cache) -> None:
@@ -117,12 +155,12 @@ def check_chain(study) -> None:
             assert train["n_train"] + train["n_val"] == 30 and (
                 run / "adapter" / "adapter_config.json").is_file()
 
-    # 5. One evaluation on 24 held-out items: the base once as it is used and at the 4 budget points, each of
+    # 5. One evaluation on 16 held-out items: the base once as it is used and at the 4 budget points, each of
     # the 4 fine-tunes at the 4 points.
     preds = [json.loads(line) for line in (study / "eval" / "predictions.jsonl").read_text().splitlines()]
     base = [p for p in preds if p["model"] == "base"]
     tuned = [p for p in preds if p["model"] != "base"]
-    assert len(base) == 24 * 5 and len(tuned) == 4 * 24 * 4
+    assert len(base) == 16 * 5 and len(tuned) == 4 * 16 * 4
     assert {p["budget_id"] for p in base} == {p["budget_id"] for p in tuned} | {"unforced"}
     assert all("-test-" in p["item_id"] for p in preds)  # the world's held-out split, never the arms' items
     # The held-out slice asks textbook and perception questions of every kind.
@@ -140,9 +178,41 @@ def check_chain(study) -> None:
         (a, b) for a in ("base (forced)", "curated", "random") for b in points)
     for r in report["metrics"]["rows"]:
         assert len(r["seed_accuracies"]) == (0 if r["arm"] == "base (forced)" else 2)
-    assert {(c["arm"], c["against"]) for c in report["metrics"]["comparisons"]} >= {
-        ("curated", "random"), ("curated", "base (forced)"), ("curated", "base (as used)")}
+        lo, hi = r["accuracy"]["ci95"]
+        assert lo <= r["accuracy"]["mean"] <= hi and r["n_items"] == 16
+        assert set(r["by_kind"]) == {"mcq", "closed", "open"}
+    assert {(c["arm"], c["against"]) for c in report["metrics"]["comparisons"]} == {
+        ("curated", "random"), ("curated", "base (forced)"), ("curated", "base (as used)"),
+        ("random", "base (forced)"), ("random", "base (as used)")}
+    assert all(0.0 <= c["accuracy"]["wilcoxon_p"] <= 1.0 for c in report["metrics"]["comparisons"])
     assert (study / "study_acc_vs_thinking.png").read_bytes()[:4] == b"\x89PNG"
-    assert "## Paired comparisons" in (study / "study_report.md").read_text()
+    markdown = (study / "study_report.md").read_text()
+    assert "## Paired comparisons" in markdown and "| curated | random |" in markdown
     used = report["metrics"]["base_as_used"]["by_content_type"]  # the per-type table covers what was asked
-    assert {"diagnosis", "stage", "largest"} <= set(used) and sum(t["n"] for t in used.values()) == 24
+    assert {"diagnosis", "stage", "largest"} <= set(used) and sum(t["n"] for t in used.values()) == 16
+
+
+def check_study_runs(study) -> None:
+    """The study's fine-tunes (a Hydra multirun per seed) and its W&B runs: one group, a job type per step."""
+    for arm in ("curated", "random"):
+        for seed in (0, 1):
+            config = (study / "train" / f"{arm}-seed{seed}" / ".hydra" / "config.yaml").read_text()
+            # dataset.path is arms/${experiment_name}/final.csv, resolved per job of the multirun
+            assert f"experiment_name: {arm}" in config and f"seed: {seed}" in config
+            assert "/arms/${experiment_name}/final.csv" in config
+    from mvqa.curate.arms import stratum_of
+    from mvqa.data.storage import read_items_jsonl
+
+    pool = collections.Counter(stratum_of(it, "content_type")
+                               for it in read_items_jsonl(study / "pool" / "items.jsonl"))
+    selection = json.loads((study / "arms" / "curated" / "selection.json").read_text())
+    # the hardest half of each question type (hard_fraction=0.5, rounded up), then 30 of those, diverse
+    hard = sum(math.ceil(n / 2) for n in pool.values())
+    assert selection["drop_reasons"] == {"not_hard": sum(pool.values()) - hard, "not_selected": hard - 30}
+    assert (study / "wandb_group.txt").read_text().strip() == "study-selection"
+    groups = {}
+    for run_json in study.rglob("wandb_run.json"):
+        info = json.loads(run_json.read_text())
+        groups[info["job_type"]] = info["group"]
+    assert set(groups) == {"generate", "train", "evaluate", "study"}, groups
+    assert set(groups.values()) == {"study-selection"}, groups

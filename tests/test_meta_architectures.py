@@ -5,6 +5,7 @@ Run with `-s` to see the trainable/total parameter counts per recipe.
 
 from __future__ import annotations
 
+import copy
 import re
 
 import pytest
@@ -17,12 +18,20 @@ LM_PROJ = r"model\.language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(ga
 EXPECTED = {"llava_med": (32, 7.57e9), "med_r1": (28, 2.21e9)}
 
 
+@pytest.fixture(scope="module")
+def empty_models() -> dict:
+    """Each architecture built once on the meta device; every test adapts its own copy."""
+    return {}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["llava_med", "med_r1"])
 @pytest.mark.parametrize("recipe_name", ["lora_r8", "lora_r16_attn_mlp", "llava_lora_r128", "s1_full"])
-def test_real_architecture_gets_language_model_adapters_only(compose, model_name, recipe_name):
+def test_real_architecture_gets_language_model_adapters_only(compose, empty_models, model_name, recipe_name):
     cfg = compose("common", [f"+model={model_name}", f"+recipe={recipe_name}"])
-    model = build_empty(cfg.model)
+    if model_name not in empty_models:
+        empty_models[model_name] = build_empty(cfg.model)
+    model = copy.deepcopy(empty_models[model_name])
     layers, size = EXPECTED[model_name]
     total = count_parameters(model)[1]
     assert abs(total - size) / size < 0.01 and next(model.parameters()).is_meta
