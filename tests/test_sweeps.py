@@ -16,8 +16,17 @@ RELEASE = ["dataset=mvqa1k_release", "pipeline.stages=[filter,sample,export]", "
 
 @pytest.mark.slow
 def test_generate_2x2_multirun_then_compare_names_the_swept_keys(shared_data, entry, tmp_path, capsys):
+    import logging
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+
+    before = (HydraConfig.initialized(), list(logging.getLogger().handlers), os.getcwd())
     entry("generate", "-m", "sampler=random,kmeans_seed", "sampler.n=10,20", *RELEASE,
           f"pipeline.cache_dir={tmp_path}/stages", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    # The multirun left nothing in this process that later tests would meet: no job's HydraConfig (W&B
+    # would group later runs under this sweep), no log handler writing into a job dir, the same cwd.
+    assert (HydraConfig.initialized(), logging.getLogger().handlers, os.getcwd()) == before
     jobs = sorted(p for p in (tmp_path / "sweep").iterdir() if p.name.isdigit())
     assert len(jobs) == 4
     sizes = sorted(len(pd.read_csv(j / "final.csv")) for j in jobs)
@@ -39,8 +48,11 @@ def test_optuna_sweep_of_three_trials_returns_a_best_config(shared_data, entry, 
 @pytest.mark.slow
 def test_submitit_local_runs_two_jobs(shared_data, entry, tmp_path):
     # The launcher runs each job in a process of its own (submitit's), by design; only the entry is here.
+    # The two jobs run at once and share their filter stage: the one that meets the other's lock waits for
+    # the finished entry (without lock_wait_s it stops at once, naming the writer: a flaky test under load).
     entry("generate", "-m", "hydra/launcher=submitit_local", "sampler.n=5,6", *RELEASE,
-          f"pipeline.cache_dir={tmp_path}/stages", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+          "pipeline.lock_wait_s=300", f"pipeline.cache_dir={tmp_path}/stages",
+          f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("[0-9]/summary.json"))]
     assert [s["n_final"] for s in summaries] == [5, 6]
 
