@@ -82,9 +82,10 @@ def _logger_states() -> dict:
 
 @contextlib.contextmanager
 def _restored_process_state():
-    """Puts back what a Hydra run changes in the process: its singletons (GlobalHydra, HydraConfig: W&B would
-    otherwise take a finished sweep's group), the logging handlers each job installs on the root logger (a
-    console handler and a file in the job dir), the environment, the global RNGs, torch's threads and the
+    """Puts back what a Hydra run changes in the process: the logging handlers each job installs on the root
+    logger in place of pytest's (a console handler and a file in the job dir: caplog would see nothing after),
+    Hydra's singletons (GlobalHydra stays initialized; Hydra resets HydraConfig itself, this is a guard: W&B
+    would take a stale sweep's group from it), the environment, the global RNGs, torch's threads and the
     warning filters."""
     import random
     import warnings
