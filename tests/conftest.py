@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import logging
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,3 +71,69 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+
+def _logger_states() -> dict:
+    loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(lg, logging.Logger))]
+    return {lg: (lg.level, list(lg.handlers), lg.propagate, lg.disabled) for lg in loggers}
+
+
+@contextlib.contextmanager
+def _restored_process_state():
+    """Puts back what a Hydra run changes in the process: the logging handlers each job installs on the root
+    logger in place of pytest's (a console handler and a file in the job dir: caplog would see nothing after),
+    Hydra's singletons (GlobalHydra stays initialized; Hydra resets HydraConfig itself, this is a guard: W&B
+    would take a stale sweep's group from it), the environment, the global RNGs, torch's threads and the
+    warning filters."""
+    import random
+    import warnings
+
+    import numpy as np
+    import torch
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.singleton import Singleton
+
+    singletons, loggers, environ = copy.deepcopy(Singleton.get_state()), _logger_states(), dict(os.environ)
+    rngs, threads = (random.getstate(), np.random.get_state(), torch.get_rng_state()), torch.get_num_threads()
+    GlobalHydra.instance().clear()
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        Singleton.set_state(singletons)
+        for logger, (level, handlers, propagate, disabled) in loggers.items():
+            for handler in logger.handlers:
+                if handler not in handlers:
+                    handler.close()
+            logger.setLevel(level)
+            logger.handlers[:] = handlers
+            logger.propagate, logger.disabled = propagate, disabled
+        os.environ.clear()
+        os.environ.update(environ)
+        random.setstate(rngs[0])
+        np.random.set_state(rngs[1])
+        torch.set_rng_state(rngs[2])
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def entry(monkeypatch, capsys):
+    """entry(name, *overrides, cwd=...) runs generate.py / train.py / evaluate.py's @hydra.main function in
+    this process, as `python NAME.py *overrides` launched from `cwd` would: multiruns included (the basic
+    launcher and Optuna run their jobs here; submitit's launchers spawn theirs). Saves the ~10 s a spawned
+    entry spends importing torch, transformers, Lightning and PEFT. Returns the console output (stdout,
+    stderr). Errors are raised as they are (HYDRA_FULL_ERROR), not printed and turned into an exit status."""
+    from mvqa import cli
+
+    def _entry(name: str, *overrides: str, cwd: Path):
+        capsys.readouterr()
+        with monkeypatch.context() as patch, _restored_process_state():
+            patch.setenv("HYDRA_FULL_ERROR", "1")
+            patch.chdir(cwd)
+            patch.setattr(sys, "argv", [str(PROJECT_ROOT / f"{name}.py"), *overrides])
+            getattr(cli, name)()
+        return capsys.readouterr()
+
+    return _entry

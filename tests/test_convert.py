@@ -4,8 +4,7 @@ what the original code computes (CLIP layer -2 without CLS, mlp2x_gelu projector
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +20,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from mvqa.config import PROJECT_ROOT
 from mvqa.models.convert_llava_med import convert
+from mvqa.models.convert_llava_med import main as convert_main
 from mvqa.models.load import load_model
 from mvqa.models.tiny import train_tokenizer
 from mvqa.schemas.model import ModelConf
@@ -202,22 +201,10 @@ def test_missing_weights_are_named(original, tmp_path):
 
 
 @pytest.mark.slow
-def test_command_line(original, tmp_path):
+def test_command_line(original, tmp_path, capsys):
+    """`python -m mvqa.models.convert_llava_med --src SRC --dst DST`: its main(), in this process."""
     src, _ = original
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mvqa.models.convert_llava_med",
-            "--src",
-            str(src),
-            "--dst",
-            str(tmp_path / "cli"),
-        ],
-        check=False,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
+    convert_main(["--src", str(src), "--dst", str(tmp_path / "cli")])
+    said, written = capsys.readouterr().out.strip().split(" -> ")
+    assert said == f"converted {src}" and Path(written).resolve() == (tmp_path / "cli").resolve()
     assert (tmp_path / "cli" / "model.safetensors").is_file()

@@ -123,15 +123,29 @@ def _traces(run_dir: Path) -> list:
             read_items_jsonl(next(run_dir.glob("stages/*_trace/items.jsonl")))]
 
 
+def _spawn_generate(cwd: Path, *overrides: str) -> subprocess.Popen:
+    """`python generate.py` to be killed: one OpenMP thread, as the resumes and reference runs here get (the
+    `one_thread` fixture), so the work it leaves is what they would have computed."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
+    return subprocess.Popen([sys.executable, str(PROJECT_ROOT / "generate.py"), *overrides], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
-def test_trace_resumes_after_kill_9_with_no_gaps_or_duplicates(tmp_path):
-    """A real `kill -9` of generate.py mid-trace, then a rerun, equals an uninterrupted run."""
+def test_trace_resumes_after_kill_9_with_no_gaps_or_duplicates(tmp_path, entry, one_thread):
+    """A real `kill -9` of generate.py mid-trace, then a rerun (generate.py's entry, in this process), equals
+    an uninterrupted run."""
     common = [*TINY, "scorer.fraction=1.0", "pipeline.stages=[score,hard,trace]",
               "pipeline.trace.batch_size=2", f"pipeline.cache_dir={tmp_path}/stages"]
-    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), *common]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _spawn_generate(tmp_path, *common, f"hydra.run.dir={tmp_path}/killed")
     partial = None
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -144,10 +158,9 @@ def test_trace_resumes_after_kill_9_with_no_gaps_or_duplicates(tmp_path):
     proc.wait()
     done_before = len(partial.read_text().splitlines())
     assert 4 <= done_before < 24 and not (partial.parent / "items.jsonl").exists()
-    subprocess.run([*cmd, f"hydra.run.dir={tmp_path}/resumed"], env=env, cwd=tmp_path, check=True,
-                   capture_output=True)
-    subprocess.run([*cmd, f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"],
-                   env=env, cwd=tmp_path, check=True, capture_output=True)
+    entry("generate", *common, f"hydra.run.dir={tmp_path}/resumed", cwd=tmp_path)
+    fresh = [f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"]
+    entry("generate", *common, *fresh, cwd=tmp_path)
     resumed, fresh = _traces(tmp_path / "resumed"), _traces(tmp_path / "fresh")
     assert len(resumed) == 24 == len({i for i, _ in resumed})
     assert resumed == fresh
@@ -207,13 +220,10 @@ def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(co
 
 
 @pytest.mark.slow
-def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path):
+def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path, entry, one_thread):
     common = [*TINY, "dataset.n_train=160", "pipeline.stages=[score]", "pipeline.score.chunk_size=1",
               f"pipeline.cache_dir={tmp_path}/stages"]
-    cmd = [sys.executable, str(PROJECT_ROOT / "generate.py"), *common]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([*cmd, f"hydra.run.dir={tmp_path}/killed"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _spawn_generate(tmp_path, *common, f"hydra.run.dir={tmp_path}/killed")
     partial = None
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -233,12 +243,11 @@ def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path)
         except json.JSONDecodeError:  # the chunk in flight, cut by the kill: only the last line may be
             assert line is lines[-1]
     assert 5 <= complete < 160 and not (partial.parent / "items.jsonl").exists()
-    resumed = subprocess.run([*cmd, f"hydra.run.dir={tmp_path}/resumed"], env=env, cwd=tmp_path, check=True,
-                             capture_output=True, text=True)
-    subprocess.run([*cmd, f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"],
-                   env=env, cwd=tmp_path, check=True, capture_output=True)
+    resumed = entry("generate", *common, f"hydra.run.dir={tmp_path}/resumed", cwd=tmp_path)
+    fresh = [f"pipeline.cache_dir={tmp_path}/fresh-stages", f"hydra.run.dir={tmp_path}/fresh"]
+    entry("generate", *common, *fresh, cwd=tmp_path)
     # Every chunk written whole before the kill was kept: only the chunk in flight (a torn line) is redone.
-    assert f"resuming, {complete} of 160 items already scored" in resumed.stdout + resumed.stderr
+    assert f"resuming, {complete} of 160 items already scored" in resumed.out + resumed.err
     a, b = stage_items(tmp_path / "resumed", "score"), stage_items(tmp_path / "fresh", "score")
     assert [it.id for it in a] == [it.id for it in b] and len(a) == 160
     assert all(x.extra["p_correct"] == pytest.approx(y.extra["p_correct"], rel=1e-5) for x, y in zip(a, b))

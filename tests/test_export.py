@@ -1,10 +1,11 @@
-"""`python -m mvqa.export`: a real tiny training run's adapter merged into a standalone HF checkpoint."""
+"""`python -m mvqa.export` (its main(), run in this process): a real tiny training run's adapter merged into a
+standalone HF checkpoint."""
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,12 +17,14 @@ from mvqa.config import PROJECT_ROOT
 from mvqa.data.images import load_image
 from mvqa.data.prompts import chat_prompt, format_question
 from mvqa.data.synthetic import read_synthetic
+from mvqa.export import main as export_main
 from mvqa.models.load import family_of, load_model
 from mvqa.train.recipe import run_training
 
 
 @pytest.mark.slow
-def test_merged_export_loads_back_with_the_logits_of_base_plus_adapter(compose, tmp_path):
+def test_merged_export_loads_back_with_the_logits_of_base_plus_adapter(compose, tmp_path, monkeypatch,
+                                                                       capsys):
     run = tmp_path / "run"
     overrides = [*TINY, "trainer.max_steps=4", "trainer.limit_val_batches=0", "logger=none", "recipe.lr=1e-2"]
     cfg = compose("train", overrides, run)
@@ -31,12 +34,10 @@ def test_merged_export_loads_back_with_the_logits_of_base_plus_adapter(compose, 
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
 
     out = tmp_path / "merged"
-    subprocess.run(
-        [sys.executable, "-m", "mvqa.export", str(run), str(out)],
-        check=True,
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-    )
+    # `python -m mvqa.export RUN OUT`, in this process: its main() reads sys.argv (the card quotes it).
+    monkeypatch.setattr(sys, "argv", [str(PROJECT_ROOT / "mvqa" / "export.py"), str(run), str(out)])
+    export_main()
+    assert Path(capsys.readouterr().out.splitlines()[-1]).resolve() == out.resolve()  # it prints where
     assert sorted(p.name for p in out.glob("*.safetensors")) and not list(out.glob("adapter_*"))
     family = family_of(cfg.model)
     merged = family.model_class.from_pretrained(out).eval()

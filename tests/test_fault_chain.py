@@ -1,5 +1,6 @@
-"""The whole curation chain driven through faults, as real generate.py processes: nothing lost, nothing
-doubled.
+"""The whole curation chain driven through faults: nothing lost, nothing doubled. The runs that are killed or
+started together are real generate.py processes; the resumes and the clean reference runs are generate.py's
+entry run in this process (the `entry` fixture), reading what the killed processes left on disk.
 
 Faults: two runs started at once on one cache, a kill -9 mid-trace, then a resume; the input holds exact
 duplicate rows, a row whose image is missing and one whose image is corrupt. The final set must equal an
@@ -57,11 +58,9 @@ def _faulty_input(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "input.csv", world / "images"
 
 
-def _generate(tmp_path: Path, run: str, cache: str, data: Path, images: Path,
-              extra: tuple[str, ...] = ()) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        str(PROJECT_ROOT / "generate.py"),
+def _overrides(tmp_path: Path, run: str, cache: str, data: Path, images: Path,
+               extra: tuple[str, ...] = ()) -> list[str]:
+    return [
         *TINY,
         *extra,
         "dataset=pmc_vqa",
@@ -72,9 +71,14 @@ def _generate(tmp_path: Path, run: str, cache: str, data: Path, images: Path,
         f"pipeline.cache_dir={tmp_path / cache}",
         f"hydra.run.dir={tmp_path / run}",
     ]
+
+
+def _generate(tmp_path: Path, *args) -> subprocess.Popen:
+    """`python generate.py` with `_overrides(tmp_path, *args)`, on one OpenMP thread like the runs here."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.Popen(
-        args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, str(PROJECT_ROOT / "generate.py"), *_overrides(tmp_path, *args)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -82,8 +86,13 @@ def _output(proc: subprocess.Popen) -> str:
     return proc.communicate(timeout=600)[0]
 
 
+# The in-process runs on one thread, like the spawned ones (OMP_NUM_THREADS=1): a resume continues the
+# killed run's work, and the bytes must equal a clean run's.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.mark.slow
-def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_set(tmp_path):
+def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_set(tmp_path, entry):
     data, images = _faulty_input(tmp_path)
     # 1. Two runs of one curation on one cache, started together: one writes, the other stops naming it.
     # One item a batch, longer outputs: the trace lasts long enough for the other run to meet the lock
@@ -113,13 +122,9 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
     assert 4 <= done_before < 24 and not (partial.parent / "items.jsonl").exists()
 
     # 3. The resume on the same cache, and a clean uninterrupted run on another.
-    resumed, fresh = (
-        _generate(tmp_path, "resumed", "stages", data, images, one_by_one),
-        _generate(tmp_path, "fresh", "fresh-stages", data, images, one_by_one),
-    )
-    log_resumed, log_fresh = _output(resumed), _output(fresh)
-    assert resumed.returncode == 0, log_resumed[-3000:]
-    assert fresh.returncode == 0, log_fresh[-3000:]
+    log_resumed = entry("generate", *_overrides(tmp_path, "resumed", "stages", data, images, one_by_one),
+                        cwd=tmp_path).out
+    entry("generate", *_overrides(tmp_path, "fresh", "fresh-stages", data, images, one_by_one), cwd=tmp_path)
 
     # The console tells the story of the bad rows: one line, counts and reasons.
     assert "load: 29 -> 24 (dropped corrupt_image: 1, duplicate_row: 3, missing_image: 1)" in log_resumed
@@ -144,7 +149,7 @@ def test_concurrent_start_kill_mid_trace_and_bad_rows_end_in_the_uninterrupted_s
 
 
 @pytest.mark.slow
-def test_kill_mid_score_then_a_scorer_retrained_at_the_same_path(tmp_path):
+def test_kill_mid_score_then_a_scorer_retrained_at_the_same_path(tmp_path, entry):
     import shutil
 
     import torch
@@ -169,10 +174,8 @@ def test_kill_mid_score_then_a_scorer_retrained_at_the_same_path(tmp_path):
     assert first.poll() is None, "the run finished before it could be killed"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
-    resumed = _generate(tmp_path, "s2", "stages", data, images, extra)
-    clean = _generate(tmp_path, "s3", "clean-stages", data, images, extra)
-    log, log_clean = _output(resumed), _output(clean)
-    assert resumed.returncode == 0 and clean.returncode == 0, (log + log_clean)[-3000:]
+    log = entry("generate", *_overrides(tmp_path, "s2", "stages", data, images, extra), cwd=tmp_path).out
+    entry("generate", *_overrides(tmp_path, "s3", "clean-stages", data, images, extra), cwd=tmp_path)
     assert "items already scored" in log
     a, b = stage_items(tmp_path / "s2", "score"), stage_items(tmp_path / "s3", "score")
     assert [it.id for it in a] == [it.id for it in b] and len(a) == 24
@@ -183,9 +186,7 @@ def test_kill_mid_score_then_a_scorer_retrained_at_the_same_path(tmp_path):
     tensors = load_file(weights)
     save_file({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v for k, v in tensors.items()},
               weights)
-    again = _generate(tmp_path, "s4", "stages", data, images, extra)
-    log_again = _output(again)
-    assert again.returncode == 0, log_again[-3000:]
+    entry("generate", *_overrides(tmp_path, "s4", "stages", data, images, extra), cwd=tmp_path)
     score_stats = json.loads(next((tmp_path / "s4" / "stages").glob("*_score/stats.json")).read_text())
     assert not score_stats["cached"]
     c = stage_items(tmp_path / "s4", "score")

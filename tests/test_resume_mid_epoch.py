@@ -1,5 +1,6 @@
 """Training killed mid-epoch (a real process, hard exit) and resumed sees exactly the uninterrupted run's
-batches."""
+batches. The uninterrupted run and the resume are train.py's recipe run in this process (the uninterrupted
+one while the killed process runs); the resume reads the checkpoint the killed process left."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from mvqa.config import PROJECT_ROOT
+from mvqa.train.module import VQAFineTuner
+from mvqa.train.recipe import run_training
 
 # The child: train.py's run_training with every training batch's ids appended to a file, and a hard exit
 # (os._exit: no cleanup, like kill -9) at the end of optimizer step `kill_at` (-1: never).
@@ -68,10 +72,10 @@ COMMON = [
 ]
 
 
-def _train(run_dir: Path, ids: Path, kill_at: int, *extra: str) -> subprocess.Popen:
+def _train(run_dir: Path, ids: Path, kill_at: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(run_dir), str(ids), str(kill_at), *COMMON, *extra],
+        [sys.executable, "-c", DRIVER, str(run_dir), str(ids), str(kill_at), *COMMON],
         cwd=run_dir.parent,
         env=env,
         stdout=subprocess.PIPE,
@@ -84,14 +88,30 @@ def _steps(ids: Path) -> list[tuple[int, list[str]]]:
     return [tuple(json.loads(line)) for line in ids.read_text().splitlines()]
 
 
+def _record_steps(monkeypatch) -> list[tuple[int, list[str]]]:
+    """Every training batch's (optimizer step, item ids) of this process's runs, appended to the list
+    returned, as the DRIVER records the child's."""
+    steps, train_step = [], VQAFineTuner.training_step
+
+    def recorded(self, batch, batch_idx):
+        steps.append((self.global_step, list(batch["item_ids"])))
+        return train_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(VQAFineTuner, "training_step", recorded)
+    return steps
+
+
 @pytest.mark.slow
-def test_kill_mid_epoch_then_resume_sees_the_same_batches_and_ends_at_the_same_adapter(tmp_path):
-    whole = _train(tmp_path / "whole", tmp_path / "whole.ids", -1)
+def test_kill_mid_epoch_then_resume_sees_the_same_batches_and_ends_at_the_same_adapter(
+        tmp_path, compose, monkeypatch, one_torch_thread):
     killed = _train(tmp_path / "run", tmp_path / "run.ids", 7)
-    for proc in (whole, killed):
-        proc.wait(timeout=600)
-    assert whole.returncode == 0, whole.stdout.read()[-3000:]
-    assert killed.returncode == 9, killed.stdout.read()[-3000:]
+    monkeypatch.chdir(tmp_path)
+    steps = _record_steps(monkeypatch)
+    run_training(compose("train", COMMON, tmp_path / "whole"), tmp_path / "whole")  # while the child runs
+    reference = steps[:]
+    steps.clear()
+    out = killed.communicate(timeout=600)[0]
+    assert killed.returncode == 9, out[-3000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 6 and ckpt["epoch"] == 1  # mid-epoch: one of five batches of epoch 1 done
     assert ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
@@ -102,18 +122,14 @@ def test_kill_mid_epoch_then_resume_sees_the_same_batches_and_ends_at_the_same_a
         range(7)
     )  # step 7 (the 7th batch) ran past the checkpoint, then exit
 
-    resumed = _train(
-        tmp_path / "run",
-        tmp_path / "resumed.ids",
-        -1,
-        f"resume_from='{tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}'",
-    )
-    out = resumed.communicate(timeout=600)[0]
-    assert resumed.returncode == 0, out[-3000:]
-    assert "not resumable" not in out  # Lightning's warning for a loader that restarts the epoch
+    resume = f"resume_from='{tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}'"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_training(compose("train", [*COMMON, resume], tmp_path / "run"), tmp_path / "run")
+    # Lightning's warning for a loader that restarts the epoch
+    assert not [w for w in caught if "not resumable" in str(w.message)]
 
-    reference = _steps(tmp_path / "whole.ids")
-    seen = [s for s in before if s[0] < 6] + _steps(tmp_path / "resumed.ids")
+    seen = [s for s in before if s[0] < 6] + steps
     assert len(reference) == 10 and seen == reference  # same batches, same order, same optimizer steps
     assert len({i for _, batch in reference[:5] for i in batch}) == 20  # every item once per epoch
     a = load_file(tmp_path / "whole" / "adapter" / "adapter_model.safetensors")

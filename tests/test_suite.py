@@ -12,7 +12,8 @@ import pytest
 
 from mvqa.config import PROJECT_ROOT
 
-REAL_DATA_TEST = "tests/test_readers.py::test_compose_release_yields_the_1000_items"
+# A real-data test in this module: the child pytest collects only this module, which imports nothing heavy.
+REAL_DATA_TEST = "tests/test_suite.py::test_the_real_data_folder_holds_the_release_and_slake"
 
 
 def _run_without_data(tmp_path, **env) -> subprocess.CompletedProcess:
@@ -20,6 +21,11 @@ def _run_without_data(tmp_path, **env) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", REAL_DATA_TEST]
     return subprocess.run(cmd, cwd=PROJECT_ROOT, env=environ, capture_output=True, text=True, timeout=300,
                           check=False)
+
+
+def test_the_real_data_folder_holds_the_release_and_slake(shared_data):
+    assert (shared_data / "mvqa1k" / "sampled_final.csv").is_file()
+    assert (shared_data / "slake" / "train.json").is_file() and (shared_data / "slake" / "imgs").is_dir()
 
 
 @pytest.mark.slow
