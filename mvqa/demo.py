@@ -38,12 +38,12 @@ SIZES = {
     },
     # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the
     # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 16 held-out
-    # items (every kind and eight of the nine question types) on a short budget grid.
+    # items (every kind and eight of the nine question types) at 32 thinking tokens with 0 and 1 Waits.
     "reduced": {
         "curate": ["dataset.limit=200", "pipeline.trace.max_new_tokens=128"],
         "study_n": 30, "study_seeds": "[0,1]",
         "finetune": ["trainer.max_steps=20"],
-        "evaluate": ["budget.max_thinking_tokens=[32,64]", "budget.num_waits=[0,1]", "eval.limit=16",
+        "evaluate": ["budget.max_thinking_tokens=[32]", "budget.num_waits=[0,1]", "eval.limit=16",
                      "eval.n_bootstrap=200"],
     },
 }
