@@ -97,13 +97,11 @@ def progress(log: Path) -> str:
     return (last[-1][:100] if last else "starting")
 
 
-# Each entry's last write: its run dir holds it only once the run has finished.
-LAST_WRITE = {"generate.py": "summary.json", "train.py": "metrics.json", "evaluate.py": "metrics.json"}
-
-
 def finished_earlier(job: Job) -> bool:
     """The job's run dir holds a finished run of exactly these overrides (Hydra's record of them)."""
     import yaml
+
+    from mvqa.study import LAST_WRITE
 
     entry, overrides, run_dir = job
     try:
@@ -324,14 +322,16 @@ def read_stamp(path: Path) -> dict | None:
         return None
 
 
-def stamp_accuracy(path: Path) -> str:
-    value = (read_stamp(path) or {}).get("val_acc")
+def figure(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
+
+
+def stamp_accuracy(path: Path) -> str:
+    return figure((read_stamp(path) or {}).get("val_acc"))
 
 
 def read_metric(run_dir: Path, key: str) -> str:
-    value = json.loads((run_dir / "metrics.json").read_text()).get(key)
-    return "n/a" if value is None else f"{value:.3f}"
+    return figure(json.loads((run_dir / "metrics.json").read_text()).get(key))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,10 @@ def run_entry(entry: str, overrides: list[str], multirun: bool = False, threads:
     print(f"  {entry} done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
+# Each entry's last write: a run dir holds it only once the run has finished (what a resume trusts).
+LAST_WRITE = {"generate.py": "summary.json", "train.py": "metrics.json", "evaluate.py": "metrics.json"}
+
+
 def common_overrides(cfg: DictConfig) -> list[str]:
     """What every step shares: the logger, with one W&B group for the whole study."""
     return [f"logger={cfg.logger.kind}", f"logger.group=study-{cfg.study.name}"]
@@ -67,7 +71,7 @@ def common_overrides(cfg: DictConfig) -> list[str]:
 
 def run_pool(cfg: DictConfig, study_dir: Path) -> Path:
     pool = study_dir / "pool"
-    if (pool / "summary.json").is_file():  # the pipeline's last write: the pool is complete
+    if (pool / LAST_WRITE["generate.py"]).is_file():  # the pool is complete
         print(f"pool: finished earlier ({pool})")
         return pool
     stages = ",".join(cfg.study.pool_stages)
@@ -118,7 +122,7 @@ def train_dir(study_dir: Path, arm: str, seed: int) -> Path:
 def unfinished_fine_tunes(study_dir: Path, arms, seed: int) -> list[str]:
     """The arms whose fine-tune for `seed` has no metrics.json: train.py's last write, after the adapter, so a
     run killed between the two is redone."""
-    return [a for a in arms if not (train_dir(study_dir, a, seed) / "metrics.json").is_file()]
+    return [a for a in arms if not (train_dir(study_dir, a, seed) / LAST_WRITE["train.py"]).is_file()]
 
 
 def run_fine_tunes(cfg: DictConfig, study_dir: Path) -> None:
@@ -151,7 +155,8 @@ def run_evaluation(cfg: DictConfig, study_dir: Path) -> Path:
     adapters = [str(train_dir(study_dir, a, s) / "adapter") for a in cfg.study.run for s in cfg.study.seeds]
     out = study_dir / "eval"
     stamp = out / "study_adapters.json"
-    if (out / "metrics.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == adapters:
+    finished = (out / LAST_WRITE["evaluate.py"]).is_file() and stamp.is_file()
+    if finished and json.loads(stamp.read_text()) == adapters:
         print(f"evaluation: finished earlier ({out})")
         return out
     base_prompt = [f"eval.base_prompt={cfg.study.base_prompt}"] if cfg.study.base_prompt else []

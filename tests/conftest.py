@@ -73,7 +73,6 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-
 def _logger_states() -> dict:
     loggers = [logging.getLogger(), *(lg for lg in logging.Logger.manager.loggerDict.values()
                                       if isinstance(lg, logging.Logger))]

@@ -216,3 +216,18 @@ def check_study_runs(study) -> None:
         groups[info["job_type"]] = info["group"]
     assert set(groups) == {"generate", "train", "evaluate", "study"}, groups
     assert set(groups.values()) == {"study-selection"}, groups
+
+
+def test_a_step_is_finished_earlier_only_with_its_last_write_and_the_same_overrides(tmp_path):
+    from mvqa.demo import finished_earlier
+
+    run_dir = tmp_path / "score0"
+    (run_dir / ".hydra").mkdir(parents=True)
+    overrides = ["dataset.limit=200", "shard=0"]
+    job = ("generate.py", [*overrides, "hydra.verbose=true"], run_dir)  # hydra.* is not in Hydra's record
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    assert not finished_earlier(job)  # killed before its summary.json
+    (run_dir / "summary.json").write_text("{}")
+    assert finished_earlier(job)
+    assert not finished_earlier(("generate.py", ["dataset.limit=100", "shard=0"], run_dir))
+    assert not finished_earlier(("train.py", overrides, run_dir))  # train.py's last write is metrics.json
