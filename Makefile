@@ -24,12 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m mvqa.demo
 
-# The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA).
-# TEST_WORKERS=N|auto: N pytest-xdist workers, one OpenMP thread each, a file's tests on one worker (--dist
-# loadfile: module-scoped fixtures built once). Off by default: on this 2-core machine a fresh-clone run on two
-# workers took 17 min 41 s of tests against 15 min 47 s in one process (the slow tests spawn processes that
-# want both cores anyway).
-TEST_WORKERS ?= 0
+# The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA), on
+# TEST_WORKERS pytest-xdist workers (default 2, one per core here; 0: one process), one OpenMP thread each, a
+# file's tests on one worker (--dist loadfile: module-scoped fixtures built once), the longest files first
+# (tests/conftest.py). From a fresh clone on this 2-core machine two workers took 10 min 25 s of tests against
+# 13 min 40 s in one process: most tests run tiny models whose small matrices gain little from a second thread.
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(if $(filter-out 0,$(TEST_WORKERS)),OMP_NUM_THREADS=1) $(PY) -m pytest -q \
 		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)

@@ -29,12 +29,12 @@ from mvqa.config import PROJECT_ROOT
 # 2,000 train / 200 val / 300 test items: what the bootstraps need to reach their held-out accuracy.
 WORLD = ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"]
 SIZES = {
-    # Sized for 10 minutes on 2 cores: a pool from the first 1,000 train items, 200 items per arm, 150 held-out.
+    # Sized for 10 minutes on 2 cores: a pool from the first 1,000 train items, 200 items per arm, 100 held-out.
     "full": {
         "curate": ["dataset.limit=1000", "pipeline.trace.max_new_tokens=128"],
         "study_n": 200, "study_seeds": "[0]",
         "finetune": [],
-        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=150"],
+        "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=100"],
     },
     # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the
     # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 16 held-out
@@ -76,6 +76,7 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 Job = tuple[str, list[str], Path]  # entry, overrides, run dir
 SHARDS = 2  # the pool's score and trace shards, one per core
+SHARD_WAIT_S = 600  # how long a shard that has scored its half waits for the other's (they take the same time)
 PROGRESS_EVERY_S = 30
 # The line the bootstraps print (callbacks.progress_every_s: mvqa.train.callbacks.ProgressLine).
 _PROGRESS = re.compile(r"^progress: (.*)$", re.MULTILINE)
@@ -220,12 +221,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     print("\n== 3. the pool's difficulty (the base scores) and traces (the reasoner), two shards side by side")
     # Two one-thread shards use both cores where one generate.py would use one (decoding a tiny model gains
-    # little from a second thread); the study's pool then merges them from the stage cache.
+    # little from a second thread); the study's pool then merges them from the stage cache. Difficulty is
+    # normalised over the whole pool, so each shard waits for the other's scores before it traces.
     curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
               f"pipeline.cache_dir={out}/stages", f"num_shards={SHARDS}"]
-    for step, stages in (("score", "score"), ("trace", "score,trace")):  # all scores before any trace shard
-        run_parallel({f"{step}{k}": ("generate.py", [*curate, f"shard={k}", f"pipeline.stages=[{stages}]"],
-                                     out / f"{step}{k}") for k in range(SHARDS)}, out)
+    run_parallel({f"shard{k}": ("generate.py", [*curate, f"shard={k}", "pipeline.stages=[score,trace]",
+                                                f"pipeline.score.wait_for_shards_s={SHARD_WAIT_S}"],
+                                out / f"shard{k}") for k in range(SHARDS)}, out)
 
     print("\n== 4-6. the selection study: one pool of correct traces, `curated` vs `random` at the same N, each\n"
           "        LoRA fine-tuned alike, evaluated with the base (forced and as it is used) across thinking budgets")

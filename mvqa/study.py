@@ -10,8 +10,8 @@ Reads top to bottom:
    its difficulty.
 2. arms: each arm picks its N items from the pool with the same seed (mvqa.curate.arms) and is exported as a
    curated set (`arms/<arm>/final.csv`).
-3. fine-tunes: `train.py -m` over the arms, one multirun per seed, through the configured Hydra launcher, the
-   same recipe for every arm (`train/<arm>-seed<k>/`).
+3. fine-tunes: `train.py -m` over the arms and seeds (one multirun), through the configured Hydra launcher,
+   the same recipe for every arm (`train/<arm>-seed<k>/`).
 4. evaluation: one `evaluate.py -m` job: the base (forced on the budget grid, and as it is used) and every
    arm's adapter on the same held-out items and grid (`eval/`).
 5. report: mvqa.eval.study_report (`study.json`, `study_report.md`, the plot), W&B in one group.
@@ -126,20 +126,24 @@ def unfinished_fine_tunes(study_dir: Path, arms, seed: int) -> list[str]:
 
 
 def run_fine_tunes(cfg: DictConfig, study_dir: Path) -> None:
+    """The unfinished fine-tunes, one multirun per set of seeds that lack the same arms (a fresh study: one
+    multirun of arms x seeds: the launcher's workers start once and take the jobs in turn, seed by seed)."""
+    groups: dict[tuple[str, ...], list[int]] = {}
     for seed in cfg.study.seeds:
         todo = unfinished_fine_tunes(study_dir, cfg.study.run, seed)
         done = [a for a in cfg.study.run if a not in todo]
         if done:
             print(f"fine-tunes, seed {seed}: finished earlier: {done}")
-        if not todo:
-            continue
+        if todo:
+            groups.setdefault(tuple(todo), []).append(seed)
+    for todo, seeds in groups.items():
         run_entry(
             "train.py",
             [
                 *cfg.study.train,
                 *cfg.study.launcher,
                 *common_overrides(cfg),
-                f"seed={seed}",
+                f"seed={','.join(map(str, seeds))}",  # before the arms: the sweep runs seed by seed
                 f"experiment_name={','.join(todo)}",
                 "dataset=curated",
                 f"dataset.path={study_dir}/arms/${{experiment_name}}/final.csv",

@@ -220,6 +220,28 @@ def test_score_shards_score_only_their_slice_and_join_to_the_unsharded_scores(co
 
 
 @pytest.mark.slow
+def test_a_shard_told_to_wait_traces_once_its_peer_has_scored_and_names_a_peer_that_never_came(compose,
+                                                                                                tmp_path):
+    import threading
+
+    shard = lambda k, wait: compose("generate", [
+        *TINY, "pipeline.stages=[score,trace]", f"pipeline.cache_dir={tmp_path}/stages", f"shard={k}",
+        "num_shards=2", f"pipeline.score.wait_for_shards_s={wait}"], tmp_path / f"s{k}")
+    with pytest.raises(TimeoutError, match=r"wait_for_shards_s=0.5 s for shard\(s\) \[1\]"):
+        run_curation(shard(0, 0.5), tmp_path / "s0")
+    assert not (tmp_path / "s0" / "summary.json").exists()  # nothing looks finished
+    # Shard 0 (its scores kept from the failed run) waits in a thread while shard 1 scores, then both trace.
+    summaries, first = {}, shard(0, 60)
+    waiting = threading.Thread(target=lambda: summaries.update({0: run_curation(first, tmp_path / "s0")}))
+    waiting.start()
+    summaries[1] = run_curation(shard(1, 60), tmp_path / "s1")
+    waiting.join(timeout=120)
+    for k in (0, 1):
+        assert [f["stage"] for f in summaries[k]["funnel"]] == ["load", "score", "trace"]
+        assert next((tmp_path / "stages").glob(f"trace-*/items.shard-{k}-of-2.jsonl")).is_file()
+
+
+@pytest.mark.slow
 def test_score_resumes_after_kill_9_losing_at_most_the_chunk_in_flight(tmp_path, entry, one_thread):
     common = [*TINY, "dataset.n_train=160", "pipeline.stages=[score]", "pipeline.score.chunk_size=1",
               f"pipeline.cache_dir={tmp_path}/stages"]

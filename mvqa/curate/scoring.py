@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,20 @@ def _score_my_shard(items: list[VQAItem], ctx) -> None:
     os.replace(partial, chunk_file(ctx.stage_dir, cfg.shard, cfg.num_shards))
 
 
+def _wait_for_shards(files: list[Path], wait_s: float, shard: int) -> list[int]:
+    """The shards still unscored after waiting up to wait_s for them (their finished files)."""
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        missing = [i for i, f in enumerate(files) if not f.exists()]
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        if not said:
+            log.info("score shard %d: waiting up to %.0f s for shard(s) %s to finish scoring", shard, wait_s,
+                     missing)
+            said = True
+        time.sleep(0.5)
+
+
 def score_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
     cfg, n = ctx.cfg, ctx.cfg.num_shards
     merging = "merge" in cfg.pipeline.stages
@@ -130,6 +145,14 @@ def score_stage(items: list[VQAItem], ctx) -> tuple[list[VQAItem], StageStats]:
         _score_my_shard(items, ctx)
     files = [chunk_file(ctx.stage_dir, i, n) for i in range(n)]
     missing = [i for i, f in enumerate(files) if not f.exists()]
+    wait_s = cfg.pipeline.score.wait_for_shards_s
+    if missing and not merging and wait_s > 0:
+        missing = _wait_for_shards(files, wait_s, cfg.shard)
+        if missing:  # asked to go on to the next stages in this process: a peer that never came is an error
+            raise TimeoutError(
+                f"score shard {cfg.shard}: waited pipeline.score.wait_for_shards_s={wait_s:g} s for shard(s) "
+                f"{missing} of num_shards={n} to finish scoring (expected "
+                f"{[str(files[i]) for i in missing]}); run them, then rerun this shard (its scores are kept)")
     if missing and merging:
         raise FileNotFoundError(
             f"score: shard(s) {missing} of num_shards={n} have not finished scoring "

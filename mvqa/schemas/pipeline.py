@@ -27,6 +27,10 @@ class TraceConf:
 class ScoreConf:
     # Items per chunk of the score stage's partial JSONL: a kill loses at most the chunk in flight.
     chunk_size: int = 64
+    # Shards launched together (pipeline.stages=[score,trace], num_shards=N): a shard that has scored its
+    # slice waits up to this long for the others, then traces in the same process; a peer still scoring at
+    # the deadline is an error naming it. 0: the shard stops after scoring, to be rerun once all have scored.
+    wait_for_shards_s: float = 0.0
 
 
 @dataclass
