@@ -24,7 +24,7 @@ import numpy as np
 from rich.console import Console
 
 from mvqa.data.storage import atomic_path, write_json
-from mvqa.eval.metrics import UNFORCED, bootstrap_mean_ci, budget_sort_key
+from mvqa.eval.metrics import UNFORCED, bootstrap_mean_ci, budget_sort_key, wilcoxon_p
 from mvqa.eval.report import _markdown, _rich, fmt_acc, fmt_diff
 
 BASE, BASE_AS_USED = "base (forced)", "base (as used)"
@@ -93,12 +93,10 @@ def _summary(cell: dict[str, dict], ids: list[str], metric: str, *key: str) -> d
 
 
 def _paired(a: dict[str, dict], b: dict[str, dict], ids: list[str], metric: str, *key: str) -> dict[str, Any]:
-    from scipy.stats import wilcoxon
-
     diff = np.array([a[i][metric] - b[i][metric] for i in ids])
     draws = _rng(*key).integers(0, len(diff), size=(1000, len(diff)))
     lo, hi = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
-    p = 1.0 if not np.any(diff) else float(wilcoxon(diff).pvalue)
+    p = wilcoxon_p(diff)
     return {"n": len(ids), "diff": float(diff.mean()), "ci95": [float(lo), float(hi)], "wilcoxon_p": p}
 
 
