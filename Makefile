@@ -27,16 +27,18 @@ demo: $(STAMP)
 # The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA), on
 # TEST_WORKERS pytest-xdist workers (default 2, one per core here; 0: one process), one OpenMP thread each, a
 # file's tests on one worker (--dist loadfile: module-scoped fixtures built once), the longest files first
-# (tests/conftest.py). From a fresh clone on this 2-core machine two workers took 10 min 25 s of tests against
-# 13 min 40 s in one process: most tests run tiny models whose small matrices gain little from a second thread.
+# (tests/conftest.py). From a fresh clone on this 2-core machine two workers took 8 min 10 s of tests; one
+# process took 13 min 40 s before this round (tiny models' small matrices gain little from a second thread).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(if $(filter-out 0,$(TEST_WORKERS)),OMP_NUM_THREADS=1) $(PY) -m pytest -q \
 		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-# The development loop: everything not marked slow (a spawned entry, a training run, a model build).
+# The development loop: everything not marked slow (a spawned entry, a training run, a model build), on the
+# same workers.
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" \
+		$(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
 lint: $(STAMP)
 	$(PY) -m ruff check mvqa tests bench *.py
