@@ -11,12 +11,15 @@ TORCH_INDEX ?=
 
 # torch comes from pip (pip's configuration finds the local CPU wheel here; uv reads no pip.conf), everything
 # else from uv, several times faster than pip at resolving and installing the ~150 other packages. Passing
-# $(TORCH) again keeps the installed torch: 2.13.0+cpu satisfies ==2.13.0.
+# $(TORCH) again keeps the installed torch: 2.13.0+cpu satisfies ==2.13.0. --compile-bytecode writes the .pyc
+# files once (pip does for torch; uv does not by default): where PYTHONDONTWRITEBYTECODE=1 is set, as on these
+# machines, every Python process otherwise compiles lightning, transformers, peft, sklearn... from source,
+# about 20 s each, and the demo and the suite start dozens of them.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q uv
 	$(PY) -m pip install -q $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(VENV)/bin/uv pip install -q --python $(PY) -e '.[dev,sweep,embed]' $(TORCH)
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -e '.[dev,sweep,embed]' $(TORCH)
 	touch $(STAMP)
 
 install: $(STAMP)

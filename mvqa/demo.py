@@ -5,9 +5,9 @@ traces, `curated` (hard -> diverse) and `random` sets of the same N, each LoRA f
 Waits, evaluated with the base across thinking budgets -> the study's report.
 
 Each step runs its entry (`train.py`, `generate.py`, `evaluate.py`) in a subprocess with its run dir under
-`outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept in
-the cache and reused by later demos while their stamp (world and tiny-build versions, world size, experiment
-config) still matches.
+`outputs/demo/<time>/` (the two bootstraps side by side, one thread each); bootstrapped checkpoints are kept
+in the cache and reused by later demos while their stamp (world and tiny-build versions, world size,
+experiment config) still matches.
 """
 
 from __future__ import annotations
@@ -29,22 +29,28 @@ from mvqa.config import PROJECT_ROOT
 # 2,000 train / 200 val / 300 test items: what the bootstraps need to reach their held-out accuracy.
 WORLD = ["dataset.n_train=2000", "dataset.n_val=200", "dataset.n_test=300"]
 SIZES = {
-    # Sized for 10 minutes on 2 cores: a pool from the first 1,000 train items, 200 items per arm, 100 held-out.
+    # Sized for 10 minutes on 2 cores: a pool of the first 1,000 train items, 200 per arm, 100 held out.
     "full": {
         "curate": ["dataset.limit=1000", "pipeline.trace.max_new_tokens=128"],
-        "study_n": 200, "study_seeds": "[0]",
+        "study_n": 200,
+        "study_seeds": "[0]",
         "finetune": [],
         "evaluate": ["budget.max_thinking_tokens=[64,128]", "budget.num_waits=[0,1]", "eval.limit=100"],
     },
     # CI's integration test: the same world and bootstraps (their accuracy is part of what it checks), the
-    # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 16 held-out
-    # items (every kind and eight of the nine question types) at 32 thinking tokens with 0 and 1 Waits.
+    # rest of the chain on a slice: a pool of 200 items, 30 per arm and two seeds, short fine-tunes, 16
+    # held-out items (every kind, eight of the nine question types) at 32 thinking tokens, 0 and 1 Waits.
     "reduced": {
         "curate": ["dataset.limit=200", "pipeline.trace.max_new_tokens=128"],
-        "study_n": 30, "study_seeds": "[0,1]",
+        "study_n": 30,
+        "study_seeds": "[0,1]",
         "finetune": ["trainer.max_steps=20"],
-        "evaluate": ["budget.max_thinking_tokens=[32]", "budget.num_waits=[0,1]", "eval.limit=16",
-                     "eval.n_bootstrap=200"],
+        "evaluate": [
+            "budget.max_thinking_tokens=[32]",
+            "budget.num_waits=[0,1]",
+            "eval.limit=16",
+            "eval.n_bootstrap=200",
+        ],
     },
 }
 # Tiny models generate on CPU where each decoding step's fixed cost dominates: 32 rows a step instead of the
@@ -54,8 +60,14 @@ GENERATE_BATCH = ["engine.batch_size=32"]
 # was taught, and the normalised filter maps the reasoner's text answers to letters. The base is judged both
 # ways: over the budget grid like the fine-tune (s1's protocol) and once as it is used (its direct prompt,
 # unforced).
-CURATE = ["scorer.prompt=direct_text", "scorer.continuation=tagged_text", "scorer.stratify_by=content_type",
-           "pipeline.filter.mode=normalised", *GENERATE_BATCH, "pipeline.trace.batch_size=64"]
+CURATE = [
+    "scorer.prompt=direct_text",
+    "scorer.continuation=tagged_text",
+    "scorer.stratify_by=content_type",
+    "pipeline.filter.mode=normalised",
+    *GENERATE_BATCH,
+    "pipeline.trace.batch_size=64",
+]
 EVALUATE = ["eval.base_prompt=direct_text", "eval.base_budget=both", *GENERATE_BATCH, "eval.batch_size=64"]
 
 
@@ -67,8 +79,13 @@ def command(entry: str, overrides: list[str], run_dir: Path) -> list[str]:
 def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
     start = time.perf_counter()
     with open(log, "a") as f:
-        done = subprocess.run(command(entry, overrides, run_dir), check=False, cwd=PROJECT_ROOT, stdout=f,
-                              stderr=subprocess.STDOUT)
+        done = subprocess.run(
+            command(entry, overrides, run_dir),
+            check=False,
+            cwd=PROJECT_ROOT,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     if done.returncode:
         sys.exit(f"{entry} failed (exit {done.returncode}); its output is in {log}")
     print(f"  done in {time.perf_counter() - start:.0f} s -> {run_dir}", flush=True)
@@ -76,7 +93,9 @@ def run(entry: str, overrides: list[str], run_dir: Path, log: Path) -> None:
 
 Job = tuple[str, list[str], Path]  # entry, overrides, run dir
 SHARDS = 2  # the pool's score and trace shards, one per core
-SHARD_WAIT_S = 600  # how long a shard that has scored its half waits for the other's (they take the same time)
+SHARD_WAIT_S = (
+    600  # how long a shard that has scored its half waits for the other's (they take the same time)
+)
 PROGRESS_EVERY_S = 30
 # The line the bootstraps print (callbacks.progress_every_s: mvqa.train.callbacks.ProgressLine).
 _PROGRESS = re.compile(r"^progress: (.*)$", re.MULTILINE)
@@ -95,7 +114,7 @@ def progress(log: Path) -> str:
         return lines[-1] + ("; validating" if "Validation" in tail[-2000:] else "")
     # No progress line (yet, or a job without one, like scoring): the log's last line, shortened.
     last = [line.strip() for line in tail.replace("\r", "\n").splitlines() if line.strip()]
-    return (last[-1][:100] if last else "starting")
+    return last[-1][:100] if last else "starting"
 
 
 def finished_earlier(job: Job) -> bool:
@@ -109,12 +128,14 @@ def finished_earlier(job: Job) -> bool:
         recorded = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return False
-    return (run_dir / LAST_WRITE[entry]).is_file() and recorded == [o for o in overrides
-                                                                   if not o.startswith("hydra.")]
+    return (run_dir / LAST_WRITE[entry]).is_file() and recorded == [
+        o for o in overrides if not o.startswith("hydra.")
+    ]
 
 
-def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job]] | None = None,
-                 resume: bool = True) -> None:
+def run_parallel(
+    jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job]] | None = None, resume: bool = True
+) -> None:
     """Run entries side by side, one torch thread each, each logging to out/<name>.log; `then[name]` is a job
     that starts once `name` has succeeded. With `resume`, a job whose run dir holds a finished run of the same
     overrides is not run again.
@@ -125,23 +146,37 @@ def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     then, clock, failed, running = dict(then or {}), time.perf_counter(), [], {}
     with contextlib.ExitStack() as stack:
+
         def launch(name: str, job: Job) -> None:
             entry, overrides, run_dir = job
-            if resume and finished_earlier(job):  # a rerun of the demo with the same --out resumes after this job
+            if resume and finished_earlier(
+                job
+            ):  # a rerun of the demo with the same --out resumes after this job
                 print(f"  {name}: finished earlier -> {run_dir}", flush=True)
                 if name in then:
                     launch(*then.pop(name))
                 return
             log = stack.enter_context(open(out / f"{name}.log", "a"))
-            running[name] = subprocess.Popen(command(entry, overrides, run_dir), cwd=PROJECT_ROOT, stdout=log,
-                                             stderr=subprocess.STDOUT, env=env), log.name, run_dir
+            running[name] = (
+                subprocess.Popen(
+                    command(entry, overrides, run_dir),
+                    cwd=PROJECT_ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                ),
+                log.name,
+                run_dir,
+            )
 
         for name, job in jobs.items():
             launch(name, job)
         shown = time.perf_counter()
         while running:
             time.sleep(0.5)
-            if time.perf_counter() - shown >= PROGRESS_EVERY_S:  # the logs fill up; the terminal hears how far
+            if (
+                time.perf_counter() - shown >= PROGRESS_EVERY_S
+            ):  # the logs fill up; the terminal hears how far
                 shown = time.perf_counter()
                 for name, (_, log_name, _) in running.items():
                     print(f"  [{shown - clock:4.0f} s] {name}: {progress(Path(log_name))}", flush=True)
@@ -162,16 +197,32 @@ def run_parallel(jobs: dict[str, Job], out: Path, then: dict[str, tuple[str, Job
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="demo dir (default outputs/demo/<time>)")
-    parser.add_argument("--cache", default=None, help="paths.cache for every step (bootstraps are kept there)")
-    parser.add_argument("--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none")
-    parser.add_argument("--retrain", action="store_true",
-                        help="bootstrap the base and reasoner again instead of reusing the cached or shipped ones")
-    parser.add_argument("--ship", action="store_true",
-                        help=f"copy the bootstraps into {SHIPPED.name}/ (the repository's), to commit")
-    parser.add_argument("--bootstraps-only", action="store_true",
-                        help="stop after the bootstraps (with --retrain --ship: remake the shipped ones)")
-    parser.add_argument("--reduced", action="store_true",
-                        help="CI: the same world and bootstraps, the rest of the chain on a slice")
+    parser.add_argument(
+        "--cache", default=None, help="paths.cache for every step (bootstraps are kept there)"
+    )
+    parser.add_argument(
+        "--logger", default="wandb", help="wandb (offline unless WANDB_MODE says so) | csv | none"
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="bootstrap the base and reasoner again instead of reusing the cached or shipped ones",
+    )
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help=f"copy the bootstraps into {SHIPPED.name}/ (the repository's), to commit",
+    )
+    parser.add_argument(
+        "--bootstraps-only",
+        action="store_true",
+        help="stop after the bootstraps (with --retrain --ship: remake the shipped ones)",
+    )
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="CI: the same world and bootstraps, the rest of the chain on a slice",
+    )
     args = parser.parse_args(argv)
     sizes = SIZES["reduced" if args.reduced else "full"]
     out = (args.out or PROJECT_ROOT / "outputs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")).resolve()
@@ -193,24 +244,40 @@ def main(argv: list[str] | None = None) -> Path:
     for name, path in (("base", base), ("reasoner", reasoner)):
         shipped = SHIPPED / name
         if not args.retrain and stamp_matches(path, name):
-            print(f"  reusing {path} (held-out accuracy {stamp_accuracy(path)}; delete it, or pass "
-                  "--retrain, to bootstrap again)")
+            print(
+                f"  reusing {path} (held-out accuracy {stamp_accuracy(path)}; delete it, or pass "
+                "--retrain, to bootstrap again)"
+            )
         elif not args.retrain and stamp_matches(shipped, name):
             copy_checkpoint(shipped, path)
-            print(f"  {name}: the shipped bootstrap {shipped.relative_to(PROJECT_ROOT)} (made by this recipe: "
-                  f"held-out accuracy {stamp_accuracy(shipped)}) -> {path}")
+            print(
+                f"  {name}: the shipped bootstrap {shipped.relative_to(PROJECT_ROOT)} (made by this recipe: "
+                f"held-out accuracy {stamp_accuracy(shipped)}) -> {path}"
+            )
         else:
             if (path / "config.json").is_file() or (shipped / "config.json").is_file():
-                print(f"  {name}: the kept bootstrap was made for another world, tiny-model build or recipe: "
-                      "bootstrapping again")
-            jobs[f"bootstrap_{name}"] = ("train.py", [f"experiment=demo/{name}", *common, *WORLD, f"export_dir={path}",
-                                                      f"callbacks.progress_every_s={PROGRESS_EVERY_S}"],
-                                         out / f"bootstrap_{name}")
+                print(
+                    f"  {name}: the kept bootstrap was made for another world, tiny-model build or recipe: "
+                    "bootstrapping again"
+                )
+            jobs[f"bootstrap_{name}"] = (
+                "train.py",
+                [
+                    f"experiment=demo/{name}",
+                    *common,
+                    *WORLD,
+                    f"export_dir={path}",
+                    f"callbacks.progress_every_s={PROGRESS_EVERY_S}",
+                ],
+                out / f"bootstrap_{name}",
+            )
     run_parallel(jobs, out, resume=False)  # the stamps decide what is reused
     for job in jobs:
         name = job.removeprefix("bootstrap_")
         val_acc = json.loads((out / job / "metrics.json").read_text()).get("val_acc")
-        (cache / "demo" / name / STAMP).write_text(json.dumps({**bootstrap_stamp(name), "val_acc": val_acc}, indent=2))
+        (cache / "demo" / name / STAMP).write_text(
+            json.dumps({**bootstrap_stamp(name), "val_acc": val_acc}, indent=2)
+        )
         print(f"  {name}: held-out accuracy {read_metric(out / job, 'val_acc')}")
     if args.ship:
         for name in ("base", "reasoner"):
@@ -219,50 +286,107 @@ def main(argv: list[str] | None = None) -> Path:
     if args.bootstraps_only:
         return out
 
-    print("\n== 3. the pool's difficulty (the base scores) and traces (the reasoner), two shards side by side")
+    print(
+        "\n== 3. the pool's difficulty (the base scores) and traces (the reasoner), two shards side by side"
+    )
     # Two one-thread shards use both cores where one generate.py would use one (decoding a tiny model gains
     # little from a second thread); the study's pool then merges them from the stage cache. Difficulty is
     # normalised over the whole pool, so each shard waits for the other's scores before it traces.
-    curate = [*common, *WORLD, *CURATE, *sizes["curate"], f"scorer_model.path={base}", f"reasoner.path={reasoner}",
-              f"pipeline.cache_dir={out}/stages", f"num_shards={SHARDS}"]
-    run_parallel({f"shard{k}": ("generate.py", [*curate, f"shard={k}", "pipeline.stages=[score,trace]",
-                                                f"pipeline.score.wait_for_shards_s={SHARD_WAIT_S}"],
-                                out / f"shard{k}") for k in range(SHARDS)}, out)
+    curate = [
+        *common,
+        *WORLD,
+        *CURATE,
+        *sizes["curate"],
+        f"scorer_model.path={base}",
+        f"reasoner.path={reasoner}",
+        f"pipeline.cache_dir={out}/stages",
+        f"num_shards={SHARDS}",
+    ]
+    run_parallel(
+        {
+            f"shard{k}": (
+                "generate.py",
+                [
+                    *curate,
+                    f"shard={k}",
+                    "pipeline.stages=[score,trace]",
+                    f"pipeline.score.wait_for_shards_s={SHARD_WAIT_S}",
+                ],
+                out / f"shard{k}",
+            )
+            for k in range(SHARDS)
+        },
+        out,
+    )
 
-    print("\n== 4-6. the selection study: one pool of correct traces, `curated` vs `random` at the same N, each\n"
-          "        LoRA fine-tuned alike, evaluated with the base (forced and as it is used) across thinking budgets")
+    print(
+        "\n== 4-6. the selection study: one pool of correct traces, `curated` vs `random` at the same N, "
+        "each\n        LoRA fine-tuned alike, evaluated with the base (forced and as it is used) across "
+        "thinking budgets"
+    )
     study = out / "study"
     run_study_step(curate, sizes, common, base, study, log)
-    print(f"report: {study / 'study_report.md'}\nplot:   {study / 'study_acc_vs_thinking.png'}\nlog:    {log}")
+    print(
+        f"report: {study / 'study_report.md'}\nplot:   {study / 'study_acc_vs_thinking.png'}\nlog:    {log}"
+    )
     return out
 
 
-def run_study_step(curate: list[str], sizes: dict, common: list[str], base: Path, study: Path, log: Path) -> None:
+def run_study_step(
+    curate: list[str], sizes: dict, common: list[str], base: Path, study: Path, log: Path
+) -> None:
     """`python -m mvqa.study` with the demo's models: its pool reuses the difficulty scored in step 2 (same
     stage cache); the two fine-tunes run side by side, one thread each."""
+
     def hydra_list(overrides: list[str]) -> str:
         return "[" + ",".join(f'"{o}"' for o in overrides) + "]"
 
     overrides = [
-        f"hydra.run.dir={study}", f"study.n={sizes['study_n']}", "study.run=[curated,random]",
+        f"hydra.run.dir={study}",
+        f"study.n={sizes['study_n']}",
+        "study.run=[curated,random]",
         f"study.pool_stages=[score,{'merge' if SHARDS > 1 else 'trace'},filter,export]",
-        f"study.seeds={sizes['study_seeds']}", "study.arms.curated.hard_fraction=0.5",
-        "study.arms.curated.stratify_by=content_type", "study.base_prompt=direct_text",
-        "study.launcher=" + hydra_list(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]), "study.train_threads=1",
+        f"study.seeds={sizes['study_seeds']}",
+        "study.arms.curated.hard_fraction=0.5",
+        "study.arms.curated.stratify_by=content_type",
+        "study.base_prompt=direct_text",
+        "study.launcher=" + hydra_list(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+        "study.train_threads=1",
         "study.generate=" + hydra_list([o for o in curate if not o.startswith("logger=")]),
-        "study.train=" + hydra_list(["model=demo_base", f"model.path={base}", "experiment=demo/finetune",
-                                     f"callbacks.progress_every_s={PROGRESS_EVERY_S}",
-                                     *sizes["finetune"], *[o for o in common if o.startswith("paths.")]]),
-        "study.evaluate=" + hydra_list(["model=demo_base", f"model.path={base}", *WORLD, *EVALUATE,
-                                        *sizes["evaluate"], *[o for o in common if o.startswith("paths.")]]),
+        "study.train="
+        + hydra_list(
+            [
+                "model=demo_base",
+                f"model.path={base}",
+                "experiment=demo/finetune",
+                f"callbacks.progress_every_s={PROGRESS_EVERY_S}",
+                *sizes["finetune"],
+                *[o for o in common if o.startswith("paths.")],
+            ]
+        ),
+        "study.evaluate="
+        + hydra_list(
+            [
+                "model=demo_base",
+                f"model.path={base}",
+                *WORLD,
+                *EVALUATE,
+                *sizes["evaluate"],
+                *[o for o in common if o.startswith("paths.")],
+            ]
+        ),
         *[o for o in common if o.startswith("logger=")],
     ]
     print(f"\n$ python -m mvqa.study {' '.join(shlex.quote(o) for o in overrides)}", flush=True)
     start = time.perf_counter()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines reach a log as they happen, not at the end
-    done = subprocess.run([sys.executable, "-m", "mvqa.study", *overrides], cwd=PROJECT_ROOT, check=False, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "mvqa.study", *overrides], cwd=PROJECT_ROOT, check=False, env=env
+    )
     if done.returncode:
-        sys.exit(f"the study failed (exit {done.returncode}); rerun the demo with the same --out to resume it")
+        sys.exit(
+            f"the study failed (exit {done.returncode}); rerun the demo with the same --out to resume it"
+        )
     print(f"  study done in {time.perf_counter() - start:.0f} s -> {study}", flush=True)
 
 
@@ -277,22 +401,28 @@ def show_world(cache: Path, world: list[str]) -> None:
     for split in ("train", "val", "test"):
         items, stats = load_dataset(cfg.dataset, split=split)
         meta = stats.metrics.get("synthetic_split", {})
-        print(f"  {split}: {len(items)} items; " + "; ".join(f"{k}: {v}" for k, v in meta.items()
-                                                          if isinstance(v, dict)))
+        print(
+            f"  {split}: {len(items)} items; "
+            + "; ".join(f"{k}: {v}" for k, v in meta.items() if isinstance(v, dict))
+        )
     print(f"  world dir: {stats.metrics.get('synthetic_world')}")
 
 
 STAMP = "demo_bootstrap.json"
-# Bootstrapped checkpoints kept in the repository (a few MB each), made by `python -m mvqa.demo --retrain --ship`:
-# a fresh clone's demo copies them into the cache while their stamp matches, instead of training them again.
+# Bootstrapped checkpoints kept in the repository (a few MB each), made by `python -m mvqa.demo --retrain
+# --ship`: a fresh clone's demo copies them into the cache while their stamp matches, instead of training them
+# again.
 SHIPPED = PROJECT_ROOT / "bootstraps"
 
 
 def stamp_matches(path: Path, name: str) -> bool:
     """A checkpoint made by this world, tiny-model build and recipe (the stamp also records its accuracy)."""
     stamp, expected = read_stamp(path), bootstrap_stamp(name)
-    return (path / "config.json").is_file() and stamp is not None and all(
-        stamp.get(k) == json.loads(json.dumps(v)) for k, v in expected.items())
+    return (
+        (path / "config.json").is_file()
+        and stamp is not None
+        and all(stamp.get(k) == json.loads(json.dumps(v)) for k, v in expected.items())
+    )
 
 
 def copy_checkpoint(src: Path, dst: Path) -> None:
@@ -313,8 +443,12 @@ def bootstrap_stamp(name: str) -> dict:
     from mvqa.models.tiny import BUILD_VERSION
 
     recipe = (CONFIG_DIR / "experiment" / "demo" / f"{name}.yaml").read_text()
-    return {"synthetic_version": VERSION, "tiny_build_version": BUILD_VERSION, "world": WORLD,
-            "experiment_sha256": hashlib.sha256(recipe.encode()).hexdigest()}
+    return {
+        "synthetic_version": VERSION,
+        "tiny_build_version": BUILD_VERSION,
+        "world": WORLD,
+        "experiment_sha256": hashlib.sha256(recipe.encode()).hexdigest(),
+    }
 
 
 def read_stamp(path: Path) -> dict | None:

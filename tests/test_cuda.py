@@ -8,9 +8,9 @@
   model onto the device in its dtype, QLoRA and vLLM name only what is missing besides the GPU.
 
 bf16 runs of the same rows in different batches can differ in the last bit of a logit (other kernels, other
-padding). Where two greedy runs part, the test recomputes the logits at that point in fp32 and accepts the split
-only when the leading candidates are closer than the bf16 logits' own error there (a rounding tie); any other
-difference fails.
+padding). Where two greedy runs part, the test recomputes the logits at that point in fp32 and accepts the
+split only when the leading candidates are closer than the bf16 logits' own error there (a rounding tie); any
+other difference fails.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def to_device(bundle, dtype=torch.bfloat16):
     return bundle
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Greedy runs that must agree, up to bf16 rounding ties
 
 
@@ -79,7 +79,9 @@ def _fp32_copy(model):
     return copy.deepcopy(model).float().eval()
 
 
-def tie_margin(bundle, request: GenerationRequest, params: GenerationParams, prefix: list[int]) -> tuple[float, float]:
+def tie_margin(
+    bundle, request: GenerationRequest, params: GenerationParams, prefix: list[int]
+) -> tuple[float, float]:
     """(smallest gap among the three leading fp32 logits, largest |bf16 - fp32| logit) for the token after the
     prompt (as the engine encodes it) and `prefix` of the completion."""
     enc = HFEngine(progress=False).encode(bundle, [prompt_text(request, params, bundle)], [request.images])
@@ -88,8 +90,14 @@ def tie_margin(bundle, request: GenerationRequest, params: GenerationParams, pre
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     pixels = enc.get("pixel_values")
     with torch.inference_mode():
-        low = bundle.model(**inputs, **({"pixel_values": pixels} if pixels is not None else {})).logits[0, -1].float()
-        high = _fp32_copy(bundle.model)(**inputs, **({"pixel_values": pixels.float()} if pixels is not None else {}))
+        low = (
+            bundle.model(**inputs, **({"pixel_values": pixels} if pixels is not None else {}))
+            .logits[0, -1]
+            .float()
+        )
+        high = _fp32_copy(bundle.model)(
+            **inputs, **({"pixel_values": pixels.float()} if pixels is not None else {})
+        )
         high = high.logits[0, -1].float()
         high[bundle.tokenizer.pad_token_id] = -float("inf")  # never generated (suppress_tokens)
         top = high.topk(3).values
@@ -103,16 +111,22 @@ def assert_same_up_to_bf16_ties(bundle, reqs, params, got, want, what: str) -> N
         if summary([g]) == summary([w]):
             continue
         i = first_divergence(g.token_ids, w.token_ids)
-        assert i is not None, f"{what}, {req.id or req.prompt!r}: same tokens, other counts: {summary([g])} vs {summary([w])}"
+        assert i is not None, (
+            f"{what}, {req.id or req.prompt!r}: same tokens, other counts: {summary([g])} vs {summary([w])}"
+        )
         gap, err = tie_margin(bundle, req, params, g.token_ids[:i])
-        assert gap <= 4 * err, (f"{what}, {req.id or req.prompt!r}: the runs part at completion token {i}, where the "
-                                f"leading logits are {gap:.3g} apart, over 4x their bf16 error {err:.3g}: not a tie")
+        assert gap <= 4 * err, (
+            f"{what}, {req.id or req.prompt!r}: the runs part at completion token {i}, where the "
+            f"leading logits are {gap:.3g} apart, over 4x their bf16 error {err:.3g}: not a tie"
+        )
         ties.append(f"{req.id or req.prompt!r} at token {i} (gap {gap:.2g}, bf16 error {err:.2g})")
     if ties:
-        warnings.warn(f"{what}: {len(ties)} of {len(reqs)} rows parted at a bf16 rounding tie: {ties}", stacklevel=2)
+        warnings.warn(
+            f"{what}: {len(ties)} of {len(reqs)} rows parted at a bf16 rounding tie: {ties}", stacklevel=2
+        )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # What only a GPU decides
 
 
@@ -121,14 +135,22 @@ def test_auto_dtype_is_bf16_on_the_gpu_as_the_memory_estimator_assumes(compose, 
 
     assert resolve_dtype("auto") == torch.bfloat16
     cfg = compose("train", [*TINY, *GPU_TRAINER, "model.device_map=cuda"])
-    assert cfg.model.dtype == "auto" and cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert (
+        cfg.model.dtype == "auto"
+        and cfg.trainer.accelerator == "gpu"
+        and cfg.trainer.precision == "bf16-mixed"
+    )
     assert stored_bytes(Param("w", 1, False, "base"), cfg) == resolve_dtype("auto").itemsize == 2
     bundle = load_model(cfg.model)  # what evaluate.py loads with model.device_map=cuda
     assert {(p.device.type, p.dtype) for p in bundle.model.parameters()} == {("cuda", torch.bfloat16)}
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)) for _ in range(3)]
-    reqs = [GenerationRequest(prompt=chat_prompt(bundle.processor, f"Question {i}: which organ?"), images=[im],
-                              id=f"q{i}") for i, im in enumerate(images)]
+    reqs = [
+        GenerationRequest(
+            prompt=chat_prompt(bundle.processor, f"Question {i}: which organ?"), images=[im], id=f"q{i}"
+        )
+        for i, im in enumerate(images)
+    ]
     engine = HFEngine(batch_size=3, progress=False, max_new_tokens=6)
     enc = engine.encode(bundle, [r.prompt for r in reqs], [r.images for r in reqs])
     assert enc["input_ids"].device.type == "cuda" and enc["pixel_values"].dtype == torch.bfloat16
@@ -157,7 +179,7 @@ def test_qlora_and_vllm_name_only_what_is_missing_besides_the_gpu():
         assert "CUDA GPU" not in str(err.value)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # LoRA fine-tuning on the GPU
 
 
@@ -167,12 +189,17 @@ def _train_losses(run_dir: Path) -> list[float]:
     return rows["train/loss"].tolist()
 
 
-@pytest.mark.parametrize("dtype, adapter_dtype, checkpointing", [
-    ("auto", "float32", True),       # the 7B recipe: bf16 base, PEFT's fp32 adapters, gradient checkpointing
-    ("bfloat16", "base", False),     # what FSDP needs: adapters in the base's bf16
-], ids=["auto-fp32_adapters-ckpt", "bf16-bf16_adapters"])
-def test_lora_finetune_on_the_gpu_learns_saves_and_reloads(compose, tmp_path, monkeypatch, dtype, adapter_dtype,
-                                                           checkpointing):
+@pytest.mark.parametrize(
+    "dtype, adapter_dtype, checkpointing",
+    [
+        ("auto", "float32", True),  # the 7B recipe: bf16 base, PEFT's fp32 adapters, gradient checkpointing
+        ("bfloat16", "base", False),  # what FSDP needs: adapters in the base's bf16
+    ],
+    ids=["auto-fp32_adapters-ckpt", "bf16-bf16_adapters"],
+)
+def test_lora_finetune_on_the_gpu_learns_saves_and_reloads(
+    compose, tmp_path, monkeypatch, dtype, adapter_dtype, checkpointing
+):
     from mvqa.train.module import VQAFineTuner
     from mvqa.train.recipe import run_training, split_train_val
     from mvqa.train.trace_format import TraceFormatter
@@ -194,9 +221,21 @@ def test_lora_finetune_on_the_gpu_learns_saves_and_reloads(compose, tmp_path, mo
     monkeypatch.setattr(VQAFineTuner, "on_before_optimizer_step", on_before_optimizer_step, raising=False)
     out = tmp_path / "run"
     # 16 items in batches of 4: 4 steps an epoch, 6 epochs.
-    cfg = compose("train", [*TINY, *GPU_TRAINER, "logger=csv", f"model.dtype={dtype}",
-                            f"recipe.adapter_dtype={adapter_dtype}", f"gradient_checkpointing={str(checkpointing).lower()}",
-                            "recipe.lr=3e-3", "recipe.epochs=6", "trainer.log_every_n_steps=1"], out)
+    cfg = compose(
+        "train",
+        [
+            *TINY,
+            *GPU_TRAINER,
+            "logger=csv",
+            f"model.dtype={dtype}",
+            f"recipe.adapter_dtype={adapter_dtype}",
+            f"gradient_checkpointing={str(checkpointing).lower()}",
+            "recipe.lr=3e-3",
+            "recipe.epochs=6",
+            "trainer.log_every_n_steps=1",
+        ],
+        out,
+    )
     result = run_training(cfg, out)
 
     adapters = torch.float32 if adapter_dtype == "float32" else torch.bfloat16
@@ -215,14 +254,23 @@ def test_lora_finetune_on_the_gpu_learns_saves_and_reloads(compose, tmp_path, mo
     # Reload onto a fresh bf16 base on the GPU, as evaluate.py does with adapters=[...] and device_map=cuda.
     cfg.model.adapter, cfg.model.device_map = str(out / "adapter"), DEVICE
     bundle = load_model(cfg.model)
-    state = {n.removeprefix("base_model.model.").replace(".default", ""): p
-             for n, p in bundle.model.named_parameters() if "lora_" in n}
+    state = {
+        n.removeprefix("base_model.model.").replace(".default", ""): p
+        for n, p in bundle.model.named_parameters()
+        if "lora_" in n
+    }
     assert state.keys() == {k.removeprefix("base_model.model.") for k in saved}
     for name, value in saved.items():
-        torch.testing.assert_close(state[name.removeprefix("base_model.model.")].float().cpu(), value.float(),
-                                   rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(
+            state[name.removeprefix("base_model.model.")].float().cpu(),
+            value.float(),
+            rtol=0,
+            atol=0,
+            msg=name,
+        )
     items, _ = TraceFormatter(**{k: v for k, v in cfg.trace_format.items() if k != "_target_"})(
-        split_train_val(cfg)[0], bundle.special_tokens)
+        split_train_val(cfg)[0], bundle.special_tokens
+    )
     batch = VQACollator(bundle.processor, cfg.data.prompt, max_length=cfg.data.max_length)(items[:8])
     inputs = {k: v.to(DEVICE) for k, v in model_inputs(batch).items()}
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
@@ -233,10 +281,19 @@ def test_lora_finetune_on_the_gpu_learns_saves_and_reloads(compose, tmp_path, mo
 
 
 def test_train_py_on_the_gpu(tmp_path):
-    """The entry point itself: Hydra composes trainer=gpu, Lightning trains on the GPU, the adapter is written."""
+    """The entry point itself: Hydra composes trainer=gpu, Lightning trains on the GPU, the adapter is
+    written."""
     run = tmp_path / "run"
-    cmd = [sys.executable, str(PROJECT_ROOT / "train.py"), *TINY, *GPU_TRAINER, "logger=csv", "trainer.max_steps=2",
-           "trainer.limit_val_batches=0", f"hydra.run.dir={run}"]
+    cmd = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        *TINY,
+        *GPU_TRAINER,
+        "logger=csv",
+        "trainer.max_steps=2",
+        "trainer.limit_val_batches=0",
+        f"hydra.run.dir={run}",
+    ]
     proc = subprocess.run(cmd, check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "GPU available: True (cuda), used: True" in proc.stdout + proc.stderr
@@ -244,7 +301,7 @@ def test_train_py_on_the_gpu(tmp_path):
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------------------------------
 # Budget forcing on CUDA in bf16
 
 
@@ -255,19 +312,28 @@ def closer(request):
     return to_device(closing_llama(tokenizer))
 
 
-@pytest.mark.parametrize("point", [BudgetPoint(24), BudgetPoint(24, num_waits=2),
-                                   BudgetPoint(24, num_waits=2, min_thinking_tokens=8), BudgetPoint(6, num_waits=1)],
-                         ids=lambda p: p.id)
+@pytest.mark.parametrize(
+    "point",
+    [
+        BudgetPoint(24),
+        BudgetPoint(24, num_waits=2),
+        BudgetPoint(24, num_waits=2, min_thinking_tokens=8),
+        BudgetPoint(6, num_waits=1),
+    ],
+    ids=lambda p: p.id,
+)
 def test_bf16_batched_equals_one_by_one_and_the_multipass_reference(closer, point):
     assert (closer.model.device.type, closer.model.dtype) == ("cuda", torch.bfloat16)
     params = GenerationParams(budget=point)
     batched = forced(closer, point)
     for g in batched:
         assert g.thinking_tokens <= point.max_thinking_tokens and g.waits_used <= point.num_waits
-        assert count_runs(g.token_ids[:g.thinking_tokens], ids_of(closer, point.wait_string)) == g.waits_used
+        assert count_runs(g.token_ids[: g.thinking_tokens], ids_of(closer, point.wait_string)) == g.waits_used
         assert point.min_thinking_tokens <= g.thinking_tokens
     multipass = forced(closer, point, budget_impl="multi_pass")
-    assert_same_up_to_bf16_ties(closer, requests(), params, batched, multipass, f"{point.id}: 1 pass vs multi-pass")
+    assert_same_up_to_bf16_ties(
+        closer, requests(), params, batched, multipass, f"{point.id}: 1 pass vs multi-pass"
+    )
     alone = [engine().generate(closer, [r], params)[0] for r in requests()]
     assert_same_up_to_bf16_ties(closer, requests(), params, batched, alone, f"{point.id}: batched vs alone")
 
@@ -282,9 +348,14 @@ def test_llava_with_images_forced_on_cuda_batched_equals_one_by_one():
     follow the model's dtype, Waits get used, batched rows equal their one-by-one runs."""
     bundle = to_device(tiny_llava(tiny_tokenizer()))
     rng = np.random.default_rng(0)
-    reqs = [GenerationRequest(prompt=f"<image>\nQuestion {i}: which organ?", id=f"q{i}",
-                              images=[Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8))])
-            for i in range(4)]
+    reqs = [
+        GenerationRequest(
+            prompt=f"<image>\nQuestion {i}: which organ?",
+            id=f"q{i}",
+            images=[Image.fromarray(rng.integers(0, 255, (40 + 4 * i, 48, 3), dtype=np.uint8))],
+        )
+        for i in range(4)
+    ]
     engine = HFEngine(batch_size=3, progress=False)
     params = GenerationParams(budget=BudgetPoint(max_thinking_tokens=12, num_waits=2, max_answer_tokens=4))
     batched = engine.generate(bundle, reqs, params)
@@ -292,4 +363,6 @@ def test_llava_with_images_forced_on_cuda_batched_equals_one_by_one():
     alone = [engine.generate(bundle, [r], params)[0] for r in reqs]
     assert_same_up_to_bf16_ties(bundle, reqs, params, batched, alone, "LLaVA + images: batched vs alone")
     multipass = engine.generate(bundle, reqs, dataclasses.replace(params, budget_impl="multi_pass"))
-    assert_same_up_to_bf16_ties(bundle, reqs, params, batched, multipass, "LLaVA + images: 1 pass vs multi-pass")
+    assert_same_up_to_bf16_ties(
+        bundle, reqs, params, batched, multipass, "LLaVA + images: 1 pass vs multi-pass"
+    )

@@ -26,10 +26,11 @@ BOOTSTRAP_ACCURACY = {"base": 0.50, "reasoner": 0.50}
 
 @pytest.mark.slow
 def test_reduced_demo_killed_mid_study_resumes_and_leaves_consistent_artifacts(tmp_path, capsys):
-    """`make demo`'s chain on a slice, killed (kill -9, the whole process group) mid-study once its fine-tunes
-    have finished and rerun with the same --out: it resumes where it stopped (the evaluation), nothing is
-    done twice, and every artifact exists and agrees with the others. (A fine-tune killed in flight is redone:
-    tests/test_study.py.)"""
+    """`make demo`'s chain on a slice, killed (kill -9, the whole process group) mid-study once its evaluation
+    has finished and rerun with the same --out: every finished step is skipped, the study resumes at its
+    report, and every artifact exists and agrees with the others. (A fine-tune killed in flight is redone:
+    tests/test_study.py; a killed score, trace or fine-tune resumes: test_curation_pipeline, test_fault_chain,
+    test_resume_mid_epoch.)"""
     out, cache = tmp_path / "demo", tmp_path / "cache"
     command = [sys.executable, "-m", "mvqa.demo", "--reduced", "--out", str(out), "--cache", str(cache),
                "--logger", "wandb"]
@@ -38,18 +39,19 @@ def test_reduced_demo_killed_mid_study_resumes_and_leaves_consistent_artifacts(t
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
-        # metrics.json is a fine-tune's last write: kill once all four are done, as the evaluation starts
-        finished = [study / "train" / f"{arm}-seed{seed}" / "metrics.json" for arm in ("curated", "random")
-                    for seed in (0, 1)]
+        # The study's record that its evaluation finished: kill then, before the report is written.
+        evaluated = study / "eval" / "study_adapters.json"
         deadline = time.monotonic() + 1200
-        while not all(f.is_file() for f in finished) and first.poll() is None and time.monotonic() < deadline:
+        while not evaluated.is_file() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert all(f.is_file() for f in finished), (tmp_path / "first.log").read_text()[-3000:]
-        os.killpg(first.pid, signal.SIGKILL)  # mid-study: the demo, the study and its fine-tunes
+        assert evaluated.is_file(), (tmp_path / "first.log").read_text()[-3000:]
+        os.killpg(first.pid, signal.SIGKILL)  # mid-study: the demo and the study
         first.wait()
     assert "the shipped bootstrap" in (tmp_path / "first.log").read_text()  # a fresh cache takes the repo's
     assert not (study / "study.json").exists()
-    done_before = {p: p.stat().st_mtime_ns for p in (study / "train").glob("*/metrics.json")}
+    done_before = {p: p.stat().st_mtime_ns for p in [*(study / "train").glob("*/metrics.json"),
+                                                     study / "eval" / "predictions.jsonl"]}
+    assert len(done_before) == 5
 
     second = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=1800,
                             check=False)
@@ -62,7 +64,8 @@ def test_reduced_demo_killed_mid_study_resumes_and_leaves_consistent_artifacts(t
     assert "pool: finished earlier" in said and "arm curated: selected earlier, 30 items" in said
     for seed in (0, 1):
         assert f"fine-tunes, seed {seed}: finished earlier: ['curated', 'random']" in said
-    assert "train.py" not in said and "evaluate.py done in" in said
+    assert "evaluation: finished earlier" in said
+    assert "train.py" not in said and "evaluate.py" not in said and "generate.py" not in said
     # What had finished was not done again.
     assert {p: p.stat().st_mtime_ns for p in done_before} == done_before
     check_bootstraps(cache)

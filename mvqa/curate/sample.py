@@ -41,13 +41,15 @@ from mvqa.schemas.sampler import (
 )
 
 
-def tfidf_block(texts: Sequence[str], what: str, max_features: int | None = None,
-                dtype: type = np.float64) -> sp.csr_matrix:
+def tfidf_block(
+    texts: Sequence[str], what: str, max_features: int | None = None, dtype: type = np.float64
+) -> sp.csr_matrix:
     try:
         return TfidfVectorizer(max_features=max_features, dtype=dtype).fit_transform(texts)
     except ValueError as err:  # sklearn's "empty vocabulary"
-        raise ValueError(f"sampler: cannot build TF-IDF features of the {what} ({err}); give that part weight 0"
-                         ) from err
+        raise ValueError(
+            f"sampler: cannot build TF-IDF features of the {what} ({err}); give that part weight 0"
+        ) from err
 
 
 class Sampler:
@@ -73,7 +75,9 @@ class Sampler:
             raise ValueError(f"sampler.n must be >= 1, got {n}")
         unknown = [f for f in stratify if f not in STRATA_FIELDS]
         if unknown:
-            raise ValueError(f"sampler.stratify: unknown field(s) {unknown}; expected some of {list(STRATA_FIELDS)}")
+            raise ValueError(
+                f"sampler.stratify: unknown field(s) {unknown}; expected some of {list(STRATA_FIELDS)}"
+            )
         if quota not in ("proportional", "equal"):
             raise ValueError(f"sampler.quota must be 'proportional' or 'equal', got {quota!r}")
         self.n, self.seed, self.stratify, self.quota = n, seed, list(stratify), quota
@@ -84,16 +88,25 @@ class Sampler:
     # -- features
     def features(self, items: list[VQAItem]) -> sp.csr_matrix | np.ndarray:
         """The seed's space: hstack of weighted TF-IDF blocks, rows L2-normalised."""
-        texts = {"question": [it.question for it in items], "image": [it.image for it in items],
-                 "answer": [it.answer for it in items]}
+        texts = {
+            "question": [it.question for it in items],
+            "image": [it.image for it in items],
+            "answer": [it.answer for it in items],
+        }
         blocks = []
         for part, weight in self.weights.items():
             if weight:
-                block = tfidf_block(texts[part], part, self.question_max_features if part == "question" else None,
-                                    self.feature_dtype)
+                block = tfidf_block(
+                    texts[part],
+                    part,
+                    self.question_max_features if part == "question" else None,
+                    self.feature_dtype,
+                )
                 blocks.append(block if weight == 1 else block.multiply(weight))
         if not blocks:
-            raise ValueError("sampler: question, image and answer weights are all 0; nothing to compare items by")
+            raise ValueError(
+                "sampler: question, image and answer weights are all 0; nothing to compare items by"
+            )
         return normalize(sp.hstack(blocks).tocsr())
 
     def select(self, X, k: int) -> np.ndarray:
@@ -107,8 +120,10 @@ class Sampler:
         stats.metrics.update(sampler=self.name, n=self.n, seed=self.seed)
         if self.n >= len(items):
             if self.n > len(items):
-                stats.warn(f"sampler {self.name}: n={self.n} > {len(items)} items; taking all of them",
-                           reason="n_exceeds_pool")
+                stats.warn(
+                    f"sampler {self.name}: n={self.n} > {len(items)} items; taking all of them",
+                    reason="n_exceeds_pool",
+                )
             chosen = np.arange(len(items))
         else:
             X = self.features(items)
@@ -119,7 +134,9 @@ class Sampler:
             for key, rows in strata.items():
                 if quotas[key]:
                     rows = np.asarray(rows)
-                    parts.append(rows if quotas[key] >= len(rows) else rows[self.select(X[rows], quotas[key])])
+                    parts.append(
+                        rows if quotas[key] >= len(rows) else rows[self.select(X[rows], quotas[key])]
+                    )
             chosen = np.concatenate(parts)
             if not (self.keeps_selection_order and len(strata) == 1):
                 chosen = np.sort(chosen)
@@ -128,7 +145,10 @@ class Sampler:
             if self.stratify:
                 stats.metrics["quotas"] = {"/".join(map(str, key)): q for key, q in quotas.items()}
             if len(chosen) < self.n:
-                stats.warn(f"sampler {self.name}: {len(chosen)} rows for n={self.n} (empty clusters: duplicate rows?)")
+                stats.warn(
+                    f"sampler {self.name}: {len(chosen)} rows for n={self.n} "
+                    "(empty clusters: duplicate rows?)"
+                )
         if len(set(chosen.tolist())) != len(chosen):
             raise RuntimeError(f"sampler {self.name} picked a row twice; this is a bug")
         picked = set(chosen.tolist())
@@ -153,8 +173,14 @@ def cluster_balance(sizes: Sequence[int]) -> dict[str, Any]:
     """How even the clusters behind the picks are: count, min / median / max size, singletons, and the
     coefficient of variation (std / mean; 0 = all equal)."""
     arr = np.asarray(sizes, dtype=float)
-    return {"count": len(arr), "min": int(arr.min()), "median": float(np.median(arr)), "max": int(arr.max()),
-            "singletons": int((arr == 1).sum()), "cv": round(float(arr.std() / arr.mean()), 4)}
+    return {
+        "count": len(arr),
+        "min": int(arr.min()),
+        "median": float(np.median(arr)),
+        "max": int(arr.max()),
+        "singletons": int((arr == 1).sum()),
+        "cv": round(float(arr.std() / arr.mean()), 4),
+    }
 
 
 def allocate_quotas(sizes: dict[tuple, int], n: int, mode: str = "proportional") -> dict[tuple, int]:
@@ -166,7 +192,9 @@ def allocate_quotas(sizes: dict[tuple, int], n: int, mode: str = "proportional")
     if mode == "proportional":
         exact = {k: n * s / total for k, s in sizes.items()}
         quotas = {k: int(v) for k, v in exact.items()}
-        by_remainder = sorted(sizes, key=lambda k: -(exact[k] - quotas[k]))  # stable: listed order breaks ties
+        by_remainder = sorted(
+            sizes, key=lambda k: -(exact[k] - quotas[k])
+        )  # stable: listed order breaks ties
         for k in by_remainder[: n - sum(quotas.values())]:
             quotas[k] += 1
         return quotas
@@ -209,8 +237,10 @@ class KMeansSeedSampler(Sampler):
         for c in range(k):
             members = np.flatnonzero(labels == c)
             if len(members):
-                # What pandas' DataFrame.sample(n=1, random_state=seed) draws: a fresh RandomState per cluster.
-                picks.append(members[np.random.RandomState(self.seed).choice(len(members), size=1, replace=False)[0]])
+                # pandas' DataFrame.sample(n=1, random_state=seed): a fresh RandomState per cluster.
+                picks.append(
+                    members[np.random.RandomState(self.seed).choice(len(members), size=1, replace=False)[0]]
+                )
         return np.asarray(picks, dtype=int)
 
 
@@ -234,14 +264,14 @@ class ClusterSampler(Sampler):
         self.cluster_sizes += [int(b - a) for a, b in itertools.pairwise(bounds) if b > a]
         picks = []
         for c in range(k):
-            members = order[bounds[c]:bounds[c + 1]]
+            members = order[bounds[c] : bounds[c + 1]]
             if not len(members):
                 continue
             if self.pick == "random":
                 picks.append(members[rng.integers(len(members))])
             else:
                 rows = Z[members]
-                sq = np.asarray(rows.multiply(rows).sum(1)).ravel() if sp.issparse(rows) else (rows ** 2).sum(1)
+                sq = np.asarray(rows.multiply(rows).sum(1)).ravel() if sp.issparse(rows) else (rows**2).sum(1)
                 dist = sq - 2 * np.asarray(rows @ centers[c]).ravel()  # |x - c|^2 up to the constant |c|^2
                 picks.append(members[int(np.argmin(dist))])
         return np.asarray(picks, dtype=int)
@@ -255,7 +285,9 @@ class MiniBatchKMeansSampler(ClusterSampler):
         self.batch_size = batch_size
 
     def cluster(self, X, k):
-        km = MiniBatchKMeans(n_clusters=k, batch_size=self.batch_size, random_state=self.seed, n_init="auto").fit(X)
+        km = MiniBatchKMeans(
+            n_clusters=k, batch_size=self.batch_size, random_state=self.seed, n_init="auto"
+        ).fit(X)
         return X, km.labels_, km.cluster_centers_
 
 
@@ -278,8 +310,13 @@ class SVDKMeansSampler(ClusterSampler):
 
     name = SVDKMeansConf.name
 
-    def __init__(self, n_components: int = SVDKMeansConf.n_components, svd_iter: int = SVDKMeansConf.svd_iter,
-                 init: str = SVDKMeansConf.init, **kwargs: Any):
+    def __init__(
+        self,
+        n_components: int = SVDKMeansConf.n_components,
+        svd_iter: int = SVDKMeansConf.svd_iter,
+        init: str = SVDKMeansConf.init,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if init not in ("kcenter", "k-means++", "random"):
             raise ValueError(f"sampler.init must be 'kcenter', 'k-means++' or 'random', got {init!r}")
@@ -288,8 +325,9 @@ class SVDKMeansSampler(ClusterSampler):
     def cluster(self, X, k):
         Z = svd_reduce(X, self.n_components, self.svd_iter, self.seed)
         init = Z[farthest_point_order(Z, k, self.seed)] if self.init == "kcenter" else self.init
-        km = KMeans(n_clusters=k, init=init, n_init=1 if self.init == "kcenter" else "auto",
-                    random_state=self.seed).fit(Z)
+        km = KMeans(
+            n_clusters=k, init=init, n_init=1 if self.init == "kcenter" else "auto", random_state=self.seed
+        ).fit(Z)
         return Z, km.labels_, km.cluster_centers_
 
 
@@ -298,8 +336,12 @@ class EmbedKMeansSampler(ClusterSampler):
 
     name = EmbedKMeansConf.name
 
-    def __init__(self, batch_size: int = EmbedKMeansConf.batch_size, device: str = EmbedKMeansConf.device,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        batch_size: int = EmbedKMeansConf.batch_size,
+        device: str = EmbedKMeansConf.device,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.batch_size, self.device = batch_size, device
 
@@ -307,7 +349,10 @@ class EmbedKMeansSampler(ClusterSampler):
         from mvqa.curate.difficulty import minilm_embed
 
         blocks = []
-        for part, texts in (("question", [it.question for it in items]), ("answer", [it.answer for it in items])):
+        for part, texts in (
+            ("question", [it.question for it in items]),
+            ("answer", [it.answer for it in items]),
+        ):
             if self.weights[part]:
                 blocks.append(self.weights[part] * minilm_embed(texts, self.batch_size, self.device))
         if self.weights["image"]:
@@ -341,13 +386,18 @@ def farthest_point_order(Z: np.ndarray, k: int, seed: int) -> np.ndarray:
 class KCenterSVDSampler(Sampler):
     """Maximum spread, picks outliers: the seed's TF-IDF space (float32) -> TruncatedSVD -> greedy
     farthest-point picks. Farthest-point takes odd phrasings and rare figure names first, so it covers the
-    pool worse than a random pick (see bench/sampler.py). Cost: one SVD plus k passes of an (N x d) mat-vec."""
+    pool worse than a random pick (see bench/sampler.py). Cost: one SVD plus k passes of an (N x d)
+    mat-vec."""
 
     name = KCenterSVDConf.name
     feature_dtype = np.float32
 
-    def __init__(self, n_components: int = KCenterSVDConf.n_components, svd_iter: int = KCenterSVDConf.svd_iter,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        n_components: int = KCenterSVDConf.n_components,
+        svd_iter: int = KCenterSVDConf.svd_iter,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.n_components, self.svd_iter = n_components, svd_iter
 
@@ -393,8 +443,11 @@ class RowSimilarity:
         at = _ranges(starts, sizes)
         sims = weights @ self.dense
         # A target row can share several rare features with one probed row: add.at sums repeated positions.
-        np.add.at(sims.reshape(-1), np.repeat(which[rare], sizes) * self.n + index.indices[at],
-                  index.data[at] * np.repeat(value[rare], sizes))
+        np.add.at(
+            sims.reshape(-1),
+            np.repeat(which[rare], sizes) * self.n + index.indices[at],
+            index.data[at] * np.repeat(value[rare], sizes),
+        )
         return sims
 
 
@@ -403,22 +456,25 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
 
 
-def kmeanspp_seeds(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
-                   probe_rows: int = 16384) -> np.ndarray:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on L2-normalised
-    sparse rows with the squared cosine distance: each step draws `trials` rows with probability proportional
-    to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers sum(d^2) most. d^2
-    leaves near-duplicates of a seed almost no chance while an isolated row has just one draw's worth, and the
-    greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the trials are compared on
-    every row, like sklearn; past that on a fixed seeded sample of that many rows (the same choice in
-    expectation, at a fraction of the cost), and the kept seed updates every row's distance exactly. A probe
-    of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely: twice the outliers
-    among the picks (101 vs 48 of 1,000). No SVD; the similarities come from RowSimilarity."""
+def kmeanspp_seeds(
+    X: sp.csr_matrix, k: int, seed: int, trials: int | None = None, probe_rows: int = 16384
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on
+    L2-normalised sparse rows with the squared cosine distance: each step draws `trials` rows with probability
+    proportional to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers
+    sum(d^2) most. d^2 leaves near-duplicates of a seed almost no chance while an isolated row has just one
+    draw's worth, and the greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the
+    trials are compared on every row, like sklearn; past that on a fixed seeded sample of that many rows (the
+    same choice in expectation, at a fraction of the cost), and the kept seed updates every row's distance
+    exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely:
+    twice the outliers among the picks (101 vs 48 of 1,000). No SVD; the similarities come from
+    RowSimilarity."""
     return kmeanspp_clusters(X, k, seed, trials, probe_rows)[0]
 
 
-def kmeanspp_clusters(X: sp.csr_matrix, k: int, seed: int, trials: int | None = None,
-                      probe_rows: int = 16384) -> tuple[np.ndarray, np.ndarray]:
+def kmeanspp_clusters(
+    X: sp.csr_matrix, k: int, seed: int, trials: int | None = None, probe_rows: int = 16384
+) -> tuple[np.ndarray, np.ndarray]:
     """kmeanspp_seeds, plus for every row the position of its most similar seed (the first one on a tie):
     each kept seed takes over the rows it is strictly closer to, so no rows x seeds pass is needed after."""
     n_rows = X.shape[0]
@@ -470,15 +526,20 @@ class CoverSpreadSampler(Sampler):
     name = CoverSpreadConf.name
     feature_dtype = np.float32
 
-    def __init__(self, trials: int | None = CoverSpreadConf.trials,
-                 spread_weight: float = CoverSpreadConf.spread_weight, rounds: int = CoverSpreadConf.rounds,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        trials: int | None = CoverSpreadConf.trials,
+        spread_weight: float = CoverSpreadConf.spread_weight,
+        rounds: int = CoverSpreadConf.rounds,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         if trials is not None and trials < 1:
             raise ValueError(f"sampler.trials must be >= 1 (or null for 2 + ln n), got {trials}")
         if spread_weight < 0 or rounds < 1:
-            raise ValueError(f"sampler.spread_weight must be >= 0 and sampler.rounds >= 1, got {spread_weight}, "
-                             f"{rounds}")
+            raise ValueError(
+                f"sampler.spread_weight must be >= 0 and sampler.rounds >= 1, got {spread_weight}, {rounds}"
+            )
         self.trials, self.spread_weight, self.rounds = trials, spread_weight, rounds
 
     def select(self, X, k):
@@ -499,7 +560,9 @@ class CoverSpreadSampler(Sampler):
             if not redundancy:
                 break
             total = np.asarray(X[picks].sum(axis=0)).ravel()
-            own = np.asarray(X.multiply(X[picks[cluster_of]]).sum(axis=1)).ravel()  # sim to its cluster's pick
+            own = np.asarray(
+                X.multiply(X[picks[cluster_of]]).sum(axis=1)
+            ).ravel()  # sim to its cluster's pick
             score = covers - redundancy * (X @ total - own)
             new = _best_per_cluster(score, cluster_of, len(clusters))
             if np.array_equal(new, picks):
@@ -518,8 +581,9 @@ def within_cluster_similarity(X: sp.csr_matrix, labels: np.ndarray) -> np.ndarra
     key = np.repeat(labels.astype(np.int64), per_row) * X.shape[1] + X.indices
     _, inverse = np.unique(key, return_inverse=True)
     sums = np.bincount(inverse, weights=X.data)
-    return np.bincount(np.repeat(np.arange(X.shape[0]), per_row), weights=X.data * sums[inverse],
-                       minlength=X.shape[0])
+    return np.bincount(
+        np.repeat(np.arange(X.shape[0]), per_row), weights=X.data * sums[inverse], minlength=X.shape[0]
+    )
 
 
 def _best_per_cluster(score: np.ndarray, cluster_of: np.ndarray, n_clusters: int) -> np.ndarray:
@@ -529,7 +593,7 @@ def _best_per_cluster(score: np.ndarray, cluster_of: np.ndarray, n_clusters: int
     return order[first][:n_clusters]
 
 
-# ------------------------------------------------------------------------------------------------ entry points
+# ----------------------------------------------------------------------------------------------- entry points
 def sample(items: list[VQAItem], cfg: Any) -> tuple[list[VQAItem], StageStats]:
     """Sample with a Sampler, or with a `sampler/` config node (instantiated from its `_target_`)."""
     if not isinstance(cfg, Sampler):

@@ -1,24 +1,24 @@
-"""A learnable synthetic medical VQA world: procedural scans with lesions, a small textbook, balanced questions,
-template traces.
+"""A learnable synthetic medical VQA world: procedural scans with lesions, a small textbook, balanced
+questions, template traces.
 
-Every item is one image and one question of one of three kinds: four-choice (mcq), closed (yes/no: "Is the lesion
-in the upper left quadrant?") or open (the answer's words: "upper left"); `closed_share` and `open_share` of
-each question type are closed and open, yes and no balanced. The world is written to disk as PNGs plus one
-PMC-VQA-format CSV per split (closed/open rows leave the choices empty and say their kind in `answer_type`) and
-read back through `read_pmc_vqa`, so the real reader path is exercised.
+Every item is one image and one question of one of three kinds: four-choice (mcq), closed (yes/no: "Is the
+lesion in the upper left quadrant?") or open (the answer's words: "upper left"); `closed_share` and
+`open_share` of each question type are closed and open, yes and no balanced. The world is written to disk as
+PNGs plus one PMC-VQA-format CSV per split (closed/open rows leave the choices empty and say their kind in
+`answer_type`) and read back through `read_pmc_vqa`, so the real reader path is exercised.
 It is a pure function of its parameters (numpy's PCG64 seeded per item), cached under a directory named by
 their hash and written to a temporary directory renamed into place, so a kill never leaves a world that
 looks complete.
 
 Two families of question types (`question_mix` weighs them):
-- perception (modality, location, count, size, presence, modality + location): one or two findings read off the
-  image;
+- perception (modality, location, count, size, presence, modality + location): one or two findings read off
+  the image;
 - textbook (diagnosis, stage, largest): several findings combined with a fixed rule of `TEXTBOOK`, which the
   traces cite. A diagnosis needs the lesion's intensity (dark or bright) with the modality or the half it lies
   in; a stage needs the lesion count with the exception for a large lesion; the largest lesion needs the sizes
   compared across quadrants. Closed textbook questions are asked negated half the time ("Is this lesion
-  something other than a cyst?"). Answering directly has to compose the rule inside the model; a trace names the
-  findings, cites the rule and answers.
+  something other than a cyst?"). Answering directly has to compose the rule inside the model; a trace names
+  the findings, cites the rule and answers.
 
 Designed to be learnable by a tiny VLM at 32 px: the three modality styles differ in silhouette and texture,
 lesions are bright (or, in diagnosis items, dark) discs centred in a quadrant, and for every question type the
@@ -67,55 +67,109 @@ TEXTBOOK = {
     "stage": "the stage is the number of lesions, one higher if any lesion is large",
     "largest": "compare the sizes of all lesions",
 }
-CSV_COLUMNS = ["id", "Figure_path", "Question", "Answer", "Choice A", "Choice B", "Choice C", "Choice D",
-               "Answer_label", "answer_type", "modality", "content_type", "split", "trace", "difficulty", "caption"]
+CSV_COLUMNS = [
+    "id",
+    "Figure_path",
+    "Question",
+    "Answer",
+    "Choice A",
+    "Choice B",
+    "Choice C",
+    "Choice D",
+    "Answer_label",
+    "answer_type",
+    "modality",
+    "content_type",
+    "split",
+    "trace",
+    "difficulty",
+    "caption",
+]
 KINDS = ("mcq", "closed", "open")
 # The open question of the optional describe items (see `read_synthetic(describe=True)`).
 DESCRIBE_QUESTION = "Describe the findings in this scan."
 
 # A small, fixed set of wordings per type: enough variety for a tokenizer, few enough for a tiny model.
 QUESTIONS = {
-    "modality": ["What imaging modality was used to acquire this image?", "Which modality is shown in this scan?",
-                 "This image was most likely obtained with which imaging technique?"],
-    "location": ["In which quadrant is the lesion located?", "Where is the lesion in this image?",
-                 "Which part of the image contains the abnormality?"],
-    "count": ["How many lesions are visible in this image?", "How many focal abnormalities can be seen?",
-              "What is the number of lesions in this scan?"],
-    "size": ["How large is the lesion?", "What is the size of the abnormality shown?",
-             "Which best describes the size of the lesion?"],
-    "presence": ["Which quadrant shows no lesion?", "In which quadrant is a lesion absent?",
-                 "Which part of the image is free of abnormalities?"],
-    "modality_location": ["Which option gives both the imaging modality and the lesion location?",
-                          "Which description of the scan and its lesion is correct?"],
-    "diagnosis": ["What is the most likely diagnosis?", "Which diagnosis fits this lesion?",
-                  "What does this lesion most likely represent?"],
-    "stage": ["What is the stage of this disease?", "Which stage does this scan show?",
-              "How would you stage this scan?"],
-    "largest": ["In which quadrant is the largest lesion?", "Where is the biggest lesion?",
-                "Which quadrant holds the largest abnormality?"],
+    "modality": [
+        "What imaging modality was used to acquire this image?",
+        "Which modality is shown in this scan?",
+        "This image was most likely obtained with which imaging technique?",
+    ],
+    "location": [
+        "In which quadrant is the lesion located?",
+        "Where is the lesion in this image?",
+        "Which part of the image contains the abnormality?",
+    ],
+    "count": [
+        "How many lesions are visible in this image?",
+        "How many focal abnormalities can be seen?",
+        "What is the number of lesions in this scan?",
+    ],
+    "size": [
+        "How large is the lesion?",
+        "What is the size of the abnormality shown?",
+        "Which best describes the size of the lesion?",
+    ],
+    "presence": [
+        "Which quadrant shows no lesion?",
+        "In which quadrant is a lesion absent?",
+        "Which part of the image is free of abnormalities?",
+    ],
+    "modality_location": [
+        "Which option gives both the imaging modality and the lesion location?",
+        "Which description of the scan and its lesion is correct?",
+    ],
+    "diagnosis": [
+        "What is the most likely diagnosis?",
+        "Which diagnosis fits this lesion?",
+        "What does this lesion most likely represent?",
+    ],
+    "stage": [
+        "What is the stage of this disease?",
+        "Which stage does this scan show?",
+        "How would you stage this scan?",
+    ],
+    "largest": [
+        "In which quadrant is the largest lesion?",
+        "Where is the biggest lesion?",
+        "Which quadrant holds the largest abnormality?",
+    ],
 }
 # Closed questions ask whether one value (the true one for a yes, a distractor for a no) holds.
 CLOSED_QUESTIONS = {
     "modality": ["Is this a {value} image?", "Was this scan acquired with {value}?"],
-    "location": ["Is the lesion in the {value} quadrant?", "Is the abnormality located in the {value} quadrant?"],
+    "location": [
+        "Is the lesion in the {value} quadrant?",
+        "Is the abnormality located in the {value} quadrant?",
+    ],
     "count": ["Is the number of lesions {value}?", "Are exactly {value} lesions visible?"],
     "size": ["Is the lesion {value}?", "Would you call the lesion {value}?"],
     "presence": ["Is the {value} quadrant free of lesions?", "Is there no lesion in the {value} quadrant?"],
     "modality_location": ["Does this image show {value}?", "Is this {value}?"],
     "diagnosis": ["Is this lesion most likely {a} {value}?", "Does this scan show {a} {value}?"],
     "stage": ["Is this {value}?", "Would you stage this scan as {value}?"],
-    "largest": ["Is the largest lesion in the {value} quadrant?", "Is the biggest lesion in the {value} quadrant?"],
+    "largest": [
+        "Is the largest lesion in the {value} quadrant?",
+        "Is the biggest lesion in the {value} quadrant?",
+    ],
 }
 # Half of the closed textbook questions are negated: a yes says the asked value does NOT hold.
 NEGATED_QUESTIONS = {
     "diagnosis": ["Is this lesion something other than {a} {value}?", "Is this lesion not {a} {value}?"],
     "stage": ["Is this scan not {value}?", "Would you stage this scan as anything but {value}?"],
-    "largest": ["Is the largest lesion outside the {value} quadrant?",
-                "Is the biggest lesion anywhere but the {value} quadrant?"],
+    "largest": [
+        "Is the largest lesion outside the {value} quadrant?",
+        "Is the biggest lesion anywhere but the {value} quadrant?",
+    ],
 }
 # Open questions use the type's own wordings, except where those refer to options.
-OPEN_QUESTIONS = {"modality_location": ["What is the imaging modality, and where is the lesion?",
-                                        "Name the modality of this scan and the quadrant of its lesion."]}
+OPEN_QUESTIONS = {
+    "modality_location": [
+        "What is the imaging modality, and where is the lesion?",
+        "Name the modality of this scan and the quadrant of its lesion.",
+    ]
+}
 # Short evidence phrases keep template traces at ~40 tokens: the demo's reasoner is trained on them and the
 # whole chain (traces, fine-tune, budget sweeps) pays for every token.
 MODALITY_EVIDENCE = {
@@ -128,7 +182,8 @@ OPENERS = ["Let me look.", "First, the scan.", ""]
 
 @dataclass(frozen=True)
 class WorldParams:
-    """What a world is made from (its cache key). The defaults are `dataset/synthetic`'s: one home, the schema."""
+    """What a world is made from (its cache key). The defaults are `dataset/synthetic`'s: one home, the
+    schema."""
 
     n_train: int = SyntheticConf.n_train
     n_val: int = SyntheticConf.n_val
@@ -148,8 +203,10 @@ class WorldParams:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.question_mix) - set(QUESTION_TYPES))
         if unknown:
-            raise ValueError(f"synthetic question_mix has unknown question types {unknown}; the types are "
-                             f"{list(QUESTION_TYPES)}")
+            raise ValueError(
+                f"synthetic question_mix has unknown question types {unknown}; the types are "
+                f"{list(QUESTION_TYPES)}"
+            )
         mix = {str(k): float(v) for k, v in self.question_mix.items()}
         if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
             raise ValueError(f"synthetic question_mix weights must be >= 0 with a positive sum, got {mix}")
@@ -161,8 +218,10 @@ class WorldParams:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synthetic {name} must be within [0, 1], got {getattr(self, name)}")
         if self.closed_share + self.open_share > 1.0:
-            raise ValueError(f"synthetic closed_share + open_share must be <= 1, got {self.closed_share} + "
-                             f"{self.open_share}")
+            raise ValueError(
+                f"synthetic closed_share + open_share must be <= 1, got {self.closed_share} + "
+                f"{self.open_share}"
+            )
         for name in ("n_train", "n_val", "n_test"):
             if getattr(self, name) < 0:
                 raise ValueError(f"synthetic {name} must be >= 0, got {getattr(self, name)}")
@@ -184,11 +243,12 @@ class Scene:
 
 # ------------------------------------------------------------------------------------------------ scenes
 def _type_counts(mix: dict[str, float], n: int) -> dict[str, int]:
-    """n items shared out by weight, largest remainders first (ties in QUESTION_TYPES' order): exact and stable."""
+    """n items shared out by weight, largest remainders first (ties in QUESTION_TYPES' order): exact and
+    stable."""
     total = sum(mix.values())
     quota = {t: n * w / total for t, w in mix.items()}
     counts = {t: int(q) for t, q in quota.items()}
-    for t in sorted(quota, key=lambda t: -(quota[t] - counts[t]))[:n - sum(counts.values())]:
+    for t in sorted(quota, key=lambda t: -(quota[t] - counts[t]))[: n - sum(counts.values())]:
         counts[t] += 1
     return counts
 
@@ -212,9 +272,13 @@ def _plan(params: WorldParams, split: str) -> list[dict]:
         modality = (offset + order) % len(MODALITIES)
         offset += len(idx)
         value = {"modality": modality, "modality_location": modality * 4 + order % 4}.get(qtype, order % 4)
-        if qtype == "diagnosis":  # the textbook's dark lesions: an abscess on MRI, a cyst on CT or X-ray in turn
+        if (
+            qtype == "diagnosis"
+        ):  # the textbook's dark lesions: an abscess on MRI, a cyst on CT or X-ray in turn
             modality = np.where(value == 0, 1, np.where(value == 1, 2 * ((order // 4) % 2), modality))
-        hard = rng.permutation(len(idx)) < round(params.hard_fraction * len(idx))  # exactly that share per type
+        hard = rng.permutation(len(idx)) < round(
+            params.hard_fraction * len(idx)
+        )  # exactly that share per type
         n_closed, n_open = round(params.closed_share * len(idx)), round(params.open_share * len(idx))
         kinds = rng.permutation(np.repeat([1, 2, 0], [n_closed, n_open, len(idx) - n_closed - n_open]))
         yes, negated = np.zeros(len(idx), dtype=bool), np.zeros(len(idx), dtype=bool)
@@ -229,8 +293,16 @@ def _plan(params: WorldParams, split: str) -> list[dict]:
         letters[kinds == 0] = (letter_offset + rng.permutation(n_mcq)) % 4
         letter_offset += n_mcq
         for i, v, m, letter, h, k, y, neg in zip(idx, value, modality, letters, hard, kinds, yes, negated):
-            plan[i] = {"qtype": qtype, "value": int(v), "letter": LETTERS[letter], "modality": int(m),
-                       "hard": bool(h), "kind": KINDS[k], "yes": bool(y), "negated": bool(neg)}
+            plan[i] = {
+                "qtype": qtype,
+                "value": int(v),
+                "letter": LETTERS[letter],
+                "modality": int(m),
+                "hard": bool(h),
+                "kind": KINDS[k],
+                "yes": bool(y),
+                "negated": bool(neg),
+            }
     return plan
 
 
@@ -317,12 +389,21 @@ def _choices(plan: dict, scene: Scene, rng: np.random.Generator) -> tuple[list[s
         m, q = divmod(value, 4)
         m2 = int(rng.choice([x for x in range(3) if x != m]))
         q2 = int(rng.choice([x for x in range(4) if x != q]))
-        correct, *others = [f"{MODALITIES[a]} with a lesion in the {QUADRANTS[b]} quadrant"
-                            for a, b in ((m, q), (m, q2), (m2, q), (m2, q2))]
+        correct, *others = [
+            f"{MODALITIES[a]} with a lesion in the {QUADRANTS[b]} quadrant"
+            for a, b in ((m, q), (m, q2), (m2, q), (m2, q2))
+        ]
     else:  # every other value of the type (modality adds an Ultrasound distractor to make four)
-        values = {"modality": list(MODALITIES) + ["Ultrasound"], "location": list(QUADRANTS),
-                  "count": list(COUNTS), "size": list(SIZES), "presence": list(QUADRANTS),
-                  "diagnosis": list(DIAGNOSES), "stage": list(STAGES), "largest": list(QUADRANTS)}[qtype]
+        values = {
+            "modality": list(MODALITIES) + ["Ultrasound"],
+            "location": list(QUADRANTS),
+            "count": list(COUNTS),
+            "size": list(SIZES),
+            "presence": list(QUADRANTS),
+            "diagnosis": list(DIAGNOSES),
+            "stage": list(STAGES),
+            "largest": list(QUADRANTS),
+        }[qtype]
         correct, others = values[value], [v for i, v in enumerate(values) if i != value]
     distractors = [others[i] for i in rng.permutation(len(others))]
     slot = LETTERS.index(plan["letter"])
@@ -330,10 +411,12 @@ def _choices(plan: dict, scene: Scene, rng: np.random.Generator) -> tuple[list[s
 
 
 def _spots(scene: Scene, intensity: bool = False) -> str:
-    """"upper left small, lower right large": each lesion's quadrant and size (and "dark"/"bright")."""
-    return ", ".join(f"{QUADRANTS[q]} {SIZES[s]}" + (f" {'dark' if d else 'bright'}" if intensity else
-                                                      " dark" if d else "")
-                     for q, s, d in sorted(scene.lesions))
+    """ "upper left small, lower right large": each lesion's quadrant and size (and "dark"/"bright")."""
+    return ", ".join(
+        f"{QUADRANTS[q]} {SIZES[s]}"
+        + (f" {'dark' if d else 'bright'}" if intensity else " dark" if d else "")
+        for q, s, d in sorted(scene.lesions)
+    )
 
 
 def _describe_lesions(scene: Scene, rng: np.random.Generator, intensity: bool = False) -> list[str]:
@@ -350,39 +433,54 @@ def caption(scene: Scene) -> str:
 
 
 def _rule(plan: dict, scene: Scene, correct: str) -> list[str]:
-    """The textbook's rule the question needs, cited, and what it gives for this scan (empty for perception)."""
+    """The textbook's rule the question needs, cited, and what it gives for this scan (empty for
+    perception)."""
     qtype = plan["qtype"]
     if qtype == "diagnosis":
-        return [f"Rule: {TEXTBOOK[correct]}.", f"So it is {'an' if correct[0] in 'aeiou' else 'a'} {correct}."]
+        return [
+            f"Rule: {TEXTBOOK[correct]}.",
+            f"So it is {'an' if correct[0] in 'aeiou' else 'a'} {correct}.",
+        ]
     if qtype == "stage":
         n, large = len(scene.lesions), sum(s == 3 for _, s, _ in scene.lesions)
         found = f"{n} lesion{'s' if n > 1 else ''}" + (", one large" if large else ", none large")
         return [f"Rule: {TEXTBOOK['stage']}.", f"{found}: {correct}."]
     if qtype == "largest":
         q, s, _ = max(scene.lesions, key=lambda lesion: lesion[1])
-        return [f"Rule: {TEXTBOOK['largest']}.", f"The largest is {SIZES[s]}, in the {QUADRANTS[q]} quadrant."]
+        return [
+            f"Rule: {TEXTBOOK['largest']}.",
+            f"The largest is {SIZES[s]}, in the {QUADRANTS[q]} quadrant.",
+        ]
     return []
 
 
-def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator,
-           asked: str = "") -> str:
+def _trace(
+    plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.random.Generator, asked: str = ""
+) -> str:
     """Template reasoning: visual evidence, the fact(s) the question needs (for a textbook question, the rule
     cited and applied), then per kind: optional elimination and the letter (mcq), the asked value checked
     against the fact (closed, negated or not), or the answer's words (open)."""
     qtype, letter, kind = plan["qtype"], plan["letter"], plan.get("kind", "mcq")
-    steps = [str(rng.choice(OPENERS)),
-             f"It shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}."]
+    steps = [
+        str(rng.choice(OPENERS)),
+        f"It shows {rng.choice(MODALITY_EVIDENCE[scene.modality])}, so it is {scene.modality}.",
+    ]
     steps += _describe_lesions(scene, rng, intensity=qtype == "diagnosis")
     if scene.difficulty >= 0.6:
-        steps.append(str(rng.choice(["The image is noisy, so I look carefully.", "Noise makes this harder."])))
+        steps.append(
+            str(rng.choice(["The image is noisy, so I look carefully.", "Noise makes this harder."]))
+        )
     free = [QUADRANTS[q] for q in range(4) if q not in {lq for lq, _, _ in scene.lesions}]
-    steps += _rule(plan, scene, correct) or [{
-        "modality": f"The modality is {scene.modality}.",
-        "location": f"The lesion is {correct}.",
-        "count": f"So there are {len(scene.lesions)}.",
-        "size": f"The lesion is {correct}.",
-        "presence": f"Only the {', '.join(free)} quadrant is free.",
-        "modality_location": f"Both facts: {correct}."}[qtype]]
+    steps += _rule(plan, scene, correct) or [
+        {
+            "modality": f"The modality is {scene.modality}.",
+            "location": f"The lesion is {correct}.",
+            "count": f"So there are {len(scene.lesions)}.",
+            "size": f"The lesion is {correct}.",
+            "presence": f"Only the {', '.join(free)} quadrant is free.",
+            "modality_location": f"Both facts: {correct}.",
+        }[qtype]
+    ]
     if kind == "closed":
         answer = "yes" if plan["yes"] else "no"
         holds = asked == correct
@@ -396,51 +494,74 @@ def _trace(plan: dict, scene: Scene, choices: list[str], correct: str, rng: np.r
     else:
         answer = letter
         if rng.random() < 0.5:  # eliminate the other options (varies the trace length)
-            steps.append("Not " + ", not ".join(LETTERS[i] for i, c in enumerate(choices) if c != correct) + ".")
-        steps.append(str(rng.choice([f"The answer is {letter}: {correct}.", f"So I choose {letter}: {correct}."])))
+            steps.append(
+                "Not " + ", not ".join(LETTERS[i] for i, c in enumerate(choices) if c != correct) + "."
+            )
+        steps.append(
+            str(rng.choice([f"The answer is {letter}: {correct}.", f"So I choose {letter}: {correct}."]))
+        )
     return f"<think>{' '.join(s for s in steps if s)}</think><answer>{answer}</answer>"
 
 
-def _item_text(params: WorldParams, split: str, i: int, plan: dict
-               ) -> tuple[Scene, np.random.Generator, dict, list[str]]:
+def _item_text(
+    params: WorldParams, split: str, i: int, plan: dict
+) -> tuple[Scene, np.random.Generator, dict, list[str]]:
     """The item's scene, its random stream (rendering continues it), its CSV row and its plain choices."""
     rng = np.random.default_rng([params.seed, SPLITS.index(split), 1, i])
     scene = _scene(plan, rng, params)
     choices, correct = _choices(plan, scene, rng)
     kind, question, answer = plan.get("kind", "mcq"), str(rng.choice(QUESTIONS[plan["qtype"]])), correct
     asked = ""
-    if kind == "closed":  # a yes asks the true value, a no one of the distractors (the other way round negated)
+    if (
+        kind == "closed"
+    ):  # a yes asks the true value, a no one of the distractors (the other way round negated)
         holds = plan["yes"] != plan.get("negated", False)
         asked = correct if holds else next(c for c in choices if c != correct and c != "Ultrasound")
         wordings = NEGATED_QUESTIONS if plan.get("negated") else CLOSED_QUESTIONS
-        question = str(rng.choice(wordings[plan["qtype"]])).format(value=asked, a="an" if asked[:1] in "aeiou" else "a")
+        question = str(rng.choice(wordings[plan["qtype"]])).format(
+            value=asked, a="an" if asked[:1] in "aeiou" else "a"
+        )
         answer = "yes" if plan["yes"] else "no"
     elif kind == "open" and plan["qtype"] in OPEN_QUESTIONS:
         question = str(rng.choice(OPEN_QUESTIONS[plan["qtype"]]))
-    row = {"id": f"synthetic-{split}-{i:05d}", "Figure_path": f"{split}/{split}_{i:05d}.png",
-           "Question": question, "Answer": answer,
-           # PMC-VQA writes its choices as " A: text "; the reader strips that back off.
-           **{f"Choice {L}": (f" {L}: {c} " if kind == "mcq" else "") for L, c in zip(LETTERS, choices)},
-           "Answer_label": plan["letter"] if kind == "mcq" else "",
-           "answer_type": "" if kind == "mcq" else kind.upper(), "modality": scene.modality,
-           "content_type": plan["qtype"], "split": split,
-           "trace": _trace(plan, scene, choices, correct, rng, asked), "difficulty": scene.difficulty,
-           "caption": caption(scene)}
+    row = {
+        "id": f"synthetic-{split}-{i:05d}",
+        "Figure_path": f"{split}/{split}_{i:05d}.png",
+        "Question": question,
+        "Answer": answer,
+        # PMC-VQA writes its choices as " A: text "; the reader strips that back off.
+        **{f"Choice {L}": (f" {L}: {c} " if kind == "mcq" else "") for L, c in zip(LETTERS, choices)},
+        "Answer_label": plan["letter"] if kind == "mcq" else "",
+        "answer_type": "" if kind == "mcq" else kind.upper(),
+        "modality": scene.modality,
+        "content_type": plan["qtype"],
+        "split": split,
+        "trace": _trace(plan, scene, choices, correct, rng, asked),
+        "difficulty": scene.difficulty,
+        "caption": caption(scene),
+    }
     return scene, rng, row, choices if kind == "mcq" else []
 
 
 # ------------------------------------------------------------------------------------------------- world
 def split_stats(frame: pd.DataFrame) -> dict:
-    """Counts that show the balance: items, question types and kinds, letters, closed answers, modalities, hard
-    items."""
+    """Counts that show the balance: items, question types and kinds, letters, closed answers, modalities,
+    hard items."""
     kinds = frame["answer_type"].fillna("").replace("", "MCQ").str.lower()
     closed_answers = frame.loc[kinds == "closed", "Answer"]
-    return {"items": len(frame), "hard": int((frame["difficulty"] >= 0.6).sum()),
-            "kind": {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()},
-            "closed_answer": {str(k): int(v) for k, v in closed_answers.value_counts().sort_index().items()},
-            **{col: {str(k): int(v) for k, v in frame[col].replace("", np.nan).dropna().value_counts()
-                     .sort_index().items()}
-               for col in ("content_type", "Answer_label", "modality")}}
+    return {
+        "items": len(frame),
+        "hard": int((frame["difficulty"] >= 0.6).sum()),
+        "kind": {str(k): int(v) for k, v in kinds.value_counts().sort_index().items()},
+        "closed_answer": {str(k): int(v) for k, v in closed_answers.value_counts().sort_index().items()},
+        **{
+            col: {
+                str(k): int(v)
+                for k, v in frame[col].replace("", np.nan).dropna().value_counts().sort_index().items()
+            }
+            for col in ("content_type", "Answer_label", "modality")
+        },
+    }
 
 
 def world_dir(root: str | os.PathLike, params: WorldParams) -> Path:
@@ -465,40 +586,70 @@ def make_world(root: str | os.PathLike, params: WorldParams) -> Path:
             frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
             frame.to_csv(tmp / f"{split}.csv", index=False)
             stats[split] = split_stats(frame)
-        (tmp / "world.json").write_text(json.dumps({"params": asdict(params), "version": VERSION,
-                                                    "stats": stats}, indent=2, sort_keys=True))
+        (tmp / "world.json").write_text(
+            json.dumps(
+                {"params": asdict(params), "version": VERSION, "stats": stats}, indent=2, sort_keys=True
+            )
+        )
     return final
 
 
-def read_synthetic(root: str, split: str = SyntheticConf.split, name: str = SyntheticConf.name,
-                   on_bad_image: str = SyntheticConf.on_bad_image, check_images: bool = SyntheticConf.check_images,
-                   limit: int | None = SyntheticConf.limit, describe: bool = SyntheticConf.describe,
-                   on_duplicate: str = SyntheticConf.on_duplicate, **world: Any) -> tuple[list[VQAItem], StageStats]:
+def read_synthetic(
+    root: str,
+    split: str = SyntheticConf.split,
+    name: str = SyntheticConf.name,
+    on_bad_image: str = SyntheticConf.on_bad_image,
+    check_images: bool = SyntheticConf.check_images,
+    limit: int | None = SyntheticConf.limit,
+    describe: bool = SyntheticConf.describe,
+    on_duplicate: str = SyntheticConf.on_duplicate,
+    **world: Any,
+) -> tuple[list[VQAItem], StageStats]:
     """Make the world if absent, then read one split through the PMC-VQA reader.
 
     `world` holds WorldParams' fields (n_train, n_val, n_test, image_size, seed, difficulty, hard_fraction,
     closed_share, open_share, question_mix).
 
-    `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its caption), like
-    LLaVA's caption stage: dense supervision that teaches a from-scratch vision tower what to look at.
+    `describe` adds to the train split one open item per image ("Describe the findings in this scan." -> its
+    caption), like LLaVA's caption stage: dense supervision that teaches a from-scratch vision tower what to
+    look at.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split must be one of {list(SPLITS)}, got {split!r}")
     try:
         params = WorldParams(**world)
     except TypeError as e:  # a key of neither the reader nor the world
-        raise TypeError(f"read_synthetic: {e}; the world's fields are {list(WorldParams.__dataclass_fields__)}") from e
+        raise TypeError(
+            f"read_synthetic: {e}; the world's fields are {list(WorldParams.__dataclass_fields__)}"
+        ) from e
     world = make_world(root, params)
-    items, stats = read_pmc_vqa(world / f"{split}.csv", image_root=str(world / "images"), name=name, split=split,
-                                source="synthetic", on_bad_image=on_bad_image, check_images=check_images,
-                                limit=limit, extra_columns=("trace", "difficulty", "caption"),
-                                on_duplicate=on_duplicate)
+    items, stats = read_pmc_vqa(
+        world / f"{split}.csv",
+        image_root=str(world / "images"),
+        name=name,
+        split=split,
+        source="synthetic",
+        on_bad_image=on_bad_image,
+        check_images=check_images,
+        limit=limit,
+        extra_columns=("trace", "difficulty", "caption"),
+        on_duplicate=on_duplicate,
+    )
     # The CSV round trip gives strings; difficulty is a number downstream (hard-item analyses).
     items = [it.with_extra(difficulty=float(it.extra["difficulty"])) for it in items]
     if describe and split == "train":
-        items += [it.replace(id=f"{it.id}-describe", question=DESCRIBE_QUESTION, choices=[],
-                      answer_label=None, answer=it.extra["caption"], content_type="describe",
-                      extra={"difficulty": it.extra["difficulty"]}) for it in items]
+        items += [
+            it.replace(
+                id=f"{it.id}-describe",
+                question=DESCRIBE_QUESTION,
+                choices=[],
+                answer_label=None,
+                answer=it.extra["caption"],
+                content_type="describe",
+                extra={"difficulty": it.extra["difficulty"]},
+            )
+            for it in items
+        ]
         stats.metrics["describe_items"] = len(items) // 2
     stats.metrics["synthetic_world"] = str(world)
     stats.metrics["synthetic_split"] = json.loads((world / "world.json").read_text())["stats"][split]
@@ -516,10 +667,23 @@ def synthetic_corpus(seed: int = 0, n_items: int = 2000) -> list[str]:
     texts = []
     for i, plan in enumerate(_plan(params, "train")):
         _, _, row, choices = _item_text(params, "train", i, plan)
-        item = VQAItem(id=row["id"], image=row["Figure_path"], question=row["Question"], choices=choices,
-                       answer_label=row["Answer_label"] or None, answer=row["Answer"],
-                       kind=row["answer_type"].lower() or "mcq")
+        item = VQAItem(
+            id=row["id"],
+            image=row["Figure_path"],
+            question=row["Question"],
+            choices=choices,
+            answer_label=row["Answer_label"] or None,
+            answer=row["Answer"],
+            kind=row["answer_type"].lower() or "mcq",
+        )
         prompt = format_question(item, templates[i % len(templates)])
-        texts += [row["Question"], *choices, row["Answer"], row["trace"], DESCRIBE_QUESTION, row["caption"],
-                  format_conversation(prompt, row["trace"], styles[i % len(styles)])]
+        texts += [
+            row["Question"],
+            *choices,
+            row["Answer"],
+            row["trace"],
+            DESCRIBE_QUESTION,
+            row["caption"],
+            format_conversation(prompt, row["trace"], styles[i % len(styles)]),
+        ]
     return texts
