@@ -30,7 +30,7 @@ demo: $(STAMP)
 # The whole suite (what CI runs, CI=true: the real-data tests fail instead of skipping without MVQA_DATA), on
 # TEST_WORKERS pytest-xdist workers (default 2, one per core here; 0: one process), one OpenMP thread each, a
 # file's tests on one worker (--dist loadfile: module-scoped fixtures built once), the longest files first
-# (tests/conftest.py). From a fresh clone on this 2-core machine two workers took 8 min 10 s of tests; one
+# (tests/conftest.py). From a fresh clone on this 2-core machine two workers took 6 min 58 s of tests; one
 # process took 13 min 40 s before this round (tiny models' small matrices gain little from a second thread).
 TEST_WORKERS ?= 2
 test: $(STAMP)
