@@ -119,6 +119,8 @@ def test_bad_sampler_settings():
         CoverSpreadSampler(trials=0)
     with pytest.raises(ValueError, match="spread_weight"):
         CoverSpreadSampler(spread_weight=-1)
+    with pytest.raises(ValueError, match="seeding_spread_weight"):
+        CoverSpreadSampler(seeding_spread_weight=-0.1)
 
 
 def seed_script(df: pd.DataFrame, n_samples: int) -> pd.DataFrame:
@@ -229,6 +231,18 @@ def test_kmeanspp_seeds_distinct_and_seeded():
     dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))
     assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(
         set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
+
+
+def test_kmeanspp_spread_weight_trades_redundancy_for_spread():
+    # The trial choice adds w * 2/(k(k-1)) * (similarity to the seeds so far): with w > 0 the seeds spread
+    # at least as wide as with w = 0 at every seed (wider in total), and cover the rows as well.
+    X = seed_space(synthetic_items(120))
+    figures = {w: [(mean_pairwise_cosine_distance(X[s]), coverage(X, s))
+                   for s in (kmeanspp_seeds(X, 12, seed=seed, spread_weight=w) for seed in range(5))]
+               for w in (0.0, 1.0)}
+    for (spread0, cover0), (spread1, cover1) in zip(figures[0.0], figures[1.0], strict=True):
+        assert spread1 >= spread0 and cover1 <= cover0 + 1e-6
+    assert sum(s for s, _ in figures[1.0]) > sum(s for s, _ in figures[0.0]) + 0.02
 
 
 def test_row_similarity_matches_the_sparse_product():

@@ -457,23 +457,36 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
 
 
 def kmeanspp_seeds(
-    X: sp.csr_matrix, k: int, seed: int, trials: int | None = None, probe_rows: int = 16384
+    X: sp.csr_matrix,
+    k: int,
+    seed: int,
+    trials: int | None = None,
+    probe_rows: int = 16384,
+    spread_weight: float = 0.0,
 ) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on
-    L2-normalised sparse rows with the squared cosine distance: each step draws `trials` rows with probability
-    proportional to d^2 (d = cosine distance to the nearest seed so far) and keeps the one that lowers
-    sum(d^2) most. d^2 leaves near-duplicates of a seed almost no chance while an isolated row has just one
-    draw's worth, and the greedy choice prefers rows that stand for many others. Up to `probe_rows` rows the
-    trials are compared on every row, like sklearn; past that on a fixed seeded sample of that many rows (the
-    same choice in expectation, at a fraction of the cost), and the kept seed updates every row's distance
-    exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared isolated trial rows too coarsely:
-    twice the outliers among the picks (101 vs 48 of 1,000). No SVD; the similarities come from
-    RowSimilarity."""
-    return kmeanspp_clusters(X, k, seed, trials, probe_rows)[0]
+    L2-normalised sparse rows with the cosine distance d: each step draws `trials` rows with probability
+    proportional to d^2 (d = distance to the nearest seed so far), so near-duplicates of a seed have almost no
+    chance and an isolated row just one draw's worth. Of the trials it keeps the one that leaves the lowest
+        mean(d)  +  spread_weight * 2 / (k(k-1)) * (its similarity to the seeds so far),
+    the coverage the picks are judged by plus the share of the mean pairwise similarity it would add, i.e. a
+    greedy step on  coverage - spread  (sklearn compares trials on sum(d^2), the k-means potential; on the
+    synthetic world that put too many seeds into its largest question groups and lost spread to kmeans_seed
+    at 15 of 16 seeds). Up to `probe_rows` rows the trials are compared on every row; past that on a fixed
+    seeded sample of that many rows (the same choice in expectation, at a fraction of the cost), and the kept
+    seed updates every row's distance exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared
+    isolated trial rows too coarsely: twice the outliers among the picks (101 vs 48 of 1,000, measured with
+    the sum(d^2) choice). No SVD; the similarities come from RowSimilarity."""
+    return kmeanspp_clusters(X, k, seed, trials, probe_rows, spread_weight)[0]
 
 
 def kmeanspp_clusters(
-    X: sp.csr_matrix, k: int, seed: int, trials: int | None = None, probe_rows: int = 16384
+    X: sp.csr_matrix,
+    k: int,
+    seed: int,
+    trials: int | None = None,
+    probe_rows: int = 16384,
+    spread_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """kmeanspp_seeds, plus for every row the position of its most similar seed (the first one on a tie):
     each kept seed takes over the rows it is strictly closer to, so no rows x seeds pass is needed after."""
@@ -485,6 +498,20 @@ def kmeanspp_clusters(
     everyone = RowSimilarity(X)
     compare = everyone if probe is None else RowSimilarity(X, probe)
     labels = np.zeros(n_rows, dtype=int)
+    redundancy = 2.0 * spread_weight / (k * (k - 1)) if k > 1 else 0.0
+    seed_sum = np.zeros(X.shape[1])  # the sum of the seeds' rows, for their similarity to a trial row
+
+    def add_to_seed_sum(row: int) -> None:
+        at = slice(X.indptr[row], X.indptr[row + 1])
+        seed_sum[X.indices[at]] += X.data[at]  # a row's feature indices are distinct
+
+    def similarity_to_seeds(rows: np.ndarray) -> np.ndarray:
+        sizes = X.indptr[rows + 1] - X.indptr[rows]
+        at = _ranges(X.indptr[rows], sizes)
+        return np.bincount(np.repeat(np.arange(len(rows)), sizes), X.data[at] * seed_sum[X.indices[at]],
+                           minlength=len(rows))
+
+    add_to_seed_sum(seeds[0])
     with threadpool_limits(limits=1, user_api="blas"):
         nearest = np.maximum(1.0 - everyone(np.asarray(seeds))[0], 0.0)
         nearest[seeds[0]] = 0.0  # float rounding can leave a row a hair away from itself
@@ -497,7 +524,10 @@ def kmeanspp_clusters(
             dist = compare(cand)  # similarities, turned into distances in place
             np.subtract(1.0, dist, out=dist)
             np.minimum(dist, (nearest if probe is None else nearest[probe])[None, :], out=dist)
-            pick = int(np.argmin(np.einsum("ij,ij->i", dist, dist)))
+            score = dist.mean(axis=1)
+            if redundancy:
+                score += redundancy * similarity_to_seeds(cand)
+            pick = int(np.argmin(score))
             best = int(cand[pick])
             # the winner's distances: already there (capped by nearest), else computed on every row
             new = dist[pick] if probe is None else 1.0 - everyone(np.asarray([best]))[0]
@@ -505,6 +535,7 @@ def kmeanspp_clusters(
             labels[closer] = len(seeds)
             nearest[closer] = np.maximum(new[closer], 0.0)
             seeds.append(best)
+            add_to_seed_sum(best)
             labels[best], nearest[best] = len(seeds) - 1, 0.0
     return np.asarray(seeds, dtype=int), labels
 
@@ -512,8 +543,9 @@ def kmeanspp_clusters(
 class CoverSpreadSampler(Sampler):
     """The default: picks that cover the pool and spread, without outliers.
 
-    1. k seeds by greedy k-means++ (squared cosine distance) in the sampler's TF-IDF space: spread out, but
-       drawn where the rows are, so an isolated row is rarely a seed;
+    1. k seeds by greedy k-means++ in the sampler's TF-IDF space (kmeanspp_seeds): drawn by squared cosine
+       distance, so spread out but where the rows are (an isolated row is rarely a seed), and of each step's
+       trials the one that covers best less  seeding_spread_weight  times its redundancy with the seeds;
     2. every row joins its most similar seed (exact cosine, tracked while seeding), giving k clusters;
     3. from each cluster the row c maximising  x_c . sum(cluster) / N  -  w * 2 / (k(k-1)) * x_c . sum(other
        picks): its share of the pool's coverage minus its share of the picks' pairwise similarity, i.e. a
@@ -531,20 +563,23 @@ class CoverSpreadSampler(Sampler):
         trials: int | None = CoverSpreadConf.trials,
         spread_weight: float = CoverSpreadConf.spread_weight,
         rounds: int = CoverSpreadConf.rounds,
+        seeding_spread_weight: float = CoverSpreadConf.seeding_spread_weight,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         if trials is not None and trials < 1:
             raise ValueError(f"sampler.trials must be >= 1 (or null for 2 + ln n), got {trials}")
-        if spread_weight < 0 or rounds < 1:
+        if spread_weight < 0 or seeding_spread_weight < 0 or rounds < 1:
             raise ValueError(
-                f"sampler.spread_weight must be >= 0 and sampler.rounds >= 1, got {spread_weight}, {rounds}"
+                "sampler.spread_weight and sampler.seeding_spread_weight must be >= 0 and sampler.rounds "
+                f">= 1, got {spread_weight}, {seeding_spread_weight}, {rounds}"
             )
         self.trials, self.spread_weight, self.rounds = trials, spread_weight, rounds
+        self.seeding_spread_weight = seeding_spread_weight
 
     def select(self, X, k):
         X = sp.csr_matrix(X)
-        _, labels = kmeanspp_clusters(X, k, self.seed, self.trials)
+        _, labels = kmeanspp_clusters(X, k, self.seed, self.trials, spread_weight=self.seeding_spread_weight)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
         clusters = [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
