@@ -541,7 +541,7 @@ def kmeanspp_clusters(
 
 
 class CoverSpreadSampler(Sampler):
-    """The default: picks that cover the pool and spread, without outliers.
+    """The default: picks that cover the pool and spread, with few outliers.
 
     1. k seeds by greedy k-means++ in the sampler's TF-IDF space (kmeanspp_seeds): drawn by squared cosine
        distance, so spread out but where the rows are (an isolated row is rarely a seed), and of each step's
