@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 from PIL import Image
 
 from mvqa.config import PROJECT_ROOT
-from mvqa.curate.pipeline import CurationContext, _run_cached, run_curation
+from mvqa.curate.pipeline import CurationContext, _run_cached, lock_wait_s, run_curation
 from mvqa.data.images import BadImageError, load_image
 from mvqa.data.readers import read_csv_dataset, read_pmc_vqa
 from mvqa.data.records import VQAItem
@@ -33,23 +34,21 @@ def sha(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------- 1. one writer
+def hold_lock(lock: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding `lock` for `seconds`; returns once it holds it."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import time; from mvqa.data.storage import exclusive_lock\n"
+            f"with exclusive_lock({str(lock)!r}, 'x'):\n"
+            f"    print('locked', flush=True); time.sleep({seconds})")],
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_a_second_process_on_a_locked_stage_stops_naming_the_writer_then_gets_it_once_freed(tmp_path):
     lock = tmp_path / "trace-abc" / ".lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import sys, time; from mvqa.data.storage import exclusive_lock\n"
-                f"with exclusive_lock({str(lock)!r}, 'x'):\n"
-                "    print('locked', flush=True); time.sleep(3)"
-            ),
-        ],
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "locked"
+    holder = hold_lock(lock, seconds=3)
     busy = rf"stage trace-abc is being written by pid {holder.pid}; wait or use"
     with pytest.raises(BusyError, match=busy), exclusive_lock(lock, "stage trace-abc"):
         pass
@@ -58,6 +57,43 @@ def test_a_second_process_on_a_locked_stage_stops_naming_the_writer_then_gets_it
         waited = time.monotonic() - start
     assert 1.5 < waited < 30
     assert holder.wait() == 0
+
+
+def test_a_multirun_job_waits_while_the_writer_lives_and_says_so(tmp_path, caplog):
+    # lock_wait_s=null (the default) is math.inf inside a Hydra multirun: wait as long as the writer holds
+    # the lock, saying once on the console who it waits for.
+    lock = tmp_path / "filter-abc" / ".lock"
+    holder = hold_lock(lock, seconds=2)
+    start = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="mvqa.data.storage"), \
+            exclusive_lock(lock, "stage filter-abc", wait_s=math.inf):
+        waited = time.monotonic() - start
+    assert waited > 1.0 and holder.wait() == 0  # it got the lock once the writer let go, 2 s after taking it
+    waits = [r.getMessage() for r in caplog.records if "waiting" in r.getMessage()]
+    said = f"stage filter-abc is being written by pid {holder.pid}: waiting while it runs (lock: {lock})"
+    assert waits == [said]
+
+
+@pytest.mark.parametrize(("mode", "setting", "expected"), [
+    (None, None, 0.0),  # a run by hand, outside Hydra's multirun: stop at once, naming the writer
+    ("RUN", None, 0.0),
+    ("MULTIRUN", None, math.inf),  # a sweep's jobs share their upstream stages
+    ("MULTIRUN", 0, 0.0),
+    ("RUN", 30, 30.0),
+])
+def test_lock_wait_follows_the_setting_else_the_hydra_mode(mode, setting, expected):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"pipeline": {"lock_wait_s": setting}})
+    hydra = HydraConfig.instance()
+    saved = hydra.cfg
+    try:
+        hydra.cfg = None if mode is None else OmegaConf.create({"hydra": {"mode": RunMode[mode]}})
+        assert lock_wait_s(cfg) == expected
+    finally:
+        hydra.cfg = saved
 
 
 def test_a_stage_output_with_a_doubled_id_is_an_error_never_a_cache_entry(compose, tmp_path):

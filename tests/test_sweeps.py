@@ -49,9 +49,9 @@ def test_optuna_sweep_of_three_trials_returns_a_best_config(shared_data, entry, 
 def test_submitit_local_runs_two_jobs(shared_data, entry, tmp_path):
     # The launcher runs each job in a process of its own (submitit's), by design; only the entry is here.
     # The two jobs run at once and share their filter stage: the one that meets the other's lock waits for
-    # the finished entry (without lock_wait_s it stops at once, naming the writer: a flaky test under load).
+    # the finished entry (pipeline.lock_wait_s unset: a multirun's jobs wait while the writer runs).
     entry("generate", "-m", "hydra/launcher=submitit_local", "sampler.n=5,6", *RELEASE,
-          "pipeline.lock_wait_s=300", f"pipeline.cache_dir={tmp_path}/stages",
+          f"pipeline.cache_dir={tmp_path}/stages",
           f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     summaries = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweep").glob("[0-9]/summary.json"))]
     assert [s["n_final"] for s in summaries] == [5, 6]

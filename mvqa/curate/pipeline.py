@@ -8,8 +8,9 @@ The run dir gets every stage's stats, a reference to its items in the cache (the
 copied), and a manifest saying which came from the cache.
 
 One process at a time writes a stage's cache entry (an OS lock per entry and shard: a second run of the same
-stage stops naming the writer's pid, or waits `pipeline.lock_wait_s`), and an output holding an id twice is an
-error, never a cache entry. Each stage ends with one console line: in -> out, drops and warnings by reason.
+stage stops naming the writer's pid, or waits `pipeline.lock_wait_s`; a multirun's jobs wait by default), and
+an output holding an id twice is an error, never a cache entry. Each stage ends with one console line: in ->
+out, drops and warnings by reason.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,7 +208,7 @@ def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext
         return (*_read_cached(done_items, done_stats), True)
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     suffix = _lock_suffix(name, ctx.cfg)
-    wait = OmegaConf.select(ctx.cfg, "pipeline.lock_wait_s", default=0.0) or 0.0
+    wait = lock_wait_s(ctx.cfg)
     with exclusive_lock(ctx.stage_dir / f".lock{suffix}", f"stage {ctx.stage_dir.name}{suffix}", wait,
                         " (pipeline.cache_dir), or pipeline.lock_wait_s=SECONDS"):
         if done_items.exists() and done_stats.exists():  # the writer we waited for finished it
@@ -217,6 +219,20 @@ def _run_cached(name: str, fn: Stage, items: list[VQAItem], ctx: CurationContext
             write_items_jsonl(out, done_items)  # items first: stats mark the stage as done
             write_json(stats.to_dict(), done_stats)
     return out, stats, False
+
+
+def lock_wait_s(cfg: DictConfig) -> float:
+    """How long a stage waits for another process writing the same cache entry: `pipeline.lock_wait_s` if
+    set; else, in a Hydra multirun, as long as the writer lives (jobs of one sweep share their upstream
+    stages, and the kernel drops a dead writer's lock); else 0, so a second run started by hand stops at once
+    and names the writer."""
+    wait = OmegaConf.select(cfg, "pipeline.lock_wait_s", default=None)
+    if wait is not None:
+        return float(wait)
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return math.inf if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN else 0.0
 
 
 def _read_cached(done_items: Path, done_stats: Path) -> tuple[list[VQAItem], StageStats]:

@@ -15,6 +15,8 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
+import math
 import os
 import shutil
 import socket
@@ -131,7 +133,7 @@ def exclusive_lock(
     lock_path: str | os.PathLike, what: str, wait_s: float = 0.0, hint: str = ""
 ) -> Iterator[None]:
     """Hold an OS lock (flock) on `lock_path` for the block; another holder -> BusyError after `wait_s`
-    seconds.
+    seconds (math.inf: wait while the holder lives), logging once that it waits.
 
     The kernel drops the lock when its process dies (kill -9 included), so a crashed writer never blocks the
     next run; the file itself stays (removing it would let two processes lock two different files). The holder
@@ -141,19 +143,26 @@ def exclusive_lock(
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + max(wait_s, 0.0)
+    said = False
     try:
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
+                on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
                 if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
-                    on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
                     raise BusyError(
                         f"{what} is being written by pid {holder[0]}{on}; wait or use another cache"
                         f"{hint} (lock: {lock_path})"
                     ) from None
+                if not said:  # a job that sits idle says why
+                    limit = "while it runs" if math.isinf(wait_s) else f"up to {wait_s:g} s"
+                    logging.getLogger(__name__).info(
+                        "%s is being written by pid %s%s: waiting %s (lock: %s)", what, holder[0], on, limit,
+                        lock_path)
+                    said = True
                 time.sleep(0.2)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)

@@ -62,9 +62,10 @@ class PipelineConf:
     # skips finished stages and a killed trace stage resumes; set per-project to share across run dirs.
     cache_dir: str = "${paths.cache}/stages"
     score: ScoreConf = field(default_factory=ScoreConf)
-    # One process writes a stage's cache entry at a time (an OS lock). 0: a second run of the same stage stops
-    # at once naming the writer's pid; N: it waits up to N seconds, then takes the finished entry.
-    lock_wait_s: float = 0.0
+    # One process writes a stage's cache entry at a time (an OS lock). null: jobs of a Hydra multirun wait
+    # while the writer runs (a sweep's jobs share upstream stages), a single run stops at once naming the
+    # writer's pid; 0: always stop at once; N: wait up to N seconds, then take the finished entry.
+    lock_wait_s: float | None = None
     trace: TraceConf = field(default_factory=TraceConf)
     filter: FilterConf = field(default_factory=FilterConf)
     export: ExportConf = field(default_factory=ExportConf)
