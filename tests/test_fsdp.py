@@ -3,7 +3,6 @@ wrapping, and a real two-rank FULL_SHARD run on CPU (gloo) with conf/trainer/fsd
 
 from __future__ import annotations
 
-import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -84,7 +83,7 @@ def test_the_fsdp_trainer_fails_before_wrapping_and_names_the_fix(cache):
     check_fsdp_dtypes(model, DDPStrategy())  # DDP replicates: mixed dtypes are fine
 
 
-def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: dict) -> None:
+def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out_file: str) -> None:
     from torch.distributed.fsdp import FullyShardedDataParallel, MixedPrecision, ShardingStrategy
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -122,25 +121,22 @@ def _rank(rank: int, world: int, init_file: str, cache: str, inputs: dict, out: 
         state = fsdp.state_dict()  # a full state dict, as checkpoints and save_adapter take it
         if rank == 0:
             changed = [n for n in before if n in state and not torch.equal(state[n], before[n])]
-            out.update(loss=float(loss.loss), norm=norm, clipped=clipped, grad_dtypes=grad_dtypes,
-                       changed=changed, n_lora_B=len(before),
-                       state_dtypes={v.dtype for v in state.values()}, n_state=len(state),
-                       checkpointed=checkpointed)
+            figures = {"loss": float(loss.loss), "norm": norm, "clipped": clipped, "grad_dtypes": grad_dtypes,
+                       "changed": changed, "n_lora_B": len(before), "n_state": len(state),
+                       "state_dtypes": {v.dtype for v in state.values()}, "checkpointed": checkpointed}
+            torch.save(figures, out_file)
     finally:
         dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache):
+def test_two_rank_full_shard_trains_lora_on_a_bf16_base(cache, tmp_path):
     bundle = bf16_base(cache)  # built once: the ranks load it from the cache
     # Spawned, not forked: forked after earlier tests ran OpenMP-parallel ops, the ranks hung in their
-    # collectives.
-    with mp.get_context("spawn").Manager() as manager:
-        shared = manager.dict()
-        mp.start_processes(_rank,
-                           args=(2, tempfile.mktemp(prefix="fsdp-init-"), cache, batch(bundle), shared),
-                           nprocs=2, start_method="spawn")
-        out = dict(shared)
+    # collectives. Rank 0 writes its figures to a file (start_processes raises if a rank fails).
+    mp.start_processes(_rank, args=(2, str(tmp_path / "fsdp-init"), cache, batch(bundle),
+                                    str(tmp_path / "rank0.pt")), nprocs=2, start_method="spawn")
+    out = torch.load(tmp_path / "rank0.pt", weights_only=False)
     assert torch.isfinite(torch.tensor(out["loss"])) and out["norm"] > 1e-3
     assert out["clipped"] == pytest.approx(1e-3, rel=0.05)  # clipped over both ranks' shards
     assert out["grad_dtypes"] == {torch.bfloat16}
