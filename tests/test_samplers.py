@@ -38,7 +38,6 @@ from mvqa.curate.sample import (
     cluster_balance,
     farthest_point_order,
     kmeanspp_clusters,
-    kmeanspp_seeds,
     sample,
     sample_stage,
 )
@@ -225,12 +224,13 @@ def test_cover_spread_skips_outliers_that_kcenter_takes():
 
 def test_kmeanspp_seeds_distinct_and_seeded():
     X = seed_space(synthetic_items())
-    seeds = kmeanspp_seeds(X, 20, seed=1)
-    assert len(set(seeds.tolist())) == 20 and seeds.tolist() == kmeanspp_seeds(X, 20, seed=1).tolist()
+    seeds = kmeanspp_clusters(X, 20, seed=1)[0]
+    assert len(set(seeds.tolist())) == 20
+    assert seeds.tolist() == kmeanspp_clusters(X, 20, seed=1)[0].tolist()
     # all rows equal: still 3 distinct rows
     dup = sp.csr_matrix(np.ones((5, 2), dtype=np.float32) / np.sqrt(2))
-    assert sorted(kmeanspp_seeds(dup, 3, seed=0).tolist()) == sorted(
-        set(kmeanspp_seeds(dup, 3, seed=0).tolist()))
+    assert sorted(kmeanspp_clusters(dup, 3, seed=0)[0].tolist()) == sorted(
+        set(kmeanspp_clusters(dup, 3, seed=0)[0].tolist()))
 
 
 def test_kmeanspp_spread_weight_trades_redundancy_for_spread():
@@ -238,7 +238,7 @@ def test_kmeanspp_spread_weight_trades_redundancy_for_spread():
     # at least as wide as with w = 0 at every seed (wider in total), and cover the rows as well.
     X = seed_space(synthetic_items(120))
     figures = {w: [(mean_pairwise_cosine_distance(X[s]), coverage(X, s))
-                   for s in (kmeanspp_seeds(X, 12, seed=seed, spread_weight=w) for seed in range(5))]
+                   for s in (kmeanspp_clusters(X, 12, seed=seed, spread_weight=w)[0] for seed in range(5))]
                for w in (0.0, 1.0)}
     for (spread0, cover0), (spread1, cover1) in zip(figures[0.0], figures[1.0], strict=True):
         assert spread1 >= spread0 and cover1 <= cover0 + 1e-6
@@ -263,7 +263,6 @@ def test_row_similarity_matches_the_sparse_product():
 def test_kmeanspp_clusters_label_every_row_with_its_nearest_seed(probe_rows):
     X = seed_space(synthetic_items())
     seeds, labels = kmeanspp_clusters(X, 10, seed=3, probe_rows=probe_rows)
-    assert seeds.tolist() == kmeanspp_seeds(X, 10, seed=3, probe_rows=probe_rows).tolist()
     sims = (X @ X[seeds].T).toarray()
     np.testing.assert_allclose(sims[np.arange(X.shape[0]), labels], sims.max(axis=1), atol=1e-6)
     assert labels[seeds].tolist() == list(range(10))

@@ -456,30 +456,6 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return np.repeat(starts - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
 
 
-def kmeanspp_seeds(
-    X: sp.csr_matrix,
-    k: int,
-    seed: int,
-    trials: int | None = None,
-    probe_rows: int = 16384,
-    spread_weight: float = 0.0,
-) -> np.ndarray:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on
-    L2-normalised sparse rows with the cosine distance d: each step draws `trials` rows with probability
-    proportional to d^2 (d = distance to the nearest seed so far), so near-duplicates of a seed have almost no
-    chance and an isolated row just one draw's worth. Of the trials it keeps the one that leaves the lowest
-        mean(d)  +  spread_weight * 2 / (k(k-1)) * (its similarity to the seeds so far),
-    the coverage the picks are judged by plus the share of the mean pairwise similarity it would add, i.e. a
-    greedy step on  coverage - spread  (sklearn compares trials on sum(d^2), the k-means potential; on the
-    synthetic world that put too many seeds into its largest question groups and lost spread to kmeans_seed
-    at 15 of 16 seeds). Up to `probe_rows` rows the trials are compared on every row; past that on a fixed
-    seeded sample of that many rows (the same choice in expectation, at a fraction of the cost), and the kept
-    seed updates every row's distance exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared
-    isolated trial rows too coarsely: twice the outliers among the picks (101 vs 48 of 1,000, measured with
-    the sum(d^2) choice). No SVD; the similarities come from RowSimilarity."""
-    return kmeanspp_clusters(X, k, seed, trials, probe_rows, spread_weight)[0]
-
-
 def kmeanspp_clusters(
     X: sp.csr_matrix,
     k: int,
@@ -488,8 +464,22 @@ def kmeanspp_clusters(
     probe_rows: int = 16384,
     spread_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """kmeanspp_seeds, plus for every row the position of its most similar seed (the first one on a tie):
-    each kept seed takes over the rows it is strictly closer to, so no rows x seeds pass is needed after."""
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's 2 + ln k local trials) on
+    L2-normalised sparse rows with the cosine distance d: each step draws `trials` rows with probability
+    proportional to d^2 (d = distance to the nearest seed so far), so near-duplicates of a seed have almost no
+    chance and an isolated row just one draw's worth. Of the trials it keeps the one that leaves the lowest
+        mean(d)  +  spread_weight * 2 / (k(k-1)) * (its similarity to the seeds so far),
+    the coverage the picks are judged by plus the share of the mean pairwise similarity it would add, i.e. a
+    greedy step on coverage - spread (sklearn compares trials on sum(d^2), the k-means potential; on the
+    synthetic world that put too many seeds into its largest question groups and lost spread to kmeans_seed at
+    7 of 8 sampler seeds). Up to `probe_rows` rows the trials are compared on every row; past that on a fixed
+    seeded sample of that many rows (the same choice in expectation, at a fraction of the cost), and the kept
+    seed updates every row's distance exactly. A probe of 4096 rows at 12.8k was 1.7x faster but compared
+    isolated trial rows too coarsely: twice the outliers among the picks (101 vs 48 of 1,000, measured with
+    the sum(d^2) choice). No SVD; the similarities come from RowSimilarity.
+    Returns the seeds' rows and, for every row, the position of its most similar seed (the first one on a
+    tie): each kept seed takes over the rows it is strictly closer to, so no rows x seeds pass is needed
+    after."""
     n_rows = X.shape[0]
     trials = trials or 2 + int(np.log(k))
     rng = np.random.default_rng(seed)
@@ -543,9 +533,9 @@ def kmeanspp_clusters(
 class CoverSpreadSampler(Sampler):
     """The default: picks that cover the pool and spread, with few outliers.
 
-    1. k seeds by greedy k-means++ in the sampler's TF-IDF space (kmeanspp_seeds): drawn by squared cosine
+    1. k seeds by greedy k-means++ in the sampler's TF-IDF space (kmeanspp_clusters): drawn by squared cosine
        distance, so spread out but where the rows are (an isolated row is rarely a seed), and of each step's
-       trials the one that covers best less  seeding_spread_weight  times its redundancy with the seeds;
+       trials the one that covers best less seeding_spread_weight times its redundancy with the seeds;
     2. every row joins its most similar seed (exact cosine, tracked while seeding), giving k clusters;
     3. from each cluster the row c maximising  x_c . sum(cluster) / N  -  w * 2 / (k(k-1)) * x_c . sum(other
        picks): its share of the pool's coverage minus its share of the picks' pairwise similarity, i.e. a
@@ -579,7 +569,8 @@ class CoverSpreadSampler(Sampler):
 
     def select(self, X, k):
         X = sp.csr_matrix(X)
-        _, labels = kmeanspp_clusters(X, k, self.seed, self.trials, spread_weight=self.seeding_spread_weight)
+        _, labels = kmeanspp_clusters(X, k, self.seed, self.trials,
+                                      spread_weight=self.seeding_spread_weight)
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], np.arange(k + 1))
         clusters = [order[a:b] for a, b in itertools.pairwise(bounds) if b > a]
