@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from mvqa.data.storage import atomic_path, file_fingerprint
 
 # Bump a stage's version when a change to its code changes its output: caches of the older code stop matching.
-CODE_VERSIONS = {"score": 2, "hard": 1, "trace": 1, "merge": 1, "filter": 1, "sample": 1, "export": 1}
+CODE_VERSIONS = {"score": 2, "hard": 1, "trace": 1, "merge": 1, "filter": 1, "sample": 2, "export": 1}
 
 # The config nodes of the models a stage runs (score: the scorer's model_key, when its scorer has one).
 STAGE_MODELS = {"score": ["${scorer.model_key}"], "trace": ["reasoner"], "merge": ["reasoner"]}
