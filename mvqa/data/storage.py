@@ -150,17 +150,15 @@ def exclusive_lock(
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
-                on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
                 if time.monotonic() >= deadline:
                     raise BusyError(
-                        f"{what} is being written by pid {holder[0]}{on}; wait or use another cache"
+                        f"{what} is being written by {_lock_holder(fd)}; wait or use another cache"
                         f"{hint} (lock: {lock_path})"
                     ) from None
                 if not said:  # a job that sits idle says why
                     limit = "while it runs" if math.isinf(wait_s) else f"up to {wait_s:g} s"
                     logging.getLogger(__name__).info(
-                        "%s is being written by pid %s%s: waiting %s (lock: %s)", what, holder[0], on, limit,
+                        "%s is being written by %s: waiting %s (lock: %s)", what, _lock_holder(fd), limit,
                         lock_path)
                     said = True
                 time.sleep(0.2)
@@ -169,6 +167,13 @@ def exclusive_lock(
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lock_holder(fd: int) -> str:
+    """'pid N' (and ' on HOST' when another host's) as the holder wrote it into the lock file."""
+    holder = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
+    on = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
+    return f"pid {holder[0]}{on}"
 
 
 def duplicate_ids(items: Iterable[VQAItem]) -> dict[str, int]:
