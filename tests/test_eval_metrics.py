@@ -257,7 +257,7 @@ def test_plot_one_line_per_wait_setting(tmp_path):
         plot_accuracy_vs_thinking(m, tmp_path / "q.png", models=["nope"])
 
 
-def test_wilcoxon_p_is_scipys_on_each_of_its_paths():
+def test_wilcoxon_p_is_scipys_on_each_of_its_paths(monkeypatch):
     """The vectorised exact sign-flip test (13 pairs or fewer with ties or zeros) gives scipy's p exactly;
     larger or tie-free samples go to scipy itself."""
     from scipy.stats import wilcoxon
@@ -266,7 +266,14 @@ def test_wilcoxon_p_is_scipys_on_each_of_its_paths():
 
     correctness = np.array([1, 0, -1, 1, 1, 0, 1, 1, -1, 1], dtype=float)  # paired 0/1: ties and zeros
     recall = np.array([0.5, -0.25, 0.5, 0.0, 0.75, 0.5, -0.5, 0.25])
-    for diff in (correctness, recall, np.tile(correctness, 3), np.array([0.3, -1.2, 2.5, 0.7, 1.1, -0.2])):
-        assert wilcoxon_p(diff) == pytest.approx(float(wilcoxon(diff).pvalue), abs=1e-12)
-    assert wilcoxon_p(np.zeros(5)) == 1.0
-    assert wilcoxon_p(np.ones(6)) == pytest.approx(0.03125)  # all 6 positive: 2 of 64 patterns as extreme
+    exact = {"correctness": correctness, "recall": recall}  # <= 13 pairs with ties or zeros: numpy's path
+    to_scipy = {"30 pairs": np.tile(correctness, 3), "no ties": np.array([0.3, -1.2, 2.5, 0.7, 1.1, -0.2])}
+    expected = {name: float(wilcoxon(diff).pvalue) for name, diff in {**exact, **to_scipy}.items()}
+    for name, diff in to_scipy.items():
+        assert wilcoxon_p(diff) == pytest.approx(expected[name], abs=1e-12), name
+    with monkeypatch.context() as patch:  # the exact path never calls scipy's (slow) wilcoxon
+        patch.setattr("scipy.stats.wilcoxon", lambda *a, **k: pytest.fail("scipy's wilcoxon was called"))
+        for name, diff in exact.items():
+            assert wilcoxon_p(diff) == pytest.approx(expected[name], abs=1e-12), name
+        assert wilcoxon_p(np.zeros(5)) == 1.0
+        assert wilcoxon_p(np.ones(6)) == pytest.approx(0.03125)  # all 6 positive: 2 of 64 patterns as extreme
